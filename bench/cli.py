@@ -1,0 +1,240 @@
+"""The ``bench`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .config import describe_params, parse_overrides
+from .errors import BenchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="cmkd-bench: benchmark and compare cross-modal knowledge distillation methods.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichReporter:
+    """Overall bar over runs plus a bar per run over its (teacher + student) epochs, with ETA."""
+
+    def __init__(self, progress: Progress, total_runs: int):
+        self.p = progress
+        self.overall = progress.add_task("[bold]grid", total=total_runs)
+        self.current: int | None = None
+
+    def begin(self, run_id: str, total_epochs: int) -> None:
+        if self.current is not None:
+            self.p.remove_task(self.current)
+        self.current = self.p.add_task(run_id, total=max(total_epochs, 1))
+
+    def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
+        if self.current is None:
+            return
+        val = info.get("val_metric")
+        desc = f"{run_id} [dim]{phase} ep{epoch} test={info['test_metric']:.1f}" + (f" val={val:.1f}" if val is not None else "")
+        self.p.update(self.current, advance=1, description=desc)
+
+    def end(self, run_id: str, record: dict[str, Any]) -> None:
+        if self.current is not None:
+            self.p.remove_task(self.current)
+            self.current = None
+        self.p.advance(self.overall)
+        if record["status"] == "ok":
+            self.p.console.print(f"[green]ok[/green] {run_id}: {record['metric']} {record['best_metric']:.2f} "
+                                 f"(epoch {record['selected_epoch']}, final {record['final_metric']:.2f}, "
+                                 f"{record['wall_time_s']:.0f}s)")
+        else:
+            self.p.console.print(f"[red]failed[/red] {run_id}: {record['error']}")
+
+    def skip(self) -> None:
+        self.p.advance(self.overall)
+
+
+def _fail(msg: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {msg}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    methods: str = typer.Option("all", "--methods", "-m", help="'all' or comma-separated method names"),
+    datasets: str = typer.Option("synthetic", "--datasets", "-d", help="comma-separated dataset names"),
+    directions: str = typer.Option("all", "--directions", help="'all' or e.g. a2v,v2a (teacher code 2 student code)"),
+    seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="student epochs (default: the dataset's)"),
+    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="teacher epochs (default: the dataset's)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a hyper-parameter: SCOPE.KEY=VALUE (dkd.beta=8, train.lr=0.1, synthetic.n_train=1000)"),
+    executor: str = typer.Option("local", "--executor", help="local (in this process)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
+    force: bool = typer.Option(False, "--force", help="rerun runs that already have an ok record"),
+    plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods"),
+    save_model: bool = typer.Option(False, "--save-model", help="keep the selected student weights under results/models/"),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing run"),
+) -> None:
+    """Train teachers, distil students and write one record per run; prints the comparison."""
+    from .executors import LocalExecutor, expand_grid, pending
+    from .results import load_results
+    from .tables import build_comparison, to_rich
+
+    overrides = parse_overrides(set_)
+    if epochs is not None:
+        overrides.setdefault("train", {})["epochs"] = str(epochs)
+    if teacher_epochs is not None:
+        overrides.setdefault("train", {})["teacher_epochs"] = str(teacher_epochs)
+    if executor != "local":
+        _fail(f"--executor {executor!r}: valid executors: local")
+    specs = expand_grid(methods, datasets, directions, seeds, overrides=overrides, results_dir=str(results),
+                        device=device, save_model=save_model, plugins=list(plugin or []))
+    todo = pending(specs, force)
+    console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
+                  f"-> {results}/records/")
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
+        reporter = RichReporter(progress, len(todo))
+        try:
+            outcome = LocalExecutor(reporter, fail_fast=fail_fast).run(todo, force=force)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print("[yellow]interrupted[/yellow]: finished runs are saved; rerun the same command to resume.")
+            raise typer.Exit(130)
+    console.print(f"finished in {time.perf_counter() - t0:.0f}s: {len(outcome.done)} ran, {len(outcome.failed)} failed")
+    ids = {s.dataset for s in specs}
+    df = load_results(results)
+    df = df[df["dataset"].isin(ids) & df["method"].isin({s.method for s in specs})
+            & df["seed"].isin({s.seed for s in specs})]
+    if len(df):
+        console.print(to_rich(build_comparison(df)))
+    if outcome.failed:
+        for rec in outcome.failed:
+            err_console.print(f"[red]failed[/red] {rec['run_id']}: {rec['error']}")
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_(
+    what: str = typer.Argument("methods", help="methods | datasets"),
+    plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods"),
+) -> None:
+    """List registered methods (with parameters and defaults) or datasets (with modalities)."""
+    from .registry import DATASETS, METHODS
+    from .runner import load_plugins
+
+    load_plugins(list(plugin or []))
+    if what in ("methods", "method"):
+        t = Table(title="KD methods")
+        for c in ("name", "category", "description", "parameters (defaults)", "source"):
+            t.add_column(c)
+        for e in METHODS.entries():
+            cls = e.obj
+            ps = ", ".join(f"{n}={d}" for n, _, d, _ in describe_params(cls.Params)) or "-"
+            src = e.source + (f" [{e.source_hash}]" if e.source_hash else "")
+            t.add_row(e.name, cls.category, cls.description, ps, src)
+        console.print(t)
+    elif what in ("datasets", "dataset"):
+        t = Table(title="datasets")
+        for c in ("name", "task", "metric", "modalities", "directions", "description"):
+            t.add_column(c)
+        for e in DATASETS.entries():
+            cls = e.obj
+            ad = cls(cls.Params())
+            mods = ", ".join(f"{m.name} ({m.code}, {m.kind})" for m in ad.modalities)
+            dirs = ", ".join(ad.direction_name(a, b) for a, b in ad.directions())
+            t.add_row(e.name, cls.task, cls.metric, mods, dirs, cls.description)
+        console.print(t)
+    else:
+        _fail(f"bench list {what!r}: expected 'methods' or 'datasets'")
+
+
+@app.command()
+def results(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
+    all_: bool = typer.Option(False, "--all", help="include failed runs"),
+) -> None:
+    """Show collected records, one line per run."""
+    from .results import load_results
+
+    df = load_results(results, status=None if all_ else "ok")
+    if df.empty:
+        console.print(f"no records in {results}")
+        return
+    t = Table(title=f"{len(df)} records in {results}")
+    for c in ("dataset", "dir", "method", "seed", "status", "metric", "selected", "final", "ref. best", "epoch", "time"):
+        t.add_column(c, justify="right" if c in ("seed", "selected", "final", "ref. best", "epoch", "time") else "left")
+    for r in df.sort_values(["dataset", "direction", "method", "seed"]).itertuples():
+        ok = r.status == "ok"
+        t.add_row(r.dataset, r.direction, r.method, str(r.seed), r.status if ok else f"[red]{r.status}[/red]", r.metric,
+                  f"{r.best_metric:.2f}" if ok else "-", f"{r.final_metric:.2f}" if ok else "-",
+                  f"{r.reference_best_metric:.2f}" if ok else "-", str(int(r.selected_epoch)) if ok else "-",
+                  f"{r.wall_time_s:.0f}s" if r.wall_time_s == r.wall_time_s else "-")
+    console.print(t)
+
+
+@app.command()
+def table(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table to this file"),
+    fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | rich"),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets (column order)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order)"),
+    decimals: int = typer.Option(1, "--decimals"),
+    std: bool = typer.Option(False, "--std/--no-std", help="print ± sample std over seeds"),
+    value: str = typer.Option("best_metric", "--value", help="best_metric (val-selected) | final_metric | reference_best_metric"),
+    caption: Optional[str] = typer.Option(None, "--caption"),
+    label: str = typer.Option("tab:comparison", "--label"),
+    booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
+) -> None:
+    """Comparison table (rows: methods by category; columns: dataset x student modality)."""
+    from .executors import split_list
+    from .results import load_results
+    from .tables import build_comparison, to_csv, to_latex, to_markdown, to_rich
+
+    if value not in ("best_metric", "final_metric", "reference_best_metric"):
+        _fail(f"--value {value!r}: expected best_metric, final_metric or reference_best_metric")
+    df = load_results(results)
+    if df.empty:
+        _fail(f"no ok records in {results}/records; run `bench run` first")
+    comp = build_comparison(df, value=value, methods=split_list(methods) or None, datasets=split_list(datasets) or None,
+                            decimals=decimals)
+    if fmt == "rich":
+        console.print(to_rich(comp, decimals=decimals, std=std))
+        return
+    if fmt == "latex":
+        text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs)
+    elif fmt == "markdown":
+        text = to_markdown(comp, decimals=decimals, std=std)
+    elif fmt == "csv":
+        text = to_csv(comp)
+    else:
+        _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
+    if out:
+        from .utils import atomic_write_bytes
+
+        atomic_write_bytes(out, text.encode())
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    try:
+        app()
+    except BenchError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

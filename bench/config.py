@@ -1,0 +1,191 @@
+"""Typed hyper-parameters and ``--set key=value`` overrides.
+
+Every method and dataset declares its hyper-parameters as a dataclass whose defaults are the
+reference defaults. Overrides are strings from the CLI (``--set dkd.beta=8``); they are coerced
+to the declared field type, and unknown keys are rejected with the list of valid ones, so a
+typo can never silently run the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert ``value`` (usually a CLI string) to ``typ``; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in {"none", "null"} and type(None) in args:
+            return None
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in non_none:
+            try:
+                return coerce(value, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: cannot read {value!r} as {typ}")
+    if typing.get_origin(typ) is typing.Literal:
+        allowed = typing.get_args(typ)
+        for a in allowed:
+            if str(a) == str(value):
+                return a
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            parts = [p for p in value.replace(";", ",").split(",") if p.strip() != ""]
+        else:
+            parts = list(value)
+        inner = args[0] if args else str
+        conv = [coerce(p.strip() if isinstance(p, str) else p, inner, where) for p in parts]
+        return tuple(conv) if origin is tuple else conv
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise ConfigError(f"{where}: expected a boolean (true/false), got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if typ is str:
+        return str(value)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def build_params(cls: type, overrides: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from its defaults plus ``overrides`` (validated)."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, raw in overrides.items():
+        if key not in types_:
+            valid = ", ".join(sorted(types_)) or "(none)"
+            raise ConfigError(f"unknown parameter {prefix}.{key}; valid {prefix} parameters: {valid}")
+        kwargs[key] = coerce(raw, types_[key], f"{prefix}.{key}")
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix}: {exc}") from exc
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}: {exc}") from exc
+    return obj
+
+
+def params_dict(obj: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(obj)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each field, for ``bench list``."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        tname = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
+        out.append((f.name, tname, default, f.metadata.get("help", "")))
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """``["dkd.beta=8", "train.lr=0.1"]`` -> ``{"dkd": {"beta": "8"}, "train": {"lr": "0.1"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected SCOPE.KEY=VALUE, e.g. dkd.beta=8 or train.lr=0.01")
+        key, value = item.split("=", 1)
+        if "." not in key:
+            raise ConfigError(f"--set {item!r}: the key needs a scope (a method, a dataset or 'train'), e.g. dkd.beta=8")
+        scope, name = key.split(".", 1)
+        out.setdefault(scope.strip().lower(), {})[name.strip()] = value.strip()
+    return out
+
+
+def hp(default: Any, help: str = "") -> Any:  # noqa: A002 - mirrors dataclasses.field
+    """A dataclass field with a help string shown by ``bench list methods``."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and protocol settings shared by every run (scope ``train`` in ``--set``).
+
+    Dataset adapters supply their own defaults (e.g. 100 epochs of SGD 0.01 with the C2KD poly
+    schedule for the audio-visual sets); these class defaults only apply where they do not.
+    """
+
+    epochs: int = hp(20, "student training epochs")
+    teacher_epochs: int = hp(20, "unimodal teacher training epochs")
+    batch_size: int = hp(64, "mini-batch size")
+    eval_batch_size: int = hp(256, "evaluation batch size")
+    optimizer: str = hp("sgd", "sgd | adam | adamw")
+    lr: float = hp(0.01, "initial learning rate")
+    momentum: float = hp(0.9, "SGD momentum")
+    weight_decay: float = hp(0.0, "weight decay")
+    schedule: str = hp("poly", "poly (C2KD: 1e-4 + (lr-1e-4)(1-e/E)^0.9) | cosine | step | constant")
+    min_lr: float = hp(1e-4, "final learning rate of the poly/cosine schedules")
+    poly_power: float = hp(0.9, "exponent of the poly schedule")
+    step_milestones: tuple[int, ...] = hp((), "epochs at which the step schedule multiplies lr by step_gamma")
+    step_gamma: float = hp(0.1, "step schedule factor")
+    grad_clip: float = hp(0.0, "max gradient norm (0 = off)")
+    val_fraction: float = hp(0.1, "fraction of train carved out (stratified, seeded) for model selection")
+    split_seed: int = hp(0, "seed of the train/validation split (shared by teacher and students)")
+    selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
+    deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.teacher_epochs < 1:
+            raise ValueError("epochs and teacher_epochs must be >= 1")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (batch statistics)")
+        if self.optimizer not in {"sgd", "adam", "adamw"}:
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in {"poly", "cosine", "step", "constant"}:
+            raise ValueError(f"schedule must be poly, cosine, step or constant, got {self.schedule!r}")
+        if not 0.0 <= self.val_fraction < 0.9:
+            raise ValueError("val_fraction must be in [0, 0.9)")
+        if self.selection not in {"val", "test"}:
+            raise ValueError(f"selection must be 'val' or 'test', got {self.selection!r}")

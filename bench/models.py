@@ -1,0 +1,216 @@
+"""Backbones and the model-output contract.
+
+Every backbone returns a :class:`ModelOutput` carrying the logits, the pooled penultimate
+vector (post- and pre-activation) and the per-stage feature maps (post- and pre-activation),
+so any KD method can consume any pair of modalities without hooks keyed on module names
+(which break as soon as teacher and student architectures differ). Feature maps are always
+``(B, C, *spatial)`` with 0, 1 or 2 spatial axes; :func:`to_4d` gives them a common layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    """(B, C) class scores, or (B, C, H, W) for dense prediction."""
+    feature: torch.Tensor
+    """(B, D) pooled post-activation penultimate vector: what the classifier sees."""
+    pre_feature: torch.Tensor
+    """(B, D) pooled pre-activation vector of the last stage (FD-CMKD's default tap point)."""
+    feature_maps: list[torch.Tensor] = field(default_factory=list)
+    """Post-activation output of every stage, shallow to deep."""
+    preact_maps: list[torch.Tensor] = field(default_factory=list)
+    """Pre-activation output of every stage (OFD distils these)."""
+
+    def detach(self) -> "ModelOutput":
+        return ModelOutput(
+            self.logits.detach(), self.feature.detach(), self.pre_feature.detach(),
+            [m.detach() for m in self.feature_maps], [m.detach() for m in self.preact_maps],
+        )
+
+
+def to_4d(t: torch.Tensor) -> torch.Tensor:
+    """(B,C) -> (B,C,1,1); (B,C,L) -> (B,C,L,1); (B,C,H,W) unchanged."""
+    if t.dim() == 2:
+        return t[:, :, None, None]
+    if t.dim() == 3:
+        return t[:, :, :, None]
+    if t.dim() == 4:
+        return t
+    raise ValueError(f"feature map of shape {tuple(t.shape)} has more than 2 spatial axes")
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses implement :meth:`encode`; :meth:`forward` adds the classifier."""
+
+    feature_dim: int
+    num_classes: int
+    stage_channels: list[int]
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return (post-activation stage maps, pre-activation stage maps)."""
+        raise NotImplementedError
+
+    def bn_before_relu(self) -> list[nn.Module | None]:
+        """The BatchNorm feeding each stage's final ReLU (None where there is none): OFD margins."""
+        return [None] * len(self.stage_channels)
+
+    def pool(self, m: torch.Tensor) -> torch.Tensor:
+        return m.flatten(2).mean(-1) if m.dim() > 2 else m
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        maps, pre = self.encode(x)
+        feat = self.pool(maps[-1])
+        pre_feat = self.pool(pre[-1])
+        return ModelOutput(self.classifier(feat), feat, pre_feat, maps, pre)
+
+
+def _conv(dim: int):
+    return nn.Conv1d if dim == 1 else nn.Conv2d
+
+
+def _bn(dim: int):
+    return nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block that also returns its pre-activation output."""
+
+    def __init__(self, dim: int, cin: int, cout: int, stride: int):
+        super().__init__()
+        Conv, BN = _conv(dim), _bn(dim)
+        self.conv1 = Conv(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = BN(cout)
+        self.conv2 = Conv(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = BN(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(self.bn1(self.conv1(x)))
+        pre = self.bn2(self.conv2(h)) + self.shortcut(x)
+        return F.relu(pre), pre
+
+
+
+class ResNetBackbone(Backbone):
+    """A ResNet over 1-D (sequences, spectrogram rows as channels) or 2-D inputs.
+
+    ``resnet18(dim=2, in_channels=1)`` is the audio ResNet-18 of OGM-GE/C2KD (1-channel
+    spectrogram), ``resnet18(dim=2, in_channels=3)`` the visual one. Small widths and one block
+    per stage give the CPU-sized encoders of the synthetic benchmark.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        stem: str = "imagenet",
+        frames: int = 1,
+    ):
+        super().__init__()
+        if dim not in (1, 2):
+            raise ValueError("dim must be 1 or 2")
+        Conv, BN = _conv(dim), _bn(dim)
+        self.dim = dim
+        self.frames = frames
+        if stem == "imagenet":
+            self.stem = nn.Sequential(
+                Conv(in_channels, widths[0], 7, 2, 3, bias=False), BN(widths[0]), nn.ReLU(inplace=True),
+                (nn.MaxPool1d if dim == 1 else nn.MaxPool2d)(3, 2, 1),
+            )
+        elif stem == "small":
+            self.stem = nn.Sequential(Conv(in_channels, widths[0], 3, 1, 1, bias=False), BN(widths[0]), nn.ReLU(inplace=True))
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        stages = []
+        cin = widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            layers = []
+            for j in range(n):
+                layers.append(BasicBlock(dim, cin, w, 2 if (j == 0 and i > 0) else 1))
+                cin = w
+            stages.append(nn.ModuleList(layers))
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = list(widths)
+        self.feature_dim = widths[-1]
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        b = x.shape[0]
+        if self.frames > 1:
+            # (B, T, C, H, W) -> frames folded into the batch, pooled over time below (OGM-GE).
+            x = x.flatten(0, 1)
+        h = self.stem(x)
+        maps, pres = [], []
+        for stage in self.stages:
+            pre = h
+            for block in stage:
+                h, pre = block(h)
+            maps.append(h)
+            pres.append(pre)
+        if self.frames > 1:
+            maps = [m.view(b, self.frames, *m.shape[1:]).mean(1) for m in maps]
+            pres = [p.view(b, self.frames, *p.shape[1:]).mean(1) for p in pres]
+        return maps, pres
+
+    def bn_before_relu(self) -> list[nn.Module | None]:
+        return [stage[-1].bn2 for stage in self.stages]
+
+
+def resnet18(dim: int, in_channels: int, num_classes: int, frames: int = 1) -> ResNetBackbone:
+    return ResNetBackbone(dim, in_channels, num_classes, (64, 128, 256, 512), (2, 2, 2, 2), "imagenet", frames)
+
+
+class MLPBackbone(Backbone):
+    """Vectors: Linear-BN-ReLU stages. Stage "maps" are (B, C) vectors."""
+
+    def __init__(self, in_features: int, num_classes: int, widths: Sequence[int] = (128, 128)):
+        super().__init__()
+        self.linears = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        cin = in_features
+        for w in widths:
+            self.linears.append(nn.Linear(cin, w))
+            self.bns.append(nn.BatchNorm1d(w))
+            cin = w
+        self.stage_channels = list(widths)
+        self.feature_dim = widths[-1]
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        h = x.flatten(1)
+        maps, pres = [], []
+        for lin, bn in zip(self.linears, self.bns):
+            pre = bn(lin(h))
+            h = F.relu(pre)
+            maps.append(h)
+            pres.append(pre)
+        return maps, pres
+
+    def bn_before_relu(self) -> list[nn.Module | None]:
+        return list(self.bns)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,615 @@
+"""The shared runner: teacher -> distilled student -> evaluation -> one result record.
+
+One call of :func:`run` handles one (dataset, teacher modality -> student modality, method,
+seed). It
+
+1. trains the unimodal teacher of that dataset/modality/seed, or reuses the cached checkpoint
+   (a file lock makes concurrent processes wait for, not duplicate, the training);
+2. trains a freshly initialised student with the method's losses;
+3. evaluates the student on the validation and test splits after every epoch;
+4. writes one atomic JSON record.
+
+Protocol. The epoch reported as ``best_metric`` is selected on a validation split carved from
+train (seeded, stratified), never on test. The reference code's protocol (best test epoch) is
+recorded too, as ``reference_best_metric``, and ``final_metric`` is the last epoch's test score.
+
+Reproducibility. Each epoch reseeds the global and the batch-order RNG from (seed, epoch), so
+a run resumed from its per-epoch checkpoint continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import platform
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .config import TrainConfig, build_params, params_dict
+from .data import DatasetAdapter, Split, batch_indices, stratified_split
+from .errors import BenchError, ConfigError
+from .method import Method, MethodContext
+from .models import Backbone, ModelOutput
+from .registry import DATASETS, METHODS
+from .results import SCHEMA_VERSION, existing_ok, write_record
+from .utils import atomic_torch_save, git_commit, resolve_device, seed_everything, stable_hash
+
+
+class Reporter(Protocol):
+    def begin(self, run_id: str, total_epochs: int) -> None: ...
+    def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None: ...
+    def end(self, run_id: str, record: dict[str, Any]) -> None: ...
+
+
+class NullReporter:
+    def begin(self, run_id: str, total_epochs: int) -> None:
+        pass
+
+    def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
+        pass
+
+    def end(self, run_id: str, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class RunSpec:
+    """What to run. ``overrides`` maps a scope (``train``, a method or a dataset name) to raw
+    ``key -> value`` strings from ``--set``."""
+
+    dataset: str
+    teacher_modality: str
+    student_modality: str
+    method: str
+    seed: int = 0
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    results_dir: str = "results"
+    device: str = "auto"
+    save_model: bool = False
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Resolved:
+    spec: RunSpec
+    adapter: DatasetAdapter
+    method_cls: type[Method]
+    method_params: Any
+    train: TrainConfig
+    direction: str
+    run_id: str
+    config: dict[str, Any]
+    config_hash: str
+    group_hash: str
+    method_source: str
+    method_source_hash: str | None
+
+
+def load_plugins(paths: list[str]) -> None:
+    for p in paths:
+        METHODS.load_plugin_file(p)
+
+
+def build_adapter(name: str, overrides: dict[str, dict[str, str]]) -> DatasetAdapter:
+    cls = DATASETS.get(name)
+    params = build_params(cls.Params, overrides.get(cls.name, {}), cls.name)
+    return cls(params)
+
+
+def build_train_config(adapter: DatasetAdapter, overrides: dict[str, dict[str, str]]) -> TrainConfig:
+    merged: dict[str, Any] = dict(adapter.train_defaults)
+    merged.update(overrides.get("train", {}))
+    return build_params(TrainConfig, merged, "train")
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Validate names and overrides and compute the run's identity (no training)."""
+    load_plugins(spec.plugins)
+    adapter = build_adapter(spec.dataset, spec.overrides)
+    mentry = METHODS.entry(spec.method)
+    method_cls = mentry.obj
+    known_scopes = {"train", adapter.name} | set(METHODS.names())
+    for scope in spec.overrides:
+        if scope not in known_scopes:
+            raise ConfigError(
+                f"--set {scope}.…: unknown scope {scope!r}; use 'train', the dataset name or a method name"
+            )
+    mparams = build_params(method_cls.Params, spec.overrides.get(method_cls.name, {}), method_cls.name)
+    train = build_train_config(adapter, spec.overrides)
+    t = adapter.modality(spec.teacher_modality).name
+    s = adapter.modality(spec.student_modality).name
+    if t == s:
+        raise BenchError(f"teacher and student modality are both {s!r}")
+    if adapter.task != "classification" and not method_cls.dense_ok:
+        raise BenchError(
+            f"method {method_cls.name!r} does not apply to {adapter.task} ({adapter.name}): {method_cls.dense_reason}"
+        )
+    direction = adapter.direction_name(t, s)
+    config = {
+        "dataset": adapter.fingerprint(),
+        "teacher_modality": t,
+        "student_modality": s,
+        "method": method_cls.name,
+        "method_params": params_dict(mparams),
+        "method_source_hash": mentry.source_hash,
+        "train": params_dict(train),
+        "seed": spec.seed,
+    }
+    chash = stable_hash(config, 10)
+    # Identity of the *cell configuration* (everything but the seed): seeds of one cell share it,
+    # so tables can average over seeds and flag cells whose records disagree on anything else.
+    group_hash = stable_hash({k: v for k, v in config.items() if k != "seed"}, 10)
+    run_id = f"{adapter.name}_{direction}_{method_cls.name}_s{spec.seed}_{chash[:8]}"
+    return Resolved(spec, adapter, method_cls, mparams, train, direction, run_id, config, chash, group_hash,
+                    mentry.source, mentry.source_hash)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+_DATA_CACHE: dict[str, dict[str, Split]] = {}
+
+
+def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]:
+    """Adapter splits plus a carved validation split when the adapter has none (cached per process)."""
+    key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": train.split_seed})
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    splits = dict(adapter.load())
+    for name in ("train", "test"):
+        if name not in splits:
+            raise BenchError(f"dataset {adapter.name!r} produced no {name!r} split")
+    mods = [m.name for m in adapter.modalities]
+    for name, sp in splits.items():
+        sp.check(f"{adapter.name}/{name}", mods, adapter.num_classes, adapter.ignore_index)
+    if "val" not in splits:
+        if train.val_fraction > 0:
+            keep, held = stratified_split(splits["train"].labels, train.val_fraction, train.split_seed)
+            splits["val"] = splits["train"].subset(held)
+            splits["train"] = splits["train"].subset(keep)
+    if len(_DATA_CACHE) > 4:
+        _DATA_CACHE.clear()
+    _DATA_CACHE[key] = splits
+    return splits
+
+
+def _inputs(adapter: DatasetAdapter, split: Split, modality: str, idx: torch.Tensor, device: torch.device,
+            train: bool, gen: torch.Generator | None) -> torch.Tensor:
+    x = split.inputs[modality][idx].to(device, non_blocking=True)
+    return adapter.prepare_batch(modality, x, train, gen)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+@torch.no_grad()
+def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,
+             batch_size: int) -> float:
+    """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    k = adapter.num_classes
+    correct = 0
+    total = 0
+    conf = torch.zeros(k, k, dtype=torch.long, device=device) if adapter.metric == "mIoU" else None
+    for idx in batch_indices(len(split), batch_size, False, None, False):
+        x = _inputs(adapter, split, modality, idx, device, False, None)
+        y = split.labels[idx].to(device)
+        logits = model(x).logits
+        pred = logits.argmax(1)
+        if conf is not None:
+            if pred.shape[-2:] != y.shape[-2:]:
+                pred = nn.functional.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            valid = y != adapter.ignore_index if adapter.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+            conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
+        else:
+            correct += int((pred == y).sum())
+            total += int(y.numel())
+    model.train(was_training)
+    if conf is not None:
+        return miou_from_confusion(conf)
+    return 100.0 * correct / max(total, 1)
+
+
+def miou_from_confusion(conf: torch.Tensor) -> float:
+    """Mean IoU (%) over classes present in the ground truth or the prediction."""
+    conf = conf.double()
+    tp = conf.diag()
+    denom = conf.sum(0) + conf.sum(1) - tp
+    present = denom > 0
+    if not present.any():
+        return 0.0
+    return float(100.0 * (tp[present] / denom[present]).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# optimisation
+
+def lr_at(train: TrainConfig, epoch0: int, total: int) -> float:
+    """Learning rate for 0-based ``epoch0`` of ``total`` epochs (set at the start of the epoch)."""
+    if train.schedule == "constant":
+        return train.lr
+    if train.schedule == "poly":  # C2KD / re-FD-CMKD convention
+        return train.min_lr + (train.lr - train.min_lr) * (1 - epoch0 / total) ** train.poly_power
+    if train.schedule == "cosine":
+        return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * epoch0 / total))
+    factor = train.step_gamma ** sum(1 for m in train.step_milestones if epoch0 >= m)
+    return train.lr * factor
+
+
+def make_optimizer(train: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, **fused)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
+
+
+def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**62)
+
+
+def _unique_params(*groups: list[nn.Parameter]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for g in groups:
+        for p in g:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    selected_epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(
+    *,
+    adapter: DatasetAdapter,
+    splits: dict[str, Split],
+    student: Backbone,
+    student_modality: str,
+    method: Method,
+    teacher: Backbone | None,
+    teacher_modality: str | None,
+    train: TrainConfig,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    salt: int = 0,
+) -> FitResult:
+    """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
+
+    Selection: the epoch with the best validation metric (ties: the later epoch, as the
+    reference code's ``>=``), or the best test metric when ``train.selection == "test"`` (the
+    reference protocol, labelled as such in the record).
+    """
+    tr, va, te = splits["train"], splits.get("val"), splits["test"]
+    if train.selection == "val" and va is None:
+        raise ConfigError("selection=val needs a validation split: set train.val_fraction > 0")
+    teacher_in_opt = method.uses_teacher and method.teacher_trainable and teacher is not None
+    params = _unique_params(
+        list(student.parameters()), method.extra_parameters(),
+        list(teacher.parameters()) if teacher_in_opt else [],
+    )
+    opt = make_optimizer(train, params, device)
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] = {}
+    best_key = -math.inf
+    selected = 0
+    start_epoch = 1
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        student.load_state_dict(state["student"])
+        method.load_state_dict(state["method"])
+        if teacher_in_opt and state.get("teacher") is not None:
+            teacher.load_state_dict(state["teacher"])
+        opt.load_state_dict(state["optimizer"])
+        history = state["history"]
+        best_state = state["best_state"]
+        best_key = state["best_key"]
+        selected = state["selected"]
+        start_epoch = len(history) + 1
+    for epoch in range(start_epoch, epochs + 1):
+        t0 = time.perf_counter()
+        lr = lr_at(train, epoch - 1, epochs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(_epoch_seed(seed, epoch, salt))
+        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, salt + 1))
+        student.train()
+        method.modules.train()
+        if teacher is not None:
+            teacher.train(teacher_in_opt or method.teacher_train_mode)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for idx in batch_indices(len(tr), train.batch_size, True, gen, drop_last=True):
+            xs = _inputs(adapter, tr, student_modality, idx, device, True, gen)
+            y = tr.labels[idx].to(device, non_blocking=True)
+            s_out = student(xs)
+            t_out = None
+            if method.uses_teacher and teacher is not None:
+                xt = _inputs(adapter, tr, teacher_modality, idx, device, True, gen)  # type: ignore[arg-type]
+                if teacher_in_opt:
+                    t_out = teacher(xt)
+                else:
+                    with torch.no_grad():
+                        t_out = teacher(xt).detach()
+            terms = method.loss(s_out, t_out, y, epoch)
+            total = sum(terms.values())
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                )
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+        row: dict[str, Any] = {
+            "epoch": epoch, "lr": lr,
+            "train_loss": sum(sums.values()) / max(n_batches, 1),
+            "terms": {k: v / max(n_batches, 1) for k, v in sums.items()},
+        }
+        row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size) if va is not None else None
+        row["test_metric"] = evaluate(student, adapter, te, student_modality, device, train.eval_batch_size)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        key = row["val_metric"] if train.selection == "val" else row["test_metric"]
+        if key >= best_key:  # ties -> later epoch
+            best_key = key
+            selected = epoch
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        if checkpoint is not None:
+            atomic_torch_save({
+                "student": student.state_dict(), "method": method.state_dict(),
+                "teacher": teacher.state_dict() if teacher_in_opt else None,
+                "optimizer": opt.state_dict(), "history": history, "best_state": best_state,
+                "best_key": best_key, "selected": selected,
+            }, checkpoint)
+        if on_epoch:
+            on_epoch(epoch, row)
+    extra = {}
+    if teacher_in_opt:
+        extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device, train.eval_batch_size)  # type: ignore[arg-type]
+    return FitResult(history, best_state, selected, extra)
+
+
+# --------------------------------------------------------------------------------------------
+# teachers
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (works across processes and SLURM tasks on a shared FS)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
+    t = params_dict(r.train)
+    return {
+        "dataset": r.adapter.fingerprint(), "modality": modality, "seed": r.spec.seed,
+        "epochs": r.train.teacher_epochs,
+        "train": {k: t[k] for k in ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                                     "min_lr", "poly_power", "step_milestones", "step_gamma", "grad_clip",
+                                     "val_fraction", "split_seed", "selection")},
+    }
+
+
+def teacher_path(r: Resolved, modality: str) -> Path:
+    fp = stable_hash(teacher_fingerprint(r, modality), 12)
+    return Path(r.spec.results_dir) / "teachers" / r.adapter.name / modality / f"seed{r.spec.seed}-{fp}.pt"
+
+
+def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
+                on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[Backbone, dict[str, Any]]:
+    """Load the cached unimodal teacher or train it (once, under a file lock)."""
+    modality = r.config["teacher_modality"]
+    path = teacher_path(r, modality)
+    model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            state = torch.load(path, map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            info = dict(state["info"], cached=True, checkpoint=str(path))
+            return model, info
+        seed_everything(r.spec.seed, r.train.deterministic)
+        model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
+        ce = _plain_ce_method(r, modality, device)
+        res = fit(adapter=r.adapter, splits=splits, student=model, student_modality=modality, method=ce,
+                  teacher=None, teacher_modality=None, train=r.train, epochs=r.train.teacher_epochs,
+                  seed=r.spec.seed, device=device, on_epoch=on_epoch, salt=17)
+        model.load_state_dict(res.best_state)
+        sel = res.history[res.selected_epoch - 1]
+        info = {
+            "modality": modality, "epochs": r.train.teacher_epochs, "selected_epoch": res.selected_epoch,
+            "selection": r.train.selection, "val_metric": sel["val_metric"], "test_metric": sel["test_metric"],
+            "final_test_metric": res.history[-1]["test_metric"], "fingerprint": teacher_fingerprint(r, modality),
+        }
+        atomic_torch_save({"model": model.state_dict(), "info": info, "history": res.history}, path)
+        return model, dict(info, cached=False, checkpoint=str(path))
+
+
+def _plain_ce_method(r: Resolved, modality: str, device: torch.device) -> Method:
+    from .methods.none import NoKD  # the unimodal baseline is exactly teacher training
+
+    ctx = MethodContext(r.adapter.num_classes, r.train.teacher_epochs, r.adapter.task, None, modality, device,
+                        r.adapter.ignore_index)
+    return NoKD(NoKD.Params(), ctx)
+
+
+# --------------------------------------------------------------------------------------------
+# one run
+
+def run_id_of(spec: RunSpec) -> str:
+    return resolve(spec).run_id
+
+
+def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) -> dict[str, Any]:
+    """Execute one run and write its record. Returns the record (status ok or failed).
+
+    A run whose ok record exists is skipped (returned as is) unless ``force``. An exception
+    inside training produces a ``failed`` record and is re-raised; KeyboardInterrupt leaves the
+    per-epoch checkpoint behind so that the next invocation resumes.
+    """
+    reporter = reporter or NullReporter()
+    r = resolve(spec)
+    results = Path(spec.results_dir)
+    _check_writable(results)
+    if not force and existing_ok(results, r.run_id):
+        from .results import read_record, record_path
+
+        rec = read_record(record_path(results, r.run_id))
+        rec["skipped"] = True
+        return rec
+    device = resolve_device(spec.device)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    ckpt = results / "checkpoints" / f"{r.run_id}.pt"
+    if force and ckpt.exists():
+        ckpt.unlink()
+    base = _record_base(r, device)
+    needs_teacher = r.method_cls.uses_teacher
+    total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
+    reporter.begin(r.run_id, total_epochs)
+    try:
+        splits = load_splits(r.adapter, r.train)
+        teacher, tinfo = None, None
+        if needs_teacher:
+            teacher, tinfo = get_teacher(r, splits, device,
+                                         on_epoch=lambda e, row: reporter.epoch(r.run_id, "teacher", e, row))
+        seed_everything(spec.seed, r.train.deterministic)
+        s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
+        student = r.adapter.build_model(s_mod, r.adapter.num_classes).to(device)
+        ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
+                            s_mod, device, r.adapter.ignore_index)
+        method = r.method_cls(r.method_params, ctx)
+        s_probe, t_probe = _probe(r, splits, student, teacher, s_mod, t_mod, device)
+        method.setup(student, teacher, s_probe, t_probe)
+        method.modules.to(device)
+        res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
+                  teacher=teacher, teacher_modality=t_mod, train=r.train, epochs=r.train.epochs, seed=spec.seed,
+                  device=device, checkpoint=ckpt,
+                  on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        rec = dict(base, status="failed", error=f"{type(exc).__name__}: {exc}",
+                   traceback=traceback.format_exc()[-4000:], wall_time_s=time.perf_counter() - t0,
+                   started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
+        write_record(results, rec)
+        reporter.end(r.run_id, rec)
+        raise
+    sel = res.history[res.selected_epoch - 1]
+    ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
+    rec = dict(
+        base,
+        status="ok", error=None,
+        best_metric=sel["test_metric"], selected_epoch=res.selected_epoch, val_at_selected=sel["val_metric"],
+        final_metric=res.history[-1]["test_metric"],
+        reference_best_metric=ref_best["test_metric"], reference_best_epoch=ref_best["epoch"],
+        reference_protocol="best test-set epoch (what the reference code reports); not used for selection",
+        history=res.history, teacher=tinfo, extra=res.extra,
+        wall_time_s=time.perf_counter() - t0, started_at=started.isoformat(),
+        finished_at=datetime.now(timezone.utc).isoformat(),
+    )
+    if spec.save_model:
+        mpath = results / "models" / f"{r.run_id}.pt"
+        atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
+                           "method": method.state_dict(), "config": r.config}, mpath)
+        rec["model_path"] = str(mpath)
+    write_record(results, rec)
+    if ckpt.exists():
+        ckpt.unlink()
+    reporter.end(r.run_id, rec)
+    return rec
+
+
+def _probe(r: Resolved, splits: dict[str, Split], student: Backbone, teacher: Backbone | None,
+           s_mod: str, t_mod: str, device: torch.device) -> tuple[ModelOutput, ModelOutput | None]:
+    """Dry-run both networks on two real training samples of their own modality (eval mode)."""
+    idx = torch.arange(min(2, len(splits["train"])))
+    was = student.training
+    student.eval()
+    with torch.no_grad():
+        s_probe = student(_inputs(r.adapter, splits["train"], s_mod, idx, device, False, None))
+        t_probe = None
+        if teacher is not None:
+            tw = teacher.training
+            teacher.eval()
+            t_probe = teacher(_inputs(r.adapter, splits["train"], t_mod, idx, device, False, None))
+            teacher.train(tw)
+    student.train(was)
+    return s_probe, t_probe
+
+
+def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": r.run_id,
+        "method": r.method_cls.name,
+        "method_category": r.method_cls.category,
+        "method_source": r.method_source,
+        "method_source_hash": r.method_source_hash,
+        "dataset": r.adapter.name,
+        "task": r.adapter.task,
+        "teacher_modality": r.config["teacher_modality"],
+        "student_modality": r.config["student_modality"],
+        "direction": r.direction,
+        "seed": r.spec.seed,
+        "metric": r.adapter.metric,
+        "selection": r.train.selection,
+        "config": r.config,
+        "config_hash": r.config_hash,
+        "group_hash": r.group_hash,
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "device": _device_name(device),
+        "hostname": socket.gethostname(),
+        "python": platform.python_version(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}"
+
+
+def _check_writable(results: Path) -> None:
+    try:
+        (results / "records").mkdir(parents=True, exist_ok=True)
+        probe = results / "records" / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"results folder {results} is not writable: {exc.strerror or exc}") from None

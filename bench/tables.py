@@ -1,0 +1,247 @@
+"""Comparison tables from result records (LaTeX, Markdown, CSV, rich).
+
+Layout of the comparison table (FD-CMKD Table 2): rows = methods grouped by category
+(Uni-Modal / Logits / Feature / Cross-Modal), columns = dataset x student modality, each cell
+the mean over seeds of the selected-epoch test metric (optionally +- sample std). Per column the
+best mean is bold and the second underlined; equal means (at the printed precision) share the
+mark, and the caption says so. Missing cells print as "--" and are never dropped. Records of one
+cell made with different configurations (other than the seed) are not averaged together: the
+cell is flagged with a dagger and the caption names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import pandas as pd
+
+CATEGORY_ORDER = ["Uni-Modal", "Logits", "Feature", "Cross-Modal"]
+PAPER_ORDER = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd"]
+DISPLAY = {
+    "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
+    "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD",
+}
+
+
+def display_name(method: str) -> str:
+    return DISPLAY.get(method, method)
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+    conflict: bool = False
+    configs: int = 1
+
+
+@dataclass
+class Comparison:
+    methods: list[str]
+    categories: dict[str, str]
+    columns: list[tuple[str, str]]  # (dataset, student modality)
+    cells: dict[tuple[str, tuple[str, str]], Cell]
+    metric: str
+    marks: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # "best" | "second"
+    ties: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+
+
+def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[str]:
+    def key(m: str) -> tuple[int, int, str]:
+        cat = categories.get(m) or "Cross-Modal"
+        ci = CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
+        pi = PAPER_ORDER.index(m) if m in PAPER_ORDER else len(PAPER_ORDER)
+        return (ci, pi, m)
+
+    return sorted(set(methods), key=key)
+
+
+def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: list[str] | None = None,
+                     datasets: list[str] | None = None, decimals: int = 1) -> Comparison:
+    """Aggregate ok records into a :class:`Comparison` (mean/std over seeds per cell)."""
+    df = df[df["status"] == "ok"] if "status" in df else df
+    if datasets:
+        df = df[df["dataset"].isin(datasets)]
+    cats = {r.method: r.method_category for r in df[["method", "method_category"]].drop_duplicates().itertuples()}
+    meths = methods or order_methods(df["method"].unique(), cats)
+    if methods:
+        for m in methods:
+            cats.setdefault(m, None)
+    col_order = []
+    ds_order = datasets or list(dict.fromkeys(df["dataset"]))
+    for d in ds_order:
+        mods = sorted(df[df["dataset"] == d]["student_modality"].unique())
+        col_order += [(d, m) for m in mods]
+    cells: dict[tuple[str, tuple[str, str]], Cell] = {}
+    conflicts = []
+    for m in meths:
+        for col in col_order:
+            sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+            if sub.empty:
+                cells[(m, col)] = Cell(None, None, 0)
+                continue
+            groups = sub["group_hash"].nunique() if "group_hash" in sub else 1
+            # One value per seed: duplicates of the same config+seed are the same run.
+            per_seed = sub.drop_duplicates(subset=["config_hash"])[value].astype(float)
+            if groups > 1:
+                cells[(m, col)] = Cell(None, None, int(len(per_seed)), conflict=True, configs=int(groups))
+                conflicts.append(f"{display_name(m)} on {col[0]}/{col[1]} ({groups} configurations)")
+                continue
+            mean = float(per_seed.mean())
+            std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
+            cells[(m, col)] = Cell(mean, std, int(len(per_seed)))
+    metric = str(df["metric"].iloc[0]) if len(df) else "top1"
+    comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts)
+    _mark(comp, decimals)
+    return comp
+
+
+def _mark(comp: Comparison, decimals: int) -> None:
+    for col in comp.columns:
+        vals = {m: round(c.mean, decimals) for m in comp.methods if (c := comp.cells[(m, col)]).mean is not None}
+        if not vals:
+            continue
+        distinct = sorted(set(vals.values()), reverse=True)
+        best = distinct[0]
+        best_ms = [m for m, v in vals.items() if v == best]
+        for m in best_ms:
+            comp.marks[(m, col)] = "best"
+        if len(best_ms) > 1:
+            comp.ties.append(f"{col[0]}/{col[1]}: best tied ({', '.join(display_name(m) for m in best_ms)})")
+            continue  # a tie for first takes both marks; no second place
+        if len(distinct) > 1:
+            second_ms = [m for m, v in vals.items() if v == distinct[1]]
+            for m in second_ms:
+                comp.marks[(m, col)] = "second"
+            if len(second_ms) > 1:
+                comp.ties.append(f"{col[0]}/{col[1]}: second tied ({', '.join(display_name(m) for m in second_ms)})")
+
+
+def _fmt(c: Cell, decimals: int, std: bool) -> str:
+    if c.conflict:
+        return "conflict"
+    if c.mean is None:
+        return "--"
+    s = f"{c.mean:.{decimals}f}"
+    if std and c.std is not None:
+        s += f" ± {c.std:.{decimals}f}"
+    return s
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        s = s.replace(a, b)
+    return s
+
+
+MODALITY_SHORT = {"audio": "A", "visual": "V", "text": "T", "image": "V", "depth": "Depth", "rgb": "RGB"}
+
+
+def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption: str | None = None,
+             label: str = "tab:comparison", booktabs: bool = True) -> str:
+    ncol = len(comp.columns)
+    top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small"]
+    metric_word = "mIoU (\\%)" if comp.metric == "mIoU" else "top-1 accuracy (\\%)"
+    cap = caption or f"Comparison of KD methods, {metric_word} of the student (column: student modality); mean over seeds"
+    if std:
+        cap += r" $\pm$ sample std"
+    cap += ". Best in \\textbf{bold}, second \\underline{underlined}."
+    if comp.ties:
+        cap += " Ties (equal at the printed precision) share the mark: " + _tex_escape("; ".join(comp.ties)) + "."
+    if any(c.mean is None and not c.conflict for c in comp.cells.values()):
+        cap += " -- = no result."
+    if comp.conflicts:
+        cap += " Conflict = records of different configurations for the same cell (not averaged): " + _tex_escape("; ".join(comp.conflicts)) + "."
+    lines.append(r"\caption{" + cap + "}")
+    lines.append(r"\label{" + label + "}")
+    lines.append(r"\begin{tabular}{l" + "c" * ncol + "}")
+    lines.append(top)
+    # two-level header: dataset spans its modalities
+    header1 = ["Method"]
+    rules = []
+    col = 2
+    datasets = list(dict.fromkeys(d for d, _ in comp.columns))
+    for d in datasets:
+        k = sum(1 for dd, _ in comp.columns if dd == d)
+        header1.append(rf"\multicolumn{{{k}}}{{c}}{{{_tex_escape(d)}}}")
+        rules.append(rf"\cmidrule(lr){{{col}-{col + k - 1}}}" if booktabs else "")
+        col += k
+    lines.append(" & ".join(header1) + r" \\")
+    if any(rules):
+        lines.append(" ".join(r for r in rules if r))
+    header2 = [""] + [_tex_escape(MODALITY_SHORT.get(m, m)) for _, m in comp.columns]
+    lines.append(" & ".join(header2) + r" \\")
+    lines.append(mid)
+    prev_cat = None
+    for m in comp.methods:
+        cat = comp.categories.get(m)
+        if prev_cat is not None and cat != prev_cat:
+            lines.append(mid)
+        prev_cat = cat
+        row = [_tex_escape(display_name(m))]
+        for colkey in comp.columns:
+            c = comp.cells[(m, colkey)]
+            txt = _fmt(c, decimals, std).replace("±", r"$\pm$")
+            mark = comp.marks.get((m, colkey))
+            if mark == "best":
+                txt = rf"\textbf{{{txt}}}"
+            elif mark == "second":
+                txt = rf"\underline{{{txt}}}"
+            row.append(txt)
+        lines.append(" & ".join(row) + r" \\")
+    lines.append(bot)
+    lines.append(r"\end{tabular}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> str:
+    head = ["Method"] + [f"{d} {MODALITY_SHORT.get(m, m)}" for d, m in comp.columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in comp.methods:
+        row = [display_name(m)]
+        for col in comp.columns:
+            txt = _fmt(comp.cells[(m, col)], decimals, std)
+            mark = comp.marks.get((m, col))
+            row.append(f"**{txt}**" if mark == "best" else f"<u>{txt}</u>" if mark == "second" else txt)
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(comp: Comparison) -> str:
+    rows = []
+    for m in comp.methods:
+        for col in comp.columns:
+            c = comp.cells[(m, col)]
+            rows.append({"method": m, "category": comp.categories.get(m), "dataset": col[0], "student_modality": col[1],
+                         "mean": c.mean, "std": c.std, "n_seeds": c.n, "conflict": c.conflict,
+                         "mark": comp.marks.get((m, col), "")})
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str | None = None):
+    from rich.table import Table
+
+    t = Table(title=title or f"student {comp.metric} (mean over seeds; bold = best, underline = second)")
+    t.add_column("Method")
+    for d, m in comp.columns:
+        t.add_column(f"{d}\n{MODALITY_SHORT.get(m, m)}", justify="right")
+    prev = None
+    for m in comp.methods:
+        cat = comp.categories.get(m)
+        if prev is not None and cat != prev:
+            t.add_section()
+        prev = cat
+        row = [display_name(m)]
+        for col in comp.columns:
+            c = comp.cells[(m, col)]
+            txt = _fmt(c, decimals, std) + (f" (n={c.n})" if c.n > 1 and not c.conflict else "")
+            mark = comp.marks.get((m, col))
+            row.append(f"[bold]{txt}[/bold]" if mark == "best" else f"[underline]{txt}[/underline]" if mark == "second" else txt)
+        t.add_row(*row)
+    return t

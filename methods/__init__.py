@@ -1,0 +1,1 @@
+"""KD methods (installed as ``bench.methods``); one module per method."""
