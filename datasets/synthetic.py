@@ -15,7 +15,7 @@ Two paired modalities with the same labels, built to show the phenomena CMKD pap
   is clearly the weaker one (its unimodal accuracy is far below audio's).
 
 ``audio`` is a multichannel sequence (8 x 32; encoder: 1-D ResNet); ``visual`` is a small RGB
-image (3 x 16 x 16; encoder: 2-D ResNet). Both encoders end in a 64-d pooled feature, so
+image (3 x 12 x 12; encoder: 2-D ResNet). Both encoders end in a 64-d pooled feature, so
 feature-space methods (FD-CMKD's DFT over the feature vector) apply without a projector.
 The same ``data_seed`` always produces the same arrays; run seeds only change initialisation
 and batch order.
@@ -42,7 +42,7 @@ class SyntheticParams:
     shared_dim: int = hp(8, "dimension of the shared class latent")
     specific_dim: int = hp(4, "dimension of each modality's own class signal")
     audio_snr: float = hp(1.0, "amplitude of the class signal in audio relative to its noise")
-    visual_snr: float = hp(0.2, "amplitude of the class signal in visual relative to its noise")
+    visual_snr: float = hp(0.3, "amplitude of the class signal in visual relative to its noise")
     latent_noise: float = hp(1.0, "per-sample spread of the shared latent around its class mean")
     data_seed: int = hp(0, "seed of the generated arrays")
     width: int = hp(16, "width of the first encoder stage (stages: w, 2w, 4w)")
@@ -55,7 +55,7 @@ class SyntheticParams:
 
 
 AUDIO_SHAPE = (8, 32)
-VISUAL_SHAPE = (3, 16, 16)
+VISUAL_SHAPE = (3, 12, 12)
 AUDIO_SCALE = 5.0
 VISUAL_SCALE = 0.5
 
@@ -125,7 +125,7 @@ class Synthetic(DatasetAdapter):
     metric = "top1"
     Params = SyntheticParams
     train_defaults = {
-        "epochs": 15, "teacher_epochs": 15, "batch_size": 64, "lr": 0.05,
+        "epochs": 12, "teacher_epochs": 12, "batch_size": 64, "lr": 0.05,
         "weight_decay": 5e-4, "schedule": "cosine", "min_lr": 0.0,
     }
 

@@ -1,0 +1,41 @@
+"""Connectors between teacher and student feature maps of different modalities.
+
+Cross-modal feature maps differ in channels, in spatial size and in what the axes mean (time x
+frequency vs height x width), and may have 0, 1 or 2 spatial axes. All maps are first brought to
+4-D with :func:`bench.models.to_4d` ((B,C) -> (B,C,1,1), (B,C,L) -> (B,C,L,1)); spatial sizes are
+then matched by adaptive average pooling to a common grid and channels by a learnable 1x1
+convolution (+ BatchNorm). This replaces mdistiller's H-only ConvReg branch rule, which fails for
+non-square (spectrogram) maps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.models import to_4d
+
+
+def common_grid(s_shape: torch.Size | tuple, t_shape: torch.Size | tuple) -> tuple[int, int]:
+    """The smaller of the two spatial sizes along each axis (after :func:`to_4d`)."""
+    return (min(s_shape[-2], t_shape[-2]), min(s_shape[-1], t_shape[-1]))
+
+
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    x = to_4d(x)
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
+
+
+class ConvBNReg(nn.Module):
+    """1x1 conv (C_s -> C_t) + BatchNorm (+ optional ReLU) on 4-D maps."""
+
+    def __init__(self, c_in: int, c_out: int, relu: bool, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=bias)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(to_4d(x)))
+        return F.relu(x) if self.relu else x
