@@ -9,7 +9,15 @@ import torch
 from bench.methods.fdcmkd import (band_losses, decompose, fdcmkd_loss, frequency_masks, log_compress, log_mse,
                                   standardize)
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 for the oracles here, restored afterwards (a global default would leak into other tests)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _x(b=5, d=512, seed=0):
