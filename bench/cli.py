@@ -159,6 +159,65 @@ def list_(
 
 
 @app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="dataset name (bench list datasets)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="raw dataset directory in its community layout"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="cache directory (default $CMKD_BENCH_CACHE/<name> or ~/.cache/cmkd-bench/<name>)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="DATASET.KEY=VALUE preprocessing parameters"),
+    check: bool = typer.Option(False, "--check", help="verify an existing cache (shapes, dtypes, sha256) instead of preparing"),
+) -> None:
+    """Decode a raw dataset once into a compact memory-mapped cache (resumable)."""
+    from .cache import check_cache
+    from .prepared import PreparedDataset
+    from .runner import build_adapter
+
+    overrides = parse_overrides(set_ or [])
+    scope = overrides.setdefault(dataset, {})
+    if root is not None:
+        scope["root"] = str(root)
+    if cache is not None:
+        scope["cache"] = str(cache)
+    adapter = build_adapter(dataset, overrides)
+    if not isinstance(adapter, PreparedDataset):
+        _fail(f"dataset {dataset!r} has nothing to prepare (it is generated or read directly)")
+    if check:
+        problems = check_cache(adapter.cache_path, adapter.name)
+        if problems:
+            for p in problems:
+                err_console.print(f"[red]bad[/red] {p}")
+            raise typer.Exit(1)
+        m = adapter.manifest()
+        console.print(f"[green]ok[/green] {adapter.cache_path}: " + ", ".join(f"{s} {v['n']}" for s, v in m["splits"].items())
+                      + f" (content {m['content_hash']})")
+        return
+    t0 = time.time()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as prog:
+        tasks: dict[str, Any] = {}
+
+        def report(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = prog.add_task(f"{adapter.name}/{split}", total=total)
+            prog.update(tasks[split], completed=done)
+
+        manifest = adapter.prepare(report)
+    _print_prepare_report(manifest, adapter.cache_path, time.time() - t0)
+
+
+def _print_prepare_report(m: dict[str, Any], cache: Path, seconds: float) -> None:
+    t = Table(title=f"{m['dataset']} prepared into {cache} in {seconds:.1f}s")
+    for c in ("split", "listed", "used", "skipped (reason: count)", "class histogram"):
+        t.add_column(c)
+    for split, s in m["splits"].items():
+        skipped = "; ".join(f"{r}: {v['count']}" for r, v in s["skipped"].items()) or "-"
+        t.add_row(split, str(s["listed"]), str(s["n"]), skipped, " ".join(map(str, s["class_hist"])))
+    console.print(t)
+    size = sum(f.stat().st_size for f in cache.glob("*.npy"))
+    notes = {k: v for k, v in m.get("info", {}).items() if k in ("clips_with_empty_audio", "video_ids_shared_across_splits")}
+    console.print(f"cache: {size / 2**20:.1f} MiB, content hash {m['content_hash']}" + (f", notes: {notes}" if notes else ""))
+
+
+@app.command()
 def results(
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     all_: bool = typer.Option(False, "--all", help="include failed runs"),

@@ -38,12 +38,20 @@ class Split:
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-sample side arrays named ``<modality>.<what>`` (e.g. ``visual.nframes``), indexed
+    together with the inputs and handed to :meth:`DatasetAdapter.prepare_batch`."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, idx: torch.Tensor) -> "Split":
-        return Split({k: v[idx] for k, v in self.inputs.items()}, self.labels[idx], dict(self.meta))
+        return Split({k: v[idx] for k, v in self.inputs.items()}, self.labels[idx], dict(self.meta),
+                     {k: v[idx] for k, v in self.aux.items()})
+
+    def aux_for(self, modality: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        pre = modality + "."
+        return {k[len(pre):]: v[idx] for k, v in self.aux.items() if k.startswith(pre)}
 
     def check(self, where: str, modalities: list[str], num_classes: int, ignore_index: int | None = None) -> None:
         n = len(self)
@@ -122,12 +130,28 @@ class DatasetAdapter:
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         raise NotImplementedError
 
-    def prepare_batch(self, modality: str, x: torch.Tensor, train: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def prepare_batch(self, modality: str, x: torch.Tensor, train: bool, generator: torch.Generator | None,
+                      aux: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Convert a stored mini-batch to network input (dtype, normalisation, augmentation).
 
-        Runs on the training device. Default: cast to float.
+        Runs on the training device. ``aux`` holds the modality's side arrays for the batch.
+        Default: cast to float.
         """
         return x.float()
+
+    def batch(self, split: Split, idx: torch.Tensor, modalities: list[str], device: torch.device, train: bool,
+              generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One mini-batch: network inputs per modality and the labels, on ``device``.
+
+        Modalities are augmented independently (as the audio-visual references do); dense tasks
+        override this to apply one geometric transform to every modality and the label map.
+        """
+        xs = {}
+        for m in modalities:
+            x = torch.as_tensor(split.inputs[m][idx]).to(device, non_blocking=True)
+            aux = {k: v.to(device, non_blocking=True) for k, v in split.aux_for(m, idx).items()}
+            xs[m] = self.prepare_batch(m, x, train, generator, aux)
+        return xs, torch.as_tensor(split.labels[idx]).to(device, non_blocking=True)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this dataset's content (used in teacher-cache keys)."""

@@ -184,12 +184,6 @@ def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]
     return splits
 
 
-def _inputs(adapter: DatasetAdapter, split: Split, modality: str, idx: torch.Tensor, device: torch.device,
-            train: bool, gen: torch.Generator | None) -> torch.Tensor:
-    x = split.inputs[modality][idx].to(device, non_blocking=True)
-    return adapter.prepare_batch(modality, x, train, gen)
-
-
 # --------------------------------------------------------------------------------------------
 # evaluation
 
@@ -204,8 +198,8 @@ def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: s
     total = 0
     conf = torch.zeros(k, k, dtype=torch.long, device=device) if adapter.metric == "mIoU" else None
     for idx in batch_indices(len(split), batch_size, False, None, False):
-        x = _inputs(adapter, split, modality, idx, device, False, None)
-        y = split.labels[idx].to(device)
+        xs, y = adapter.batch(split, idx, [modality], device, False, None)
+        x = xs[modality]
         logits = model(x).logits
         pred = logits.argmax(1)
         if conf is not None:
@@ -343,12 +337,13 @@ def fit(
         sums: dict[str, float] = {}
         n_batches = 0
         for idx in batch_indices(len(tr), train.batch_size, True, gen, drop_last=True):
-            xs = _inputs(adapter, tr, student_modality, idx, device, True, gen)
-            y = tr.labels[idx].to(device, non_blocking=True)
-            s_out = student(xs)
+            need_t = method.uses_teacher and teacher is not None
+            mods = [student_modality] + ([teacher_modality] if need_t else [])  # type: ignore[list-item]
+            xb, y = adapter.batch(tr, idx, mods, device, True, gen)
+            s_out = student(xb[student_modality])
             t_out = None
-            if method.uses_teacher and teacher is not None:
-                xt = _inputs(adapter, tr, teacher_modality, idx, device, True, gen)  # type: ignore[arg-type]
+            if need_t:
+                xt = xb[teacher_modality]  # type: ignore[index]
                 if teacher_in_opt:
                     t_out = teacher(xt)
                 else:
@@ -558,13 +553,14 @@ def _probe(r: Resolved, splits: dict[str, Split], student: Backbone, teacher: Ba
     idx = torch.arange(min(2, len(splits["train"])))
     was = student.training
     student.eval()
+    xb, _ = r.adapter.batch(splits["train"], idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)
     with torch.no_grad():
-        s_probe = student(_inputs(r.adapter, splits["train"], s_mod, idx, device, False, None))
+        s_probe = student(xb[s_mod])
         t_probe = None
         if teacher is not None:
             tw = teacher.training
             teacher.eval()
-            t_probe = teacher(_inputs(r.adapter, splits["train"], t_mod, idx, device, False, None))
+            t_probe = teacher(xb[t_mod])
             teacher.train(tw)
     student.train(was)
     return s_probe, t_probe
