@@ -10,6 +10,7 @@ so any KD method can consume any pair of modalities without hooks keyed on modul
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -214,3 +215,93 @@ class MLPBackbone(Backbone):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class MobileNetV2Backbone(Backbone):
+    """torchvision MobileNetV2 exposing the ModelOutput contract (CrisisMMD image encoder).
+
+    Stage maps are taken at the ends of the stride-4/8/16/32 groups of ``features`` (indices 3, 6,
+    13 and 18); the last one is split into its pre-activation (after BatchNorm) and the ReLU6
+    output, whose global average (1280-d) is the pooled feature. ``weights`` is a local state-dict
+    file (e.g. torchvision's ImageNet checkpoint); no download happens at run time.
+    """
+
+    TAPS = (3, 6, 13)
+
+    def __init__(self, num_classes: int, weights: str = "", width_mult: float = 1.0):
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        net = mobilenet_v2(weights=None, width_mult=width_mult)
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            missing, _unexpected = net.load_state_dict(state, strict=False)
+            if [k for k in missing if not k.startswith("classifier.")]:
+                raise ValueError(f"{weights}: not a MobileNetV2 state dict (missing {missing[:3]} ...)")
+        self.features = net.features
+        last = net.features[-1]
+        self.stage_channels = [net.features[i].out_channels for i in self.TAPS] + [last[0].out_channels]
+        self.feature_dim = self.stage_channels[-1]
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        maps = []
+        h = x
+        for i, layer in enumerate(self.features[:-1]):
+            h = layer(h)
+            if i in self.TAPS:
+                maps.append(h)
+        last = self.features[-1]
+        pre = last[1](last[0](h))
+        out = last[2](pre)
+        maps.append(out)
+        return maps, maps[:-1] + [pre]
+
+    def bn_before_relu(self) -> list[nn.Module | None]:
+        return [None] * (len(self.stage_channels) - 1) + [self.features[-1][1]]
+
+
+class BertBackbone(Backbone):
+    """A BERT encoder from a local directory (CrisisMMD text encoder).
+
+    Input: (B, 2, L) long = token ids and attention mask. Feature: the final ``[CLS]`` hidden state
+    (768-d for BERT-base; pre-activation = the same vector, BERT has no final ReLU). Stage maps: the
+    hidden states of the last ``map_layers`` layers as (B, H, L) sequences with padded positions
+    zeroed. ``freeze`` trains only the classifier (the frozen-BERT protocol). A directory without
+    weights (config + vocab only) gives a randomly initialised model, as the tests use.
+    """
+
+    def __init__(self, model_dir: str, num_classes: int, freeze: bool = False, map_layers: int = 2):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        d = Path(model_dir)
+        has_weights = any((d / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
+        if has_weights:
+            self.bert = BertModel.from_pretrained(str(d), local_files_only=True, add_pooling_layer=False)
+        else:
+            self.bert = BertModel(BertConfig.from_pretrained(str(d), local_files_only=True), add_pooling_layer=False)
+        self.pretrained = has_weights
+        self.freeze = freeze
+        if freeze:
+            for p in self.bert.parameters():
+                p.requires_grad_(False)
+        hdim = self.bert.config.hidden_size
+        self.map_layers = map_layers
+        self.stage_channels = [hdim] * map_layers
+        self.feature_dim = hdim
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(hdim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        ids, mask = x[:, 0].long(), x[:, 1].long()
+        if self.freeze:
+            self.bert.eval()
+        out = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hs = out.hidden_states[-self.map_layers:]
+        m = mask[:, None, :].to(hs[-1].dtype)
+        maps = [h.transpose(1, 2) * m for h in hs]
+        cls = out.last_hidden_state[:, 0]
+        return ModelOutput(self.classifier(cls), cls, cls, maps, maps)
