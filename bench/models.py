@@ -85,12 +85,12 @@ def _bn(dim: int):
 class BasicBlock(nn.Module):
     """ResNet basic block that also returns its pre-activation output."""
 
-    def __init__(self, dim: int, cin: int, cout: int, stride: int):
+    def __init__(self, dim: int, cin: int, cout: int, stride: int, dilation: int = 1):
         super().__init__()
         Conv, BN = _conv(dim), _bn(dim)
-        self.conv1 = Conv(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = Conv(cin, cout, 3, stride, dilation, dilation=dilation, bias=False)
         self.bn1 = BN(cout)
-        self.conv2 = Conv(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = Conv(cout, cout, 3, 1, dilation, dilation=dilation, bias=False)
         self.bn2 = BN(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
@@ -120,6 +120,7 @@ class ResNetBackbone(Backbone):
         blocks: Sequence[int] = (2, 2, 2, 2),
         stem: str = "imagenet",
         frames: int = 1,
+        dilate_last: bool = False,
     ):
         super().__init__()
         if dim not in (1, 2):
@@ -140,8 +141,10 @@ class ResNetBackbone(Backbone):
         cin = widths[0]
         for i, (w, n) in enumerate(zip(widths, blocks)):
             layers = []
+            last = dilate_last and i == len(widths) - 1  # output stride 16 for DeepLabV3+
             for j in range(n):
-                layers.append(BasicBlock(dim, cin, w, 2 if (j == 0 and i > 0) else 1))
+                stride = 2 if (j == 0 and i > 0 and not last) else 1
+                layers.append(BasicBlock(dim, cin, w, stride, 2 if last else 1))
                 cin = w
             stages.append(nn.ModuleList(layers))
         self.stages = nn.ModuleList(stages)
@@ -305,3 +308,84 @@ class BertBackbone(Backbone):
         maps = [h.transpose(1, 2) * m for h in hs]
         cls = out.last_hidden_state[:, 0]
         return ModelOutput(self.classifier(cls), cls, cls, maps, maps)
+
+
+def load_torchvision_resnet(backbone: ResNetBackbone, path: str) -> None:
+    """Load a torchvision ResNet-18/34 state dict (e.g. ImageNet weights) into a 2-D ResNetBackbone."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for k, v in state.items():
+        if k.startswith("fc."):
+            continue
+        k2 = k.replace("conv1.", "stem.0.", 1) if k.startswith("conv1.") else k
+        k2 = k2.replace("bn1.", "stem.1.", 1) if k.startswith("bn1.") else k2
+        if k2.startswith("layer"):
+            i = int(k2[5]) - 1
+            k2 = f"stages.{i}" + k2[6:]
+            k2 = k2.replace("downsample.", "shortcut.")
+        out[k2] = v
+    missing, unexpected = backbone.load_state_dict(out, strict=False)
+    missing = [m for m in missing if not m.startswith("classifier.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: not a torchvision ResNet state dict matching this backbone "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 1, dilation: int = 1):
+        super().__init__(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DeepLabV3Plus(Backbone):
+    """DeepLabV3+ (Chen et al. 2018) on a ResNet encoder at output stride 16.
+
+    ASPP (1x1, three 3x3 atrous branches at rates 6/12/18, image pooling) -> 256 channels; decoder
+    fuses the x4 upsampled ASPP output with 48 projected low-level channels (encoder stage 1) by
+    two 3x3 conv-BN-ReLU layers; a 1x1 classifier; logits are upsampled to the input size.
+    Feature maps for KD: the encoder stages and the decoder output; the pooled decoder output is
+    the feature vector.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, aspp_channels: int = 256,
+                 rates: Sequence[int] = (6, 12, 18), pretrained: str = ""):
+        super().__init__()
+        w = width
+        self.encoder = ResNetBackbone(2, in_channels, num_classes, (w, 2 * w, 4 * w, 8 * w), (2, 2, 2, 2), "imagenet",
+                                      dilate_last=True)
+        if pretrained:
+            load_torchvision_resnet(self.encoder, pretrained)
+        c = aspp_channels
+        cin = 8 * w
+        self.aspp = nn.ModuleList([_ConvBNReLU(cin, c, 1)] + [_ConvBNReLU(cin, c, 3, r) for r in rates])
+        self.aspp_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _ConvBNReLU(cin, c, 1))
+        self.aspp_proj = nn.Sequential(_ConvBNReLU(c * (len(rates) + 2), c, 1), nn.Dropout(0.1))
+        self.low = _ConvBNReLU(w, 48, 1)
+        self.dec1 = _ConvBNReLU(c + 48, c, 3)
+        self.dec2_conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.dec2_bn = nn.BatchNorm2d(c)
+        self.head = nn.Conv2d(c, num_classes, 1)
+        self.stage_channels = list(self.encoder.stage_channels) + [c]
+        self.feature_dim = c
+        self.num_classes = num_classes
+        self.classifier = self.head  # what a pooled feature would be classified by (1x1 conv)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        maps, pres = self.encoder.encode(x)
+        h = maps[-1]
+        a = [b(h) for b in self.aspp]
+        a.append(F.interpolate(self.aspp_pool(h), size=h.shape[-2:], mode="bilinear", align_corners=False))
+        a = self.aspp_proj(torch.cat(a, 1))
+        low = maps[0]
+        a = F.interpolate(a, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        d = self.dec1(torch.cat([a, self.low(low)], 1))
+        pre = self.dec2_bn(self.dec2_conv(d))
+        return maps + [F.relu(pre)], pres + [pre]
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        maps, pres = self.encode(x)
+        logits = F.interpolate(self.head(maps[-1]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return ModelOutput(logits, self.pool(maps[-1]), self.pool(pres[-1]), maps, pres)
+
+    def bn_before_relu(self) -> list[nn.Module | None]:
+        return self.encoder.bn_before_relu() + [self.dec2_bn]
