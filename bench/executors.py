@@ -9,12 +9,13 @@ runs are skipped, and a failing run is recorded as failed without stopping the g
 
 from __future__ import annotations
 
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BenchError
 from .registry import DATASETS, METHODS
-from .runner import Reporter, RunSpec, build_adapter, load_plugins, resolve, run
+from .runner import Reporter, RunSpec, build_adapter, is_dataset_folder, load_plugins, resolve, run
 from .results import existing_ok
 
 
@@ -54,7 +55,8 @@ def expand_grid(
         for t, s in dirs:
             for m in mnames:
                 for seed in seed_list:
-                    specs.append(RunSpec(adapter.name, t, s, m.lower(), seed, overrides, results_dir, device,
+                    ds = str(Path(d).expanduser().resolve()) if is_dataset_folder(d) else adapter.name
+                    specs.append(RunSpec(ds, t, s, m.lower(), seed, overrides, results_dir, device,
                                          save_model, plugins))
     for spec in specs:  # validate overrides / method-dataset compatibility up front
         resolve(spec)

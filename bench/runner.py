@@ -101,7 +101,20 @@ def load_plugins(paths: list[str]) -> None:
         METHODS.load_plugin_file(p)
 
 
+def is_dataset_folder(name: str) -> bool:
+    """A ``--datasets`` entry that is a path to a bring-your-own folder (has meta.json)."""
+    return ("/" in name or name.startswith(".")) or (Path(name).expanduser() / "meta.json").exists()
+
+
 def build_adapter(name: str, overrides: dict[str, dict[str, str]]) -> DatasetAdapter:
+    if is_dataset_folder(name):
+        cls = DATASETS.get("folder")
+        folder = Path(name).expanduser()
+        if not (folder / "meta.json").exists():
+            raise BenchError(f"--datasets {name}: {folder} is not a dataset folder (meta.json missing)")
+        probe = cls(build_params(cls.Params, {"root": str(folder.resolve())}, "folder"))
+        values = {**overrides.get("folder", {}), **overrides.get(probe.name, {}), "root": str(folder.resolve())}
+        return cls(build_params(cls.Params, values, probe.name))
     cls = DATASETS.get(name)
     params = build_params(cls.Params, overrides.get(cls.name, {}), cls.name)
     return cls(params)
@@ -119,7 +132,7 @@ def resolve(spec: RunSpec) -> Resolved:
     adapter = build_adapter(spec.dataset, spec.overrides)
     mentry = METHODS.entry(spec.method)
     method_cls = mentry.obj
-    known_scopes = {"train", adapter.name} | set(METHODS.names())
+    known_scopes = {"train", adapter.name, "folder" if is_dataset_folder(spec.dataset) else adapter.name} | set(METHODS.names())
     for scope in spec.overrides:
         if scope not in known_scopes:
             raise ConfigError(

@@ -182,3 +182,27 @@ def test_cache_refuses_other_prep_params(tmp_path):
         build_adapter("crema", overrides(root, cache, frame_cache="32")).load()
     # train-time parameters do not need a new cache
     assert len(build_adapter("crema", overrides(root, cache, image_size="16")).load()["train"]) == 6
+
+
+def test_cli_prepare_check_and_list(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    root, cache = tmp_path / "raw", tmp_path / "cache"
+    make_crema(root, 1)
+    cli = CliRunner()
+    r = cli.invoke(app, ["prepare", "crema", "--root", str(root), "--cache", str(cache), "--set", "crema.frame_cache=24"])
+    assert r.exit_code == 0, r.output
+    assert "crema prepared into" in r.output and "train" in r.output
+    r = cli.invoke(app, ["prepare", "crema", "--cache", str(cache), "--set", "crema.frame_cache=24", "--check"])
+    assert r.exit_code == 0 and "ok" in r.output
+    (cache / "test.audio.npy").unlink()
+    r = cli.invoke(app, ["prepare", "crema", "--cache", str(cache), "--set", "crema.frame_cache=24", "--check"])
+    assert r.exit_code == 1 and "test.audio.npy: missing" in r.output
+    r = cli.invoke(app, ["prepare", "synthetic"])
+    assert r.exit_code == 2 and "nothing to prepare" in r.output
+    r = cli.invoke(app, ["list", "datasets"])
+    assert r.exit_code == 0
+    for name in ("crema", "ave", "vggsound", "crisismmd", "nyudv2", "avdigits", "folder", "synthetic"):
+        assert name in r.output
