@@ -18,8 +18,8 @@ def cache_base(tmp_path_factory):
 
 
 def test_prepare_real_data_and_train(cache_base, tmp_path):
-    ov = {"avdigits": {"cache": str(cache_base / "avdigits"), "width": "8"},
-          "train": {"epochs": "2", "teacher_epochs": "2"}}
+    ov = {"avdigits": {"cache": str(cache_base / "avdigits"), "width": "16"},
+          "train": {"epochs": "3", "teacher_epochs": "3"}}
     ad = build_adapter("avdigits", ov)
     m = ad.prepare()
     assert m["splits"]["train"]["n"] == 2400 and m["splits"]["test"]["n"] == 600
