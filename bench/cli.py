@@ -218,6 +218,78 @@ def _print_prepare_report(m: dict[str, Any], cache: Path, seconds: float) -> Non
 
 
 @app.command()
+def leaderboard(
+    results: Optional[List[Path]] = typer.Option(None, "--results", "-r", help="results folder(s) (default: results)"),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets to rank over"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: all present)"),
+    fmt: str = typer.Option("rich", "--format", "-f", help="rich | markdown | csv | latex | json | html"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file (a folder for --format html)"),
+    cells: bool = typer.Option(False, "--cells", help="also show mean±std per cell (~best = tied with the best, Welch)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level of the per-cell and Nemenyi tests"),
+    correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the per-cell tests"),
+    cd: Optional[Path] = typer.Option(None, "--cd", help="write the critical-difference diagram to PATH.png/.pdf"),
+    decimals: int = typer.Option(2, "--decimals"),
+) -> None:
+    """Rank methods over every (dataset, student modality) cell, with statistics."""
+    from . import leaderboard as L
+    from .executors import split_list
+    from .results import load_records
+
+    recs = load_records([str(p) for p in (results or [Path("results")])], status="ok")
+    lb = L.build_leaderboard(recs, datasets=split_list(datasets) if datasets else None,
+                             methods=split_list(methods) if methods else None, alpha=alpha, correction=correction)
+    if cd is not None:
+        paths = L.cd_diagram(lb, cd)
+        if paths:
+            console.print("CD diagram: " + ", ".join(map(str, paths)))
+        else:
+            err_console.print(f"[yellow]no CD diagram[/yellow]: {lb.friedman.get('refused', 'Nemenyi test unavailable')}")
+    if fmt == "html":
+        from .leaderboard_html import write_site
+
+        page = write_site(lb, out or Path("site"))
+        console.print(f"wrote {page} (open it from the file system; no server needed)")
+        return
+    text = {"markdown": lambda: L.to_markdown(lb, decimals, cells), "csv": lambda: L.to_csv(lb),
+            "latex": lambda: L.to_latex(lb, decimals), "json": lambda: L.write_json(lb)}
+    if fmt == "rich":
+        console.print(L.to_rich(lb, decimals, cells))
+        for n in lb.notes:
+            console.print(f"[yellow]{n}[/yellow]")
+        return
+    if fmt not in text:
+        _fail(f"--format {fmt!r}: expected rich, markdown, csv, latex, json or html")
+    s = text[fmt]()
+    if out:
+        from .utils import atomic_write_bytes
+
+        atomic_write_bytes(out, s.encode())
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(s if s.endswith("\n") else s + "\n")
+
+
+@app.command()
+def collect(
+    from_: List[Path] = typer.Option(..., "--from", help="results folder(s) to merge from (repeatable)"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="destination results folder"),
+) -> None:
+    """Merge records from other folders; identical runs are deduplicated, conflicts reported."""
+    from .results import collect as do_collect
+
+    rep = do_collect([str(p) for p in from_], results)
+    console.print(f"{len(rep['copied'])} copied, {len(rep['duplicate'])} duplicate(s) skipped, "
+                  f"{len(rep['replaced_failed'])} failed record(s) replaced by ok ones, "
+                  f"{len(rep['conflict'])} conflict(s), {len(rep['invalid'])} invalid file(s) -> {results}/records")
+    for c in rep["conflict"]:
+        err_console.print(f"[red]conflict[/red] {c}")
+    for c in rep["invalid"]:
+        err_console.print(f"[yellow]invalid[/yellow] {c}")
+    if rep["conflict"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def results(
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     all_: bool = typer.Option(False, "--all", help="include failed runs"),
@@ -293,6 +365,10 @@ def main() -> None:
     except BenchError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}")
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
 
 
 if __name__ == "__main__":

@@ -128,3 +128,64 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 def load_results(results: str | Path | Iterable[str | Path] = "results", status: str | None = "ok") -> pd.DataFrame:
     """All records under one or more results folders as a DataFrame (one row per run)."""
     return to_frame(load_records(results, status=status))
+
+
+def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("status", "best_metric", "final_metric", "selected_epoch")
+    if any(a.get(k) != b.get(k) for k in keys):
+        return False
+    ha = [h.get("test_metric") for h in a.get("history", [])]
+    hb = [h.get("test_metric") for h in b.get("history", [])]
+    return ha == hb
+
+
+def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[str]]:
+    """Merge the records of ``sources`` into ``dest/records`` (idempotent).
+
+    Runs are identified by their config hash (which includes the seed): a record whose config hash
+    is already in ``dest`` with the same results is a duplicate and skipped; one with different
+    results is a **conflict**, reported and not copied (the destination keeps its record). A failed
+    record never replaces an ok one; an ok record replaces a failed one.
+    """
+    dest = Path(dest)
+    dest_dir = records_dir(dest)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    have: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for p in sorted(dest_dir.glob("*.json")):
+        try:
+            r = read_record(p)
+        except RecordError:
+            continue
+        have[r["config_hash"]] = (p, r)
+    report: dict[str, list[str]] = {"copied": [], "duplicate": [], "conflict": [], "invalid": [], "replaced_failed": []}
+    for src in sources:
+        for p in iter_record_files(src):
+            if p.parent.resolve() == dest_dir.resolve():
+                continue
+            try:
+                r = read_record(p)
+            except RecordError as exc:
+                report["invalid"].append(str(exc))
+                continue
+            h = r["config_hash"]
+            if h in have:
+                q, old = have[h]
+                if _same_result(old, r):
+                    report["duplicate"].append(r["run_id"])
+                    continue
+                if old["status"] == "failed" and r["status"] == "ok":
+                    write_record(dest, r)
+                    have[h] = (record_path(dest, r["run_id"]), r)
+                    report["replaced_failed"].append(r["run_id"])
+                    continue
+                if r["status"] == "failed":
+                    report["duplicate"].append(r["run_id"])
+                    continue
+                report["conflict"].append(
+                    f"{r['run_id']}: {p} has {r['metric']} {r.get('best_metric')} (final {r.get('final_metric')}), "
+                    f"{q} has {old.get('best_metric')} (final {old.get('final_metric')})")
+                continue
+            write_record(dest, r)
+            have[h] = (record_path(dest, r["run_id"]), r)
+            report["copied"].append(r["run_id"])
+    return report

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine, then run it.
+#   system packages (Debian): chromium (the HTML leaderboard is tested in a real headless browser)
+#   python: the pinned torch stack + this package with its test extras (scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/apt.sh chromium fonts-dejavu-core
 bash scripts/setup.sh --test
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,422 @@
+"""The leaderboard: methods ranked over every (dataset, student modality) cell, with statistics.
+
+Per method it reports the mean rank over the cells it covers (rank 1 = best mean metric in the
+cell; ties share the average rank, ``scipy.stats.rankdata``), the mean gain over w/o KD in points,
+win/tie/loss counts against w/o KD from a per-cell **Welch t-test over seeds**
+(``scipy.stats.ttest_ind(equal_var=False)``; "tie" = not significant at ``alpha``; optional
+Holm/Bonferroni correction over all tested cells via statsmodels), the number of cells with
+negative transfer (mean below w/o KD), and coverage (cells present / cells in the grid).
+
+Across cells: the **Friedman test** (``scipy.stats.friedmanchisquare``) on the cells x methods
+matrix of the methods that cover every cell, the **Nemenyi** post-hoc test
+(``scikit_posthocs.posthoc_nemenyi_friedman``) and the critical difference
+``CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N))`` with ``q_alpha`` from
+``scipy.stats.studentized_range`` (Demsar 2006), drawn as a CD diagram
+(``scikit_posthocs.critical_difference_diagram``). Too few seeds for a cell test, or too few
+cells/methods for Friedman, are reported as such, never papered over.
+
+Records of one (method, cell) made with different configurations are not pooled: the cell is a
+conflict and left out. Methods registered from plug-ins are told apart by source hash when
+several versions of the same name are present (``name@hash``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BenchError
+from .tables import CATEGORY_ORDER, display_name, order_methods
+
+BASELINE = "none"
+
+
+@dataclass
+class CellStat:
+    values: list[float]
+    seeds: list[int]
+    mean: float
+    std: float | None
+    records: list[dict[str, Any]]
+    conflict: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class Leaderboard:
+    methods: list[str]
+    categories: dict[str, str]
+    cells: list[tuple[str, str]]
+    stats: dict[tuple[str, tuple[str, str]], CellStat]
+    rows: list[dict[str, Any]]
+    alpha: float
+    correction: str
+    baseline: str
+    metric: str
+    verdicts: dict[tuple[str, tuple[str, str]], dict[str, Any]] = field(default_factory=dict)
+    tied_best: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    friedman: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def method_label(self, m: str) -> str:
+        base, _, h = m.partition("@")
+        return display_name(base) + (f"@{h}" if h else "")
+
+    def stats_statement(self) -> str:
+        corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[self.correction]
+        s = (f"Per cell: Welch t-test over seeds vs {display_name(self.baseline)} (scipy.stats.ttest_ind, "
+             f"equal_var=False), alpha={self.alpha}, {corr} over all tested cells; tie = not significant; "
+             f"negative transfer = mean below {display_name(self.baseline)}. ")
+        f = self.friedman
+        if f.get("statistic") is not None:
+            s += (f"Across cells: Friedman chi2={f['statistic']:.3f}, p={f['pvalue']:.3g} over N={f['n_cells']} cells x "
+                  f"k={f['k']} methods; Nemenyi post-hoc (scikit-posthocs), CD={f['cd']:.3f} at alpha={self.alpha}.")
+        else:
+            s += f"Across cells: {f.get('refused', 'Friedman test not run')}."
+        return s
+
+
+def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
+    m = rec["method"]
+    h = rec.get("method_source_hash")
+    return f"{m}@{h[:8]}" if (len(multi.get(m, ())) > 1 and h) else m
+
+
+def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
+                      methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
+                      baseline: str = BASELINE) -> Leaderboard:
+    from scipy.stats import rankdata, ttest_ind
+
+    if correction not in ("none", "holm", "bonferroni"):
+        raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
+    if not 0 < alpha < 1:
+        raise BenchError(f"--alpha {alpha}: expected a level in (0, 1)")
+    recs = [r for r in records if r.get("status") == "ok"]
+    if datasets:
+        recs = [r for r in recs if r["dataset"] in datasets]
+    if not recs:
+        raise BenchError("no ok records to rank" + (f" for datasets {datasets}" if datasets else ""))
+    versions: dict[str, set] = {}
+    for r in recs:
+        versions.setdefault(r["method"], set()).add(r.get("method_source_hash"))
+    for r in recs:
+        r["_mkey"] = _method_key(r, versions)
+    if methods:
+        keep = set(methods)
+        recs = [r for r in recs if r["method"] in keep or r["_mkey"] in keep]
+    cats = {r["_mkey"]: r.get("method_category") or "Cross-Modal" for r in recs}
+    mkeys = order_methods(cats.keys(), cats)
+    cells: list[tuple[str, str]] = []
+    for r in recs:
+        c = (r["dataset"], r["student_modality"])
+        if c not in cells:
+            cells.append(c)
+    metric = recs[0].get("metric", "top1")
+    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric)
+    for m in mkeys:
+        for c in cells:
+            sub = [r for r in recs if r["_mkey"] == m and (r["dataset"], r["student_modality"]) == c]
+            if not sub:
+                continue
+            uniq = {r["config_hash"]: r for r in sub}  # the same run collected twice counts once
+            groups = {r.get("group_hash") for r in uniq.values()}
+            vals = [float(r["best_metric"]) for r in uniq.values()]
+            seeds = [int(r["seed"]) for r in uniq.values()]
+            if len(groups) > 1:
+                lb.stats[(m, c)] = CellStat(vals, seeds, float("nan"), None, list(uniq.values()), conflict=True)
+                lb.notes.append(f"conflict: {lb.method_label(m)} on {c[0]}/{c[1]} has records of {len(groups)} "
+                                f"configurations; left out")
+                continue
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            lb.stats[(m, c)] = CellStat(vals, seeds, float(np.mean(vals)), std, list(uniq.values()))
+
+    def ok(m: str, c: tuple[str, str]) -> CellStat | None:
+        s = lb.stats.get((m, c))
+        return s if s is not None and not s.conflict else None
+
+    # ranks per cell
+    ranks: dict[tuple[str, tuple[str, str]], float] = {}
+    for c in cells:
+        present = [m for m in mkeys if ok(m, c)]
+        if not present:
+            continue
+        rk = rankdata([-ok(m, c).mean for m in present], method="average")  # type: ignore[union-attr]
+        for m, r_ in zip(present, rk):
+            ranks[(m, c)] = float(r_)
+    # per-cell tests against the baseline
+    tests: list[tuple[tuple[str, tuple[str, str]], float]] = []
+    for m in mkeys:
+        if m == baseline:
+            continue
+        for c in cells:
+            a, b = ok(m, c), ok(baseline, c)
+            if a is None or b is None:
+                continue
+            if a.n < 2 or b.n < 2:
+                lb.verdicts[(m, c)] = {"verdict": "untested", "p": None, "diff": a.mean - b.mean}
+                continue
+            p = _welch_p(a.values, b.values, ttest_ind)
+            tests.append(((m, c), p))
+            lb.verdicts[(m, c)] = {"verdict": None, "p": p, "diff": a.mean - b.mean}
+    if tests:
+        ps = np.array([p for _, p in tests])
+        if correction != "none":
+            from statsmodels.stats.multitest import multipletests
+
+            ps = multipletests(ps, alpha=alpha, method=correction)[1]
+        for ((m, c), _), p in zip(tests, ps):
+            v = lb.verdicts[(m, c)]
+            v["p_adj"] = float(p)
+            v["verdict"] = "tie" if p >= alpha else ("win" if v["diff"] > 0 else "loss")
+    # statistically tied with the best, per cell
+    for c in cells:
+        present = [m for m in mkeys if ok(m, c)]
+        if not present:
+            continue
+        best = max(present, key=lambda m: ok(m, c).mean)  # type: ignore[union-attr]
+        tied = []
+        for m in present:
+            if m == best:
+                continue
+            a, b = ok(m, c), ok(best, c)
+            if a.n >= 2 and b.n >= 2 and _welch_p(a.values, b.values, ttest_ind) >= alpha:  # type: ignore[union-attr]
+                tied.append(m)
+        lb.tied_best[c] = [best] + tied
+    # summary rows
+    for m in mkeys:
+        present = [c for c in cells if ok(m, c)]
+        gains = [ok(m, c).mean - ok(baseline, c).mean for c in present if ok(baseline, c)]  # type: ignore[union-attr]
+        vs = [lb.verdicts[(m, c)]["verdict"] for c in present if (m, c) in lb.verdicts]
+        lb.rows.append({
+            "method": m, "display": lb.method_label(m), "category": cats[m],
+            "mean_rank": float(np.mean([ranks[(m, c)] for c in present])) if present else None,
+            "mean_gain": float(np.mean(gains)) if (gains and m != baseline) else None,
+            "wins": vs.count("win"), "ties": vs.count("tie"), "losses": vs.count("loss"),
+            "untested": vs.count("untested"),
+            "negative_transfer": sum(1 for g in gains if g < 0) if m != baseline else None,
+            "cells": len(present), "grid": len(cells), "coverage": len(present) / len(cells),
+            "seeds": sorted({s for c in present for s in ok(m, c).seeds}),  # type: ignore[union-attr]
+            "source_hash": next((r.get("method_source_hash") for c in present for r in ok(m, c).records), None),  # type: ignore[union-attr]
+        })
+    lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
+    lb.friedman = _friedman(lb, ok)
+    return lb
+
+
+def _welch_p(a: list[float], b: list[float], ttest_ind) -> float:
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def _friedman(lb: Leaderboard, ok) -> dict[str, Any]:
+    from scipy.stats import friedmanchisquare, studentized_range
+
+    full = [m for m in lb.methods if all(ok(m, c) for c in lb.cells)]
+    dropped = [m for m in lb.methods if m not in full]
+    n, k = len(lb.cells), len(full)
+    out: dict[str, Any] = {"methods": full, "excluded": dropped, "n_cells": n, "k": k, "statistic": None}
+    if k < 3 or n < 2:
+        out["refused"] = (f"Friedman/Nemenyi refused: need >= 3 methods covering every cell and >= 2 cells, have "
+                          f"{k} method(s) over {n} cell(s)" + (f" ({len(dropped)} method(s) with missing cells excluded)" if dropped else ""))
+        return out
+    mat = np.array([[ok(m, c).mean for m in full] for c in lb.cells])
+    stat, p = friedmanchisquare(*mat.T)
+    q = float(studentized_range.ppf(1 - lb.alpha, k, np.inf)) / math.sqrt(2)
+    cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
+    from scipy.stats import rankdata
+
+    avg = np.mean([rankdata(-row, method="average") for row in mat], axis=0)
+    out.update({"statistic": float(stat), "pvalue": float(p), "cd": cd, "q_alpha": q, "matrix": mat.tolist(),
+                "avg_ranks": {m: float(r) for m, r in zip(full, avg)}})
+    try:
+        import scikit_posthocs as sp
+
+        nem = sp.posthoc_nemenyi_friedman(mat)
+        out["nemenyi_p"] = [[float(x) for x in row] for row in np.asarray(nem)]
+    except Exception as exc:  # noqa: BLE001 - report, do not crash the leaderboard
+        out["nemenyi_error"] = str(exc)
+    return out
+
+
+def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
+    """Write the critical-difference diagram as PNG and PDF; [] with a note when refused."""
+    f = lb.friedman
+    if f.get("statistic") is None or "nemenyi_p" not in f:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    labels = [lb.method_label(m) for m in f["methods"]]
+    ranks = pd.Series(f["avg_ranks"].values(), index=labels)
+    sig = pd.DataFrame(f["nemenyi_p"], index=labels, columns=labels)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.3), dpi=150)
+    sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
+    ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f}); "
+                 f"bars join methods not significantly different", fontsize=8)
+    fig.tight_layout()
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
+# -------------------------------------------------------------------------------------------
+# reproduction commands
+
+def reproduce_command(rec: dict[str, Any], seeds: list[int]) -> str:
+    """The ``bench run`` command that recreates the cell of ``rec`` (non-default settings as --set)."""
+    from .config import params_dict
+    from .registry import METHODS
+    from .runner import build_adapter, build_train_config
+
+    cfg = rec.get("config", {})
+    sets: list[str] = []
+    ds = rec["dataset"]
+    try:
+        adapter = build_adapter(ds, {})
+        ddef = params_dict(adapter.params)
+        tdef = params_dict(build_train_config(adapter, {}))
+    except Exception:  # noqa: BLE001 - an adapter not available here: spell everything out
+        ddef, tdef = {}, {}
+    for k, v in (cfg.get("dataset", {}).get("params") or {}).items():
+        if ddef.get(k, object()) != v:
+            sets.append(f"{ds}.{k}={_fmt(v)}")
+    for k, v in (cfg.get("train") or {}).items():
+        if tdef.get(k, object()) != v:
+            sets.append(f"train.{k}={_fmt(v)}")
+    try:
+        mdef = params_dict(METHODS.get(rec["method"]).Params())
+    except Exception:  # noqa: BLE001
+        mdef = {}
+    for k, v in (cfg.get("method_params") or {}).items():
+        if mdef.get(k, object()) != v:
+            sets.append(f"{rec['method']}.{k}={_fmt(v)}")
+    parts = ["bench", "run", "--methods", rec["method"], "--datasets", ds, "--directions", rec["direction"],
+             "--seeds", ",".join(map(str, sorted(seeds)))]
+    src = rec.get("method_source") or ""
+    if src.startswith("plugin:"):
+        parts += ["--plugin", src[len("plugin:"):]]
+    for s in sets:
+        parts += ["--set", s]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+# -------------------------------------------------------------------------------------------
+# outputs
+
+COLUMNS = [("rank", "mean rank"), ("method", "method"), ("category", "category"), ("gain", "gain vs w/o KD"),
+           ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
+
+
+def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
+    g = r["mean_gain"]
+    return [
+        "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}", r["display"], r["category"],
+        "-" if g is None else f"{g:+.{dec}f}",
+        "-" if r["method"] == BASELINE else f"{r['wins']}/{r['ties']}/{r['losses']}" + (f" (+{r['untested']} untested)" if r["untested"] else ""),
+        "-" if r["negative_transfer"] is None else str(r["negative_transfer"]),
+        f"{r['cells']}/{r['grid']}",
+    ]
+
+
+def to_markdown(lb: Leaderboard, decimals: int = 2, cells: bool = False) -> str:
+    head = [h for _, h in COLUMNS] + ([f"{d}/{m}" for d, m in lb.cells] if cells else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in lb.rows:
+        row = _row_cells(r, decimals) + ([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else [])
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\n" + lb.stats_statement() + "\n" + "".join(f"\n- {n}" for n in lb.notes)
+
+
+def _cell_text(lb: Leaderboard, m: str, c: tuple[str, str], dec: int) -> str:
+    s = lb.stats.get((m, c))
+    if s is None:
+        return "--"
+    if s.conflict:
+        return "conflict"
+    t = f"{s.mean:.{dec}f}" + (f"±{s.std:.{dec}f}" if s.std is not None else "")
+    if m in lb.tied_best.get(c, [])[:1]:
+        t += " (best)"
+    elif m in lb.tied_best.get(c, []):
+        t += " (~best)"
+    return t
+
+
+def to_csv(lb: Leaderboard) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "category", "mean_rank", "mean_gain", "wins", "ties", "losses", "untested",
+                "negative_transfer", "cells", "grid"] + [f"{d}/{m}" for d, m in lb.cells])
+    for r in lb.rows:
+        w.writerow([r["display"], r["category"], r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
+                    r["untested"], r["negative_transfer"], r["cells"], r["grid"]]
+                   + [("" if (s := lb.stats.get((r["method"], c))) is None or s.conflict else s.mean) for c in lb.cells])
+    return buf.getvalue()
+
+
+def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
+    from .tables import _tex_escape
+
+    lines = [r"\begin{tabular}{rllrrrr}", r"\toprule",
+             " & ".join(_tex_escape(h) for _, h in COLUMNS) + r" \\", r"\midrule"]
+    for r in lb.rows:
+        lines.append(" & ".join(_tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n% " + lb.stats_statement() + "\n"
+
+
+def to_json(lb: Leaderboard) -> dict[str, Any]:
+    return {
+        "metric": lb.metric, "baseline": lb.baseline, "alpha": lb.alpha, "correction": lb.correction,
+        "cells": [list(c) for c in lb.cells], "rows": lb.rows, "statistics": lb.stats_statement(),
+        "friedman": {k: v for k, v in lb.friedman.items() if k != "matrix"}, "notes": lb.notes,
+        "per_cell": {f"{m}|{c[0]}|{c[1]}": {"mean": s.mean if not s.conflict else None, "std": s.std, "n": s.n,
+                                            "seeds": s.seeds, "conflict": s.conflict,
+                                            **({"vs_baseline": lb.verdicts[(m, c)]} if (m, c) in lb.verdicts else {})}
+                     for (m, c), s in lb.stats.items()},
+        "tied_with_best": {f"{c[0]}|{c[1]}": v for c, v in lb.tied_best.items()},
+    }
+
+
+def to_rich(lb: Leaderboard, decimals: int = 2, cells: bool = False):
+    from rich.table import Table
+
+    t = Table(title=f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)", caption=lb.stats_statement(), caption_justify="left")
+    for _, h in COLUMNS:
+        t.add_column(h, justify="right" if h in ("mean rank", "gain vs w/o KD", "neg. transfer", "coverage") else "left")
+    if cells:
+        for d, m in lb.cells:
+            t.add_column(f"{d}/{m}", justify="right")
+    for r in lb.rows:
+        t.add_row(*_row_cells(r, decimals), *([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else []))
+    return t
+
+
+def write_json(lb: Leaderboard) -> str:
+    return json.dumps(to_json(lb), indent=2, default=float)
