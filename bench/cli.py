@@ -82,9 +82,10 @@ def run(
     plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods"),
     save_model: bool = typer.Option(False, "--save-model", help="keep the selected student weights under results/models/"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing run"),
+    sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="SCOPE.KEY=v1,v2,...: run every value (repeat for a cartesian grid), e.g. fdcmkd.ratio=0.25,0.5,0.75"),
 ) -> None:
     """Train teachers, distil students and write one record per run; prints the comparison."""
-    from .executors import LocalExecutor, expand_grid, pending
+    from .executors import sweep_overrides, LocalExecutor, expand_grid, pending
     from .results import load_results
     from .tables import build_comparison, to_rich
 
@@ -95,8 +96,10 @@ def run(
         overrides.setdefault("train", {})["teacher_epochs"] = str(teacher_epochs)
     if executor != "local":
         _fail(f"--executor {executor!r}: valid executors: local")
-    specs = expand_grid(methods, datasets, directions, seeds, overrides=overrides, results_dir=str(results),
-                        device=device, save_model=save_model, plugins=list(plugin or []))
+    specs = []
+    for combo in sweep_overrides(overrides, list(sweep or [])):
+        specs += expand_grid(methods, datasets, directions, seeds, overrides=combo, results_dir=str(results),
+                             device=device, save_model=save_model, plugins=list(plugin or []))
     todo = pending(specs, force)
     console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
                   f"-> {results}/records/")
@@ -313,43 +316,94 @@ def results(
     console.print(t)
 
 
+def _grid_markdown(g: Any, decimals: int) -> str:
+    head = "| l1 \\ l2 | " + " | ".join(f"{c:g}" for c in g.columns) + " |"
+    rows = [head, "|" + "---|" * (g.shape[1] + 1)]
+    for a in g.index:
+        rows.append(f"| {a:g} | " + " | ".join("--" if v != v else f"{v:.{decimals}f}" for v in g.loc[a]) + " |")
+    return "\n".join(rows) + "\n"
+
+
+TABLE_KINDS = ("comparison", "segmentation", "ablation", "threshold", "sensitivity")
+
+
 @app.command()
 def table(
+    kind: str = typer.Argument("comparison", help="comparison | segmentation | ablation | threshold | sensitivity"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table to this file"),
     fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | rich"),
     datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets (column order)"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order; comparison tables)"),
     decimals: int = typer.Option(1, "--decimals"),
     std: bool = typer.Option(False, "--std/--no-std", help="print ± sample std over seeds"),
     value: str = typer.Option("best_metric", "--value", help="best_metric (val-selected) | final_metric | reference_best_metric"),
     caption: Optional[str] = typer.Option(None, "--caption"),
-    label: str = typer.Option("tab:comparison", "--label"),
+    label: Optional[str] = typer.Option(None, "--label", help="LaTeX label (default tab:KIND)"),
     booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
+    standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
 ) -> None:
-    """Comparison table (rows: methods by category; columns: dataset x student modality)."""
+    """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
+    threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
+    from . import studies
     from .executors import split_list
     from .results import load_results
     from .tables import build_comparison, to_csv, to_latex, to_markdown, to_rich
 
+    if kind not in TABLE_KINDS:
+        _fail(f"bench table {kind!r}: expected one of {', '.join(TABLE_KINDS)}")
     if value not in ("best_metric", "final_metric", "reference_best_metric"):
         _fail(f"--value {value!r}: expected best_metric, final_metric or reference_best_metric")
     df = load_results(results)
     if df.empty:
         _fail(f"no ok records in {results}/records; run `bench run` first")
-    comp = build_comparison(df, value=value, methods=split_list(methods) or None, datasets=split_list(datasets) or None,
-                            decimals=decimals)
-    if fmt == "rich":
-        console.print(to_rich(comp, decimals=decimals, std=std))
-        return
-    if fmt == "latex":
-        text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs)
-    elif fmt == "markdown":
-        text = to_markdown(comp, decimals=decimals, std=std)
-    elif fmt == "csv":
-        text = to_csv(comp)
+    want_seg = kind == "segmentation"
+    if kind in ("comparison", "segmentation"):
+        df = df[(df["task"] == "segmentation") == want_seg]
+        if df.empty:
+            _fail(f"no {'segmentation' if want_seg else 'classification'} records in {results}")
+    ds = split_list(datasets) or None
+    label = label or f"tab:{kind}"
+    if kind == "sensitivity":
+        grids, notes = studies.build_sensitivity(df, datasets=ds, value=value)
+        if heatmap is not None:
+            paths = studies.sensitivity_heatmap(grids, heatmap, str(df["metric"].iloc[0]))
+            console.print("heatmap: " + ", ".join(map(str, paths)))
+        if fmt == "latex":
+            text = studies.sensitivity_latex(grids, decimals=decimals, metric=str(df["metric"].iloc[0]), caption=caption,
+                                             label=label, booktabs=booktabs, notes=notes)
+        elif fmt in ("csv", "markdown", "rich"):
+            parts = []
+            for (d, m), g in grids.items():
+                parts.append(f"# {d}/{m} (rows l1, columns l2)\n" + (g.to_csv() if fmt == "csv" else _grid_markdown(g, decimals) if fmt == "markdown" else g.round(decimals).to_string()))
+            text = "\n".join(parts) + "\n"
+        else:
+            _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
     else:
-        _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
+        if kind == "ablation":
+            comp = studies.build_ablation(df, datasets=ds, value=value, decimals=decimals)
+        elif kind == "threshold":
+            comp = studies.build_threshold(df, datasets=ds, value=value, decimals=decimals)
+        else:
+            df, notes = studies.prefer_defaults(df)
+            comp = build_comparison(df, value=value, methods=split_list(methods) or None, datasets=ds, decimals=decimals)
+            comp.notes += notes
+            if want_seg:
+                comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
+        if fmt == "rich":
+            console.print(to_rich(comp, decimals=decimals, std=std))
+            return
+        if fmt == "latex":
+            text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs)
+        elif fmt == "markdown":
+            text = to_markdown(comp, decimals=decimals, std=std)
+        elif fmt == "csv":
+            text = to_csv(comp)
+        else:
+            _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
+    if standalone and fmt == "latex":
+        text = studies.standalone(text)
     if out:
         from .utils import atomic_write_bytes
 

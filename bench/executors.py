@@ -104,3 +104,30 @@ class LocalExecutor:
             (out.skipped if rec.get("skipped") else out.done).append(rec)
         return out
 
+
+
+def sweep_overrides(base: dict[str, dict[str, str]], sweeps: list[str]) -> list[dict[str, dict[str, str]]]:
+    """``--sweep SCOPE.KEY=v1,v2`` (repeatable) -> one override dict per point of the cartesian grid.
+
+    The comparison/ablation/threshold/sensitivity studies are grids of this kind; every point is
+    an ordinary run with its own config hash, so finished points are skipped on a rerun.
+    """
+    import itertools
+
+    axes = []
+    for item in sweeps:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise BenchError(f"--sweep {item!r}: expected SCOPE.KEY=v1,v2,... (e.g. fdcmkd.ratio=0.25,0.5,0.75)")
+        key, vals = item.split("=", 1)
+        scope, k = key.split(".", 1)
+        values = [v.strip() for v in vals.split(",") if v.strip()]
+        if not values:
+            raise BenchError(f"--sweep {item!r}: no values")
+        axes.append([(scope.strip(), k.strip(), v) for v in values])
+    out = []
+    for point in itertools.product(*axes) if axes else [()]:
+        o = {s: dict(v) for s, v in base.items()}
+        for scope, k, v in point:
+            o.setdefault(scope, {})[k] = v
+        out.append(o)
+    return out

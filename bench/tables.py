@@ -47,6 +47,17 @@ class Comparison:
     marks: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # "best" | "second"
     ties: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    row_labels: dict[str, str] = field(default_factory=dict)
+    """Display label per row key (default: the method's display name)."""
+    lead_columns: list[str] = field(default_factory=list)
+    """Extra left columns (e.g. the ablation's check-mark switches)."""
+    lead_values: dict[str, list[str]] = field(default_factory=dict)
+    """Per row key, the LaTeX text of each lead column."""
+    title: str = "Comparison of KD methods"
+    notes: list[str] = field(default_factory=list)
+
+    def label_of(self, m: str) -> str:
+        return self.row_labels.get(m, display_name(m))
 
 
 def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[str]:
@@ -60,7 +71,8 @@ def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[st
 
 
 def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: list[str] | None = None,
-                     datasets: list[str] | None = None, decimals: int = 1) -> Comparison:
+                     datasets: list[str] | None = None, decimals: int = 1,
+                     row_labels: dict[str, str] | None = None) -> Comparison:
     """Aggregate ok records into a :class:`Comparison` (mean/std over seeds per cell)."""
     df = df[df["status"] == "ok"] if "status" in df else df
     if datasets:
@@ -88,13 +100,13 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
             per_seed = sub.drop_duplicates(subset=["config_hash"])[value].astype(float)
             if groups > 1:
                 cells[(m, col)] = Cell(None, None, int(len(per_seed)), conflict=True, configs=int(groups))
-                conflicts.append(f"{display_name(m)} on {col[0]}/{col[1]} ({groups} configurations)")
+                conflicts.append(f"{(row_labels or {}).get(m, display_name(m))} on {col[0]}/{col[1]} ({groups} configurations)")
                 continue
             mean = float(per_seed.mean())
             std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
             cells[(m, col)] = Cell(mean, std, int(len(per_seed)))
     metric = str(df["metric"].iloc[0]) if len(df) else "top1"
-    comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts)
+    comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts, row_labels=dict(row_labels or {}))
     _mark(comp, decimals)
     return comp
 
@@ -110,14 +122,14 @@ def _mark(comp: Comparison, decimals: int) -> None:
         for m in best_ms:
             comp.marks[(m, col)] = "best"
         if len(best_ms) > 1:
-            comp.ties.append(f"{col[0]}/{col[1]}: best tied ({', '.join(display_name(m) for m in best_ms)})")
+            comp.ties.append(f"{col[0]}/{col[1]}: best tied ({', '.join(comp.label_of(m) for m in best_ms)})")
             continue  # a tie for first takes both marks; no second place
         if len(distinct) > 1:
             second_ms = [m for m, v in vals.items() if v == distinct[1]]
             for m in second_ms:
                 comp.marks[(m, col)] = "second"
             if len(second_ms) > 1:
-                comp.ties.append(f"{col[0]}/{col[1]}: second tied ({', '.join(display_name(m) for m in second_ms)})")
+                comp.ties.append(f"{col[0]}/{col[1]}: second tied ({', '.join(comp.label_of(m) for m in second_ms)})")
 
 
 def _fmt(c: Cell, decimals: int, std: bool) -> str:
@@ -147,7 +159,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
     lines = [r"\begin{table}[t]", r"\centering", r"\small"]
     metric_word = "mIoU (\\%)" if comp.metric == "mIoU" else "top-1 accuracy (\\%)"
-    cap = caption or f"Comparison of KD methods, {metric_word} of the student (column: student modality); mean over seeds"
+    cap = caption or f"{comp.title}, {metric_word} of the student (column: student modality); mean over seeds"
     if std:
         cap += r" $\pm$ sample std"
     cap += ". Best in \\textbf{bold}, second \\underline{underlined}."
@@ -157,14 +169,17 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         cap += " -- = no result."
     if comp.conflicts:
         cap += " Conflict = records of different configurations for the same cell (not averaged): " + _tex_escape("; ".join(comp.conflicts)) + "."
+    for n in comp.notes:
+        cap += " " + _tex_escape(n)
     lines.append(r"\caption{" + cap + "}")
     lines.append(r"\label{" + label + "}")
-    lines.append(r"\begin{tabular}{l" + "c" * ncol + "}")
+    nlead = len(comp.lead_columns)
+    lines.append(r"\begin{tabular}{l" + "c" * nlead + "c" * ncol + "}")
     lines.append(top)
     # two-level header: dataset spans its modalities
-    header1 = ["Method"]
+    header1 = ["Method"] + [_tex_escape(h) for h in comp.lead_columns]
     rules = []
-    col = 2
+    col = 2 + nlead
     datasets = list(dict.fromkeys(d for d, _ in comp.columns))
     for d in datasets:
         k = sum(1 for dd, _ in comp.columns if dd == d)
@@ -174,7 +189,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     lines.append(" & ".join(header1) + r" \\")
     if any(rules):
         lines.append(" ".join(r for r in rules if r))
-    header2 = [""] + [_tex_escape(MODALITY_SHORT.get(m, m)) for _, m in comp.columns]
+    header2 = [""] * (1 + nlead) + [_tex_escape(MODALITY_SHORT.get(m, m)) for _, m in comp.columns]
     lines.append(" & ".join(header2) + r" \\")
     lines.append(mid)
     prev_cat = None
@@ -183,7 +198,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         if prev_cat is not None and cat != prev_cat:
             lines.append(mid)
         prev_cat = cat
-        row = [_tex_escape(display_name(m))]
+        row = [_tex_escape(comp.label_of(m))] + list(comp.lead_values.get(m, []))
         for colkey in comp.columns:
             c = comp.cells[(m, colkey)]
             txt = _fmt(c, decimals, std).replace("±", r"$\pm$")
@@ -201,10 +216,10 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
 
 
 def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> str:
-    head = ["Method"] + [f"{d} {MODALITY_SHORT.get(m, m)}" for d, m in comp.columns]
+    head = ["Method"] + comp.lead_columns + [f"{d} {MODALITY_SHORT.get(m, m)}" for d, m in comp.columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in comp.methods:
-        row = [display_name(m)]
+        row = [comp.label_of(m)] + [("✓" if v else "") for v in comp.lead_values.get(m, [])]
         for col in comp.columns:
             txt = _fmt(comp.cells[(m, col)], decimals, std)
             mark = comp.marks.get((m, col))
@@ -218,7 +233,7 @@ def to_csv(comp: Comparison) -> str:
     for m in comp.methods:
         for col in comp.columns:
             c = comp.cells[(m, col)]
-            rows.append({"method": m, "category": comp.categories.get(m), "dataset": col[0], "student_modality": col[1],
+            rows.append({"method": comp.label_of(m), "category": comp.categories.get(m), "dataset": col[0], "student_modality": col[1],
                          "mean": c.mean, "std": c.std, "n_seeds": c.n, "conflict": c.conflict,
                          "mark": comp.marks.get((m, col), "")})
     return pd.DataFrame(rows).to_csv(index=False)
@@ -229,6 +244,8 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
 
     t = Table(title=title or f"student {comp.metric} (mean over seeds; bold = best, underline = second)")
     t.add_column("Method")
+    for h in comp.lead_columns:
+        t.add_column(h)
     for d, m in comp.columns:
         t.add_column(f"{d}\n{MODALITY_SHORT.get(m, m)}", justify="right")
     prev = None
@@ -237,7 +254,7 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
         if prev is not None and cat != prev:
             t.add_section()
         prev = cat
-        row = [display_name(m)]
+        row = [comp.label_of(m)] + [("✓" if v else "") for v in comp.lead_values.get(m, [])]
         for col in comp.columns:
             c = comp.cells[(m, col)]
             txt = _fmt(c, decimals, std) + (f" (n={c.n})" if c.n > 1 and not c.conflict else "")
