@@ -413,6 +413,56 @@ def table(
         sys.stdout.write(text)
 
 
+@app.command()
+def analyze(
+    kind: str = typer.Argument(..., help="similarity | means | tsne | cch"),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    direction: Optional[str] = typer.Option(None, "--direction", help="tsne: e.g. a2v (default: the first direction)"),
+    results: Path = typer.Option(Path("results"), "--results", "-r"),
+    out: Path = typer.Option(Path("results/analysis"), "--out", "-o", help="folder for the figure (PNG+PDF) and CSV"),
+    seed: int = typer.Option(0, "--seed"),
+    tap: str = typer.Option("pre", "--tap", help="pre (pre-ReLU pooled, FD-CMKD's) | post (classifier input)"),
+    ratio: float = typer.Option(0.5, "--ratio", help="similarity: frequency split threshold"),
+    ks: str = typer.Option("4,8,16", "--k", help="cch: PCA sizes"),
+    methods: str = typer.Option("none,feat,fdcmkd", "--methods", help="tsne: students to show"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="dataset parameters the models were trained with"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Cross-modal analyses from trained checkpoints (FD-CMKD Table 1, Fig. 1, Fig. 4; the CCH criterion)."""
+    from . import analysis as A
+    from .executors import split_list
+
+    ov = parse_overrides(set_ or [])
+    if tap not in ("pre", "post"):
+        _fail("--tap must be pre or post")
+    if kind == "similarity":
+        res = A.similarity(dataset, results, out, ov, seed, tap, ratio, device)
+        console.print(f"cosine similarity raw {res['values']['raw']:.4f}, low {res['values']['low']:.4f}, "
+                      f"high {res['values']['high']:.4f}")
+    elif kind == "means":
+        res = A.means(dataset, results, out, ov, seed, tap, device)
+    elif kind == "tsne":
+        from .runner import build_adapter
+
+        d = direction or build_adapter(dataset, ov).direction_name(*build_adapter(dataset, ov).directions()[0])
+        res = A.tsne(dataset, d, results, out, ov, seed, tuple(split_list(methods)), tap=tap, device=device)
+    elif kind == "cch":
+        try:
+            kk = tuple(int(x) for x in split_list(ks))
+        except ValueError:
+            _fail(f"--k {ks!r}: expected comma-separated integers")
+        res = A.cch(dataset, results, out, ov, seed, kk, tap, device)
+        t = Table(title=f"CCH criterion on {dataset} (Gaussian MI, nats)")
+        for c in ("direction", "k", "I(H_T;H_S)", "I(H_S;Y)", "delta", "verdict", "measured_mean_gain"):
+            t.add_column(c)
+        for r in res["rows"]:
+            t.add_row(*(str(r[c]) for c in ("direction", "k", "I(H_T;H_S)", "I(H_S;Y)", "delta", "verdict", "measured_mean_gain")))
+        console.print(t)
+    else:
+        _fail(f"bench analyze {kind!r}: expected similarity, means, tsne or cch")
+    console.print("wrote " + ", ".join(str(p) for p in [res["csv"], *res["figures"]]))
+
+
 def main() -> None:
     try:
         app()
