@@ -216,6 +216,6 @@ def sensitivity_heatmap(grids: dict[tuple[str, str], pd.DataFrame], out_base: Pa
 
 def standalone(latex_body: str) -> str:
     """Wrap a table in a minimal compilable document (booktabs, amssymb for the check marks)."""
-    return ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
             "\\usepackage[margin=1.5cm,landscape]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
             + latex_body + "\\end{document}\n")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine, then run it.
-#   system packages (Debian): chromium (the HTML leaderboard is tested in a real headless browser)
+#   system packages (Debian): chromium (the HTML leaderboard is tested in a real headless browser),
+#     texlive + poppler-utils (every generated LaTeX table is compiled and rendered to PNG)
 #   python: the pinned torch stack + this package with its test extras (scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/apt.sh chromium fonts-dejavu-core
+bash scripts/apt.sh chromium fonts-dejavu-core texlive-latex-base texlive-latex-recommended texlive-fonts-recommended poppler-utils
 bash scripts/setup.sh --test
 exec .venv/bin/python -m pytest -q "$@"
