@@ -343,6 +343,8 @@ def table(
     booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
     standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
+    mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells statistically tied with the best (Welch over seeds)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied"),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
     threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
@@ -389,6 +391,10 @@ def table(
             df, notes = studies.prefer_defaults(df)
             comp = build_comparison(df, value=value, methods=split_list(methods) or None, datasets=ds, decimals=decimals)
             comp.notes += notes
+            if mark_tied:
+                from .tables import mark_tied as do_mark_tied
+
+                do_mark_tied(comp, df, value, alpha)
             if want_seg:
                 comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
         if fmt == "rich":

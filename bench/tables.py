@@ -55,6 +55,9 @@ class Comparison:
     """Per row key, the LaTeX text of each lead column."""
     title: str = "Comparison of KD methods"
     notes: list[str] = field(default_factory=list)
+    tied: set = field(default_factory=set)
+    """(row, column) cells statistically tied with the column's best (see :func:`mark_tied`)."""
+    tied_rule: str = ""
 
     def label_of(self, m: str) -> str:
         return self.row_labels.get(m, display_name(m))
@@ -109,6 +112,40 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
     comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts, row_labels=dict(row_labels or {}))
     _mark(comp, decimals)
     return comp
+
+
+def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05) -> None:
+    """Mark cells whose seeds are not significantly different from the column's best (Welch t-test).
+
+    Cells with fewer than two seeds (or a best with fewer than two) are not tested and not marked.
+    """
+    from scipy.stats import ttest_ind
+
+    for col in comp.columns:
+        best = [m for m in comp.methods if comp.marks.get((m, col)) == "best"]
+        if len(best) != 1:
+            continue
+        def seeds(m: str) -> list[float]:
+            sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+            return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
+        b = seeds(best[0])
+        if len(b) < 2:
+            continue
+        for m in comp.methods:
+            c = comp.cells[(m, col)]
+            if m == best[0] or c.mean is None or c.conflict:
+                continue
+            a = seeds(m)
+            if len(a) < 2:
+                continue
+            if pd.Series(a).var() == 0 and pd.Series(b).var() == 0:
+                p = 1.0 if a[0] == b[0] else 0.0
+            else:
+                p = float(ttest_ind(a, b, equal_var=False).pvalue)
+            if not p < alpha:
+                comp.tied.add((m, col))
+    comp.tied_rule = (f"$^\\dagger$ = not significantly different from the best (Welch t-test over seeds, "
+                      f"alpha={alpha}, no correction)")
 
 
 def _mark(comp: Comparison, decimals: int) -> None:
@@ -171,6 +208,8 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         cap += " Conflict = records of different configurations for the same cell (not averaged): " + _tex_escape("; ".join(comp.conflicts)) + "."
     for n in comp.notes:
         cap += " " + _tex_escape(n)
+    if comp.tied_rule:
+        cap += " " + comp.tied_rule + "."
     lines.append(r"\caption{" + cap + "}")
     lines.append(r"\label{" + label + "}")
     nlead = len(comp.lead_columns)
@@ -207,6 +246,8 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
                 txt = rf"\textbf{{{txt}}}"
             elif mark == "second":
                 txt = rf"\underline{{{txt}}}"
+            if (m, colkey) in comp.tied:
+                txt += r"$^\dagger$"
             row.append(txt)
         lines.append(" & ".join(row) + r" \\")
     lines.append(bot)

@@ -144,3 +144,30 @@ def test_tables_compile_with_latex(results, tmp_path, kind):
     assert img.shape[0] > 200 and (img < 128).mean() > 0.002  # text was rendered
     text = subprocess.run(["pdftotext", str(tex.with_suffix(".pdf")), "-"], capture_output=True, text=True).stdout
     assert "Best in bold" in text.replace("\n", " ") or "best in bold" in text.replace("\n", " ")
+
+
+def test_sweep_expands_cartesian_grid():
+    from bench.errors import BenchError
+    from bench.executors import sweep_overrides
+
+    out = sweep_overrides({"train": {"epochs": "2"}}, ["fdcmkd.l1=0.5,1", "fdcmkd.l2=1,2,4"])
+    assert len(out) == 6 and {(o["fdcmkd"]["l1"], o["fdcmkd"]["l2"]) for o in out} == {
+        (a, b) for a in ("0.5", "1") for b in ("1", "2", "4")}
+    assert all(o["train"] == {"epochs": "2"} for o in out)
+    assert sweep_overrides({}, []) == [{}]
+    with pytest.raises(BenchError, match="expected SCOPE.KEY=v1,v2"):
+        sweep_overrides({}, ["ratio=0.5"])
+
+
+def test_mark_tied_with_best(results):
+    from scipy.stats import ttest_ind
+
+    tex = table(results, "comparison", "--mark-tied")
+    r = rows(tex)
+    # crema/V: Logit [60, 62] is best; Welch p vs FD-CMKD [58, 58] and Feat [55, 57] >= 0.05, vs w/o KD [50, 52] < 0.05
+    assert ttest_ind([58, 58], [60, 62], equal_var=False).pvalue >= 0.05
+    assert ttest_ind([50, 52], [60, 62], equal_var=False).pvalue < 0.05
+    assert r["FD-CMKD"][1].endswith(r"$^\dagger$") and r["Feat"][1].endswith(r"$^\dagger$")
+    assert not r["w/o KD"][1].endswith(r"$^\dagger$")
+    assert not r["Logit"][0].endswith(r"$^\dagger$")  # crema/A has one seed: nothing is tested
+    assert "Welch t-test over seeds" in tex
