@@ -75,7 +75,7 @@ def run(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="student epochs (default: the dataset's)"),
     teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="teacher epochs (default: the dataset's)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a hyper-parameter: SCOPE.KEY=VALUE (dkd.beta=8, train.lr=0.1, synthetic.n_train=1000)"),
-    executor: str = typer.Option("local", "--executor", help="local (in this process)"),
+    executor: str = typer.Option("local", "--executor", help="local (in this process) | slurm (job arrays via submitit)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     force: bool = typer.Option(False, "--force", help="rerun runs that already have an ok record"),
@@ -83,6 +83,18 @@ def run(
     save_model: bool = typer.Option(False, "--save-model", help="keep the selected student weights under results/models/"),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="stop at the first failing run"),
     sweep: Optional[List[str]] = typer.Option(None, "--sweep", help="SCOPE.KEY=v1,v2,...: run every value (repeat for a cartesian grid), e.g. fdcmkd.ratio=0.25,0.5,0.75"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="only the runs whose last attempt failed (record or SLURM task)"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition"),
+    gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task"),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task"),
+    mem: Optional[str] = typer.Option(None, "--mem", help="e.g. 32G"),
+    time_min: Optional[int] = typer.Option(None, "--time", help="time limit per task in minutes (requeued + resumed on timeout)"),
+    array_parallelism: Optional[int] = typer.Option(None, "--array-parallelism"),
+    account: Optional[str] = typer.Option(None, "--account"),
+    qos: Optional[str] = typer.Option(None, "--qos"),
+    slurm_arg: Optional[List[str]] = typer.Option(None, "--slurm-arg", help="extra sbatch option KEY=VALUE (repeatable)"),
+    slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help="TOML with a [slurm] table (default ./slurm.toml if present)"),
+    wait: bool = typer.Option(False, "--wait", help="slurm: block until every task has finished"),
 ) -> None:
     """Train teachers, distil students and write one record per run; prints the comparison."""
     from .executors import sweep_overrides, LocalExecutor, expand_grid, pending
@@ -94,15 +106,32 @@ def run(
         overrides.setdefault("train", {})["epochs"] = str(epochs)
     if teacher_epochs is not None:
         overrides.setdefault("train", {})["teacher_epochs"] = str(teacher_epochs)
-    if executor != "local":
-        _fail(f"--executor {executor!r}: valid executors: local")
+    if executor not in ("local", "slurm"):
+        _fail(f"--executor {executor!r}: valid executors: local, slurm")
     specs = []
     for combo in sweep_overrides(overrides, list(sweep or [])):
         specs += expand_grid(methods, datasets, directions, seeds, overrides=combo, results_dir=str(results),
                              device=device, save_model=save_model, plugins=list(plugin or []))
     todo = pending(specs, force)
+    if retry_failed:
+        from .runner import resolve
+        from .slurm import retry_candidates
+
+        again = retry_candidates(results) if (results / "slurm").exists() else set()
+        from .results import read_record, record_path
+
+        for sp in todo:
+            rp = record_path(results, resolve(sp).run_id)
+            if rp.exists() and read_record(rp)["status"] == "failed":
+                again.add(resolve(sp).run_id)
+        todo = [sp for sp in todo if resolve(sp).run_id in again]
     console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
                   f"-> {results}/records/")
+    if executor == "slurm":
+        _run_slurm(todo, results, dict(partition=partition, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
+                                       mem=mem, time=time_min, array_parallelism=array_parallelism, account=account,
+                                       qos=qos), list(slurm_arg or []), slurm_config, wait)
+        return
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
@@ -124,6 +153,63 @@ def run(
         for rec in outcome.failed:
             err_console.print(f"[red]failed[/red] {rec['run_id']}: {rec['error']}")
         raise typer.Exit(1)
+
+
+def _run_slurm(todo: list, results: Path, cli: dict[str, Any], extra: list[str], config: Optional[Path], wait: bool) -> None:
+    from . import slurm
+
+    if not todo:
+        console.print("nothing to submit")
+        return
+    opts = slurm.SlurmOptions.from_sources(config, cli, extra)
+    m = slurm.submit(todo, results, opts)
+    if m["teacher_job"]:
+        console.print(f"submitted teacher array {m['teacher_job']} ({len(m['teachers'])} teacher(s))")
+    console.print(f"submitted run array {m['array_job']} ({len(m['tasks'])} task(s)); manifest {m['path']}")
+    if not wait:
+        console.print(f"follow it with `bench status -r {results}`; collect with `bench collect -r {results}`")
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as prog:
+        bar = prog.add_task(f"array {m['array_job']}", total=len(m["tasks"]))
+
+        def update(states: dict[str, str]) -> None:
+            prog.update(bar, completed=sum(1 for s in states.values() if s in slurm.TERMINAL))
+
+        states = slurm.wait(m, on_poll=update)
+    bad = {j: s for j, s in states.items() if s != "COMPLETED"}
+    console.print(f"array {m['array_job']}: {len(states) - len(bad)} completed, {len(bad)} not: {bad or ''}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    results: Path = typer.Option(Path("results"), "--results", "-r"),
+    all_: bool = typer.Option(False, "--all", help="list every task, not only unfinished ones"),
+) -> None:
+    """Progress of submitted SLURM arrays: pending / running / done / failed, with error tails."""
+    from . import slurm
+
+    rows = slurm.task_table(results)
+    if not rows:
+        console.print(f"no SLURM submissions under {results}/slurm")
+        return
+    t = Table(title="SLURM arrays")
+    for c in ("array", "done", "running", "pending", "failed", "other"):
+        t.add_column(c)
+    for arr, c in slurm.summarize(rows).items():
+        other = sum(v for k, v in c.items() if k not in ("done", "running", "pending", "failed"))
+        t.add_row(arr, *(str(c.get(k, 0)) for k in ("done", "running", "pending", "failed")), str(other))
+    console.print(t)
+    show = rows if all_ else [r for r in rows if r["status"] != "DONE"]
+    for r in show:
+        line = f"{r['job_id']:>10} {r['status']:<12} {r['run_id']}"
+        if r["error"]:
+            console.print(f"[red]{line}[/red]")
+            console.print("    " + r["error"].strip().replace("\n", "\n    "), markup=False, highlight=False)
+        else:
+            console.print(line)
 
 
 @app.command("list")
@@ -274,11 +360,20 @@ def leaderboard(
 
 @app.command()
 def collect(
-    from_: List[Path] = typer.Option(..., "--from", help="results folder(s) to merge from (repeatable)"),
+    from_: Optional[List[Path]] = typer.Option(None, "--from", help="results folder(s) to merge from (repeatable)"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="destination results folder"),
 ) -> None:
-    """Merge records from other folders; identical runs are deduplicated, conflicts reported."""
+    """Merge records from other folders (--from; identical runs deduplicated, conflicts reported), or,
+    without --from, gather the records of finished SLURM tasks (idempotent)."""
     from .results import collect as do_collect
+
+    if not from_:
+        from .slurm import collect_finished
+
+        rep = collect_finished(results)
+        console.print(f"{len(rep['present'])} record(s) already present, {len(rep['recovered'])} recovered from "
+                      f"finished tasks, {len(rep['unfinished'])} task(s) without a result yet")
+        return
 
     rep = do_collect([str(p) for p in from_], results)
     console.print(f"{len(rep['copied'])} copied, {len(rep['duplicate'])} duplicate(s) skipped, "

@@ -503,7 +503,10 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
     ckpt = results / "checkpoints" / f"{r.run_id}.pt"
     if force and ckpt.exists():
         ckpt.unlink()
+    resumed_from = _checkpoint_epochs(ckpt)
     base = _record_base(r, device)
+    if resumed_from:
+        base["resumed_from_epoch"] = resumed_from
     needs_teacher = r.method_cls.uses_teacher
     total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
     reporter.begin(r.run_id, total_epochs)
@@ -579,8 +582,28 @@ def _probe(r: Resolved, splits: dict[str, Split], student: Backbone, teacher: Ba
     return s_probe, t_probe
 
 
+def _checkpoint_epochs(ckpt: Path) -> int:
+    """Epochs already stored in a run's checkpoint (0 when there is none or it is unreadable)."""
+    if not ckpt.exists():
+        return 0
+    try:
+        return len(torch.load(ckpt, map_location="cpu", weights_only=False)["history"])
+    except Exception:  # noqa: BLE001 - a corrupt checkpoint is ignored by fit() as well
+        return 0
+
+
+def _slurm_env() -> dict[str, Any] | None:
+    """Where the run executed when it ran as a SLURM task (job, array task, requeue count)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return None
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION",
+            "SLURMD_NODENAME")
+    return {k.lower().replace("slurm_", "").replace("slurmd_", ""): os.environ.get(k) for k in keys}
+
+
 def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
     return {
+        "slurm": _slurm_env(),
         "schema": SCHEMA_VERSION,
         "run_id": r.run_id,
         "method": r.method_cls.name,

@@ -1,0 +1,172 @@
+"""SLURM fan-out against the real single-node cluster that `.ci/run` starts (slurm/cluster.sh up).
+
+Skipped (with the reason) when no SLURM controller answers on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.results import load_records
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return r.returncode == 0 and any(s.startswith(("idle", "mixed", "alloc")) for s in r.stdout.split())
+
+
+pytestmark = pytest.mark.skipif(not _cluster_up(), reason="no SLURM cluster (start it with: bash slurm/cluster.sh up)")
+
+TINY = ["--datasets", "synthetic", "--directions", "a2v", "--set", "synthetic.n_train=480",
+        "--set", "synthetic.n_test=180", "--set", "synthetic.width=8"]
+
+
+def bench(*args: str) -> "CliRunner.invoke":
+    r = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return r
+
+
+def by_method(res: Path) -> dict[str, dict]:
+    return {r["method"]: r for r in load_records(res)}
+
+
+def test_slurm_array_equals_local(tmp_path):
+    common = ["--methods", "none,logit,fdcmkd", "--epochs", "2", "--teacher-epochs", "2", *TINY]
+    r = bench("run", "--executor", "slurm", "--wait", "--array-parallelism", "2", "-r", str(tmp_path / "slurm"), *common)
+    assert r.exit_code == 0, r.output
+    assert "submitted teacher array" in r.output  # the teacher is trained once, by its own task
+    r = bench("run", "-r", str(tmp_path / "local"), *common)
+    assert r.exit_code == 0, r.output
+    s, l = by_method(tmp_path / "slurm"), by_method(tmp_path / "local")
+    assert set(s) == set(l) == {"none", "logit", "fdcmkd"}
+    for m in s:
+        assert s[m]["run_id"] == l[m]["run_id"]
+        assert s[m]["best_metric"] == l[m]["best_metric"] and s[m]["final_metric"] == l[m]["final_metric"]
+        assert [h["test_metric"] for h in s[m]["history"]] == [h["test_metric"] for h in l[m]["history"]]
+        assert s[m]["slurm"]["array_job_id"] and l[m]["slurm"] is None
+    # idempotent collection; a resubmission finds nothing to do
+    r = bench("collect", "-r", str(tmp_path / "slurm"))
+    assert "3 record(s) already present" in r.output
+    r = bench("run", "--executor", "slurm", "-r", str(tmp_path / "slurm"), *common)
+    assert "nothing to submit" in r.output
+
+
+FAILING = '''
+import os
+import torch.nn.functional as F
+from bench.method import Method
+from bench.registry import register_method
+
+@register_method("flaky")
+class Flaky(Method):
+    category = "Logits"
+    def loss(self, s, t, y, epoch):
+        if os.path.exists({flag!r}):
+            raise RuntimeError("boom: flaky plug-in failed on purpose")
+        return {{"ce": self.task_loss(s.logits, y)}}
+'''
+
+
+def test_failed_task_status_and_retry(tmp_path):
+    flag = tmp_path / "FAIL"
+    flag.write_text("1")
+    plug = tmp_path / "flaky.py"
+    plug.write_text(FAILING.format(flag=str(flag)))
+    res = tmp_path / "res"
+    common = ["--methods", "none,flaky", "--plugin", str(plug), "--epochs", "1", "--teacher-epochs", "1", *TINY]
+    r = bench("run", "--executor", "slurm", "--wait", "-r", str(res), *common)
+    assert r.exit_code == 1 and "1 completed, 1 not" in r.output
+    r = bench("status", "-r", str(res))
+    assert "FAILED" in r.output and "boom: flaky plug-in failed on purpose" in r.output
+    assert "│ 1    │ 0       │ 0       │ 1" in r.output  # done, running, pending, failed
+    flag.unlink()
+    r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *common)
+    assert r.exit_code == 0 and "1 to run" in r.output, r.output
+    assert by_method(res)["flaky"]["status"] == "ok"
+    from bench import slurm
+
+    rows = slurm.task_table(res)  # the latest attempt of each run
+    assert sorted(r_["status"] for r_ in rows) == ["DONE", "DONE"]
+    assert "FAILED" not in bench("status", "-r", str(res)).output
+
+
+def _wait_for(pred, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _ckpt_epochs(res: Path) -> int:
+    import torch
+
+    for p in (res / "checkpoints").glob("*.pt"):
+        try:
+            return len(torch.load(p, weights_only=False)["history"])
+        except Exception:
+            return 0
+    return 0
+
+
+def _submission(res: Path) -> dict:
+    return json.loads(sorted((res / "slurm" / "submissions").glob("*.json"))[-1].read_text())
+
+
+LONG = ["--methods", "none", "--epochs", "14", *TINY[:-2], "--set", "synthetic.width=8",
+        "--set", "synthetic.n_train=1200"]
+
+
+def test_scancel_then_resubmit_resumes_from_checkpoint(tmp_path):
+    res = tmp_path / "res"
+    r = bench("run", "--executor", "slurm", "-r", str(res), *LONG)
+    assert r.exit_code == 0, r.output
+    job = _submission(res)["tasks"][0]["job_id"]
+    _wait_for(lambda: _ckpt_epochs(res) >= 2, 240, "two finished epochs")
+    subprocess.run(["scancel", job], check=True)
+    _wait_for(lambda: "CANCELLED" in bench("status", "-r", str(res)).output, 60, "CANCELLED in bench status")
+    done_before = _ckpt_epochs(res)
+    r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *LONG)
+    assert r.exit_code == 0, r.output
+    rec = by_method(res)["none"]
+    assert rec["status"] == "ok" and rec["resumed_from_epoch"] >= done_before >= 2
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 15))  # every epoch exactly once
+
+
+def test_preemption_signal_requeues_and_resumes(tmp_path):
+    """scancel --signal=USR2 = what SLURM sends before a time limit / pre-emption: submitit
+    checkpoints and requeues the task, which resumes from the run's epoch checkpoint."""
+    res = tmp_path / "res"
+    r = bench("run", "--executor", "slurm", "-r", str(res), *LONG)
+    assert r.exit_code == 0, r.output
+    m = _submission(res)
+    job = m["tasks"][0]["job_id"]
+    _wait_for(lambda: _ckpt_epochs(res) >= 2, 240, "two finished epochs")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+
+    def requeued() -> bool:
+        st = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout
+        if "PENDING" in st:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            return True
+        return False
+
+    _wait_for(requeued, 90, "the task to be requeued")
+    from bench import slurm
+
+    states = slurm.wait(m, timeout_s=300)
+    assert list(states.values()) == ["COMPLETED"]
+    rec = by_method(res)["none"]
+    assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] >= 2
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 15))
