@@ -318,6 +318,7 @@ def leaderboard(
     correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the per-cell tests"),
     cd: Optional[Path] = typer.Option(None, "--cd", help="write the critical-difference diagram to PATH.png/.pdf"),
     decimals: int = typer.Option(2, "--decimals"),
+    pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
 ) -> None:
     """Rank methods over every (dataset, student modality) cell, with statistics."""
     from . import leaderboard as L
@@ -326,7 +327,8 @@ def leaderboard(
 
     recs = load_records([str(p) for p in (results or [Path("results")])], status="ok")
     lb = L.build_leaderboard(recs, datasets=split_list(datasets) if datasets else None,
-                             methods=split_list(methods) if methods else None, alpha=alpha, correction=correction)
+                             methods=split_list(methods) if methods else None, alpha=alpha, correction=correction,
+                             pairing=pairing)
     if cd is not None:
         paths = L.cd_diagram(lb, cd)
         if paths:
@@ -439,6 +441,7 @@ def table(
     standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
     mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells statistically tied with the best (Welch over seeds)"),
+    pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired: which protocol's records to tabulate"),
     alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied"),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
@@ -455,6 +458,11 @@ def table(
     df = load_results(results)
     if df.empty:
         _fail(f"no ok records in {results}/records; run `bench run` first")
+    if pairing not in ("paired", "unpaired"):
+        _fail(f"--pairing {pairing!r}: expected paired or unpaired")
+    df = df[df["pairing"] == pairing]
+    if df.empty:
+        _fail(f"no {pairing}-protocol records in {results} (run with --set train.pairing={pairing})")
     want_seg = kind == "segmentation"
     if kind in ("comparison", "segmentation"):
         df = df[(df["task"] == "segmentation") == want_seg]
@@ -492,6 +500,8 @@ def table(
                 do_mark_tied(comp, df, value, alpha)
             if want_seg:
                 comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
+            if pairing == "unpaired":
+                comp.title = "Unpaired protocol (teacher inputs re-drawn from the same class at every step): " + comp.title
         if fmt == "rich":
             console.print(to_rich(comp, decimals=decimals, std=std))
             return

@@ -175,6 +175,7 @@ class TrainConfig:
     split_seed: int = hp(0, "seed of the train/validation split (shared by teacher and students)")
     selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
     deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
+    pairing: str = hp("paired", "paired | unpaired (teacher inputs re-drawn at random from the same class at every step)")
 
     def validate(self) -> None:
         if self.epochs < 1 or self.teacher_epochs < 1:
@@ -187,5 +188,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be poly, cosine, step or constant, got {self.schedule!r}")
         if not 0.0 <= self.val_fraction < 0.9:
             raise ValueError("val_fraction must be in [0, 0.9)")
+        if self.pairing not in {"paired", "unpaired"}:
+            raise ValueError(f"pairing must be 'paired' or 'unpaired', got {self.pairing!r}")
         if self.selection not in {"val", "test"}:
             raise ValueError(f"selection must be 'val' or 'test', got {self.selection!r}")

@@ -93,7 +93,7 @@ def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
 
 def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
                       methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
-                      baseline: str = BASELINE) -> Leaderboard:
+                      baseline: str = BASELINE, pairing: str | None = "paired") -> Leaderboard:
     from scipy.stats import rankdata, ttest_ind
 
     if correction not in ("none", "holm", "bonferroni"):
@@ -101,6 +101,8 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     if not 0 < alpha < 1:
         raise BenchError(f"--alpha {alpha}: expected a level in (0, 1)")
     recs = [r for r in records if r.get("status") == "ok"]
+    if pairing is not None:  # the two protocols are different benchmarks: never ranked together
+        recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
     if datasets:
         recs = [r for r in recs if r["dataset"] in datasets]
     if not recs:

@@ -32,7 +32,7 @@ COLUMNS = [
     "run_id", "status", "dataset", "task", "direction", "teacher_modality", "student_modality", "method",
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
-    "git_commit", "error", "path", "method_params",
+    "git_commit", "error", "path", "method_params", "pairing",
 ]
 
 
@@ -122,6 +122,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "device": r.get("device"), "config_hash": r["config_hash"], "group_hash": r.get("group_hash"), "git_commit": r.get("git_commit"),
             "error": r.get("error"), "path": r.get("path"),
             "method_params": (r.get("config") or {}).get("method_params") or {},
+            "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -336,6 +336,9 @@ def fit(
         best_key = state["best_key"]
         selected = state["selected"]
         start_epoch = len(history) + 1
+    by_class = class_index(tr.labels) if train.pairing == "unpaired" else {}
+    if train.pairing == "unpaired" and tr.labels.dim() != 1:
+        raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         lr = lr_at(train, epoch - 1, epochs)
@@ -351,8 +354,13 @@ def fit(
         n_batches = 0
         for idx in batch_indices(len(tr), train.batch_size, True, gen, drop_last=True):
             need_t = method.uses_teacher and teacher is not None
-            mods = [student_modality] + ([teacher_modality] if need_t else [])  # type: ignore[list-item]
+            unpaired = need_t and train.pairing == "unpaired"
+            mods = [student_modality] + ([teacher_modality] if need_t and not unpaired else [])  # type: ignore[list-item]
             xb, y = adapter.batch(tr, idx, mods, device, True, gen)
+            if unpaired:
+                # the teacher sees other samples of the same classes: only the label space is shared
+                t_idx = repair_by_class(tr.labels, idx, by_class, gen)
+                xb[teacher_modality] = adapter.batch(tr, t_idx, [teacher_modality], device, True, gen)[0][teacher_modality]  # type: ignore[index]
             s_out = student(xb[student_modality])
             t_out = None
             if need_t:
@@ -403,6 +411,24 @@ def fit(
     if teacher_in_opt:
         extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device, train.eval_batch_size)  # type: ignore[arg-type]
     return FitResult(history, best_state, selected, extra)
+
+
+def class_index(labels: torch.Tensor) -> dict[int, torch.Tensor]:
+    lab = labels.cpu()
+    return {int(c): torch.nonzero(lab == c).flatten() for c in torch.unique(lab)}
+
+
+def repair_by_class(labels: torch.Tensor, idx: torch.Tensor, by_class: dict[int, torch.Tensor],
+                    gen: torch.Generator | None) -> torch.Tensor:
+    """The unpaired protocol (UnpairedCMKD's loaders): for every student sample, a teacher-modality
+    sample drawn uniformly from the training samples of the same class, redrawn at every step."""
+    out = torch.empty_like(idx)
+    lab = labels[idx].cpu()
+    for c in torch.unique(lab):
+        pool = by_class[int(c)]
+        sel = lab == c
+        out[sel] = pool[torch.randint(0, len(pool), (int(sel.sum()),), generator=gen)]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
