@@ -407,7 +407,10 @@ def fit(
             }, checkpoint)
         if on_epoch:
             on_epoch(epoch, row)
-    extra = {}
+    extra: dict[str, Any] = {}
+    rep = getattr(method, "report", None)
+    if callable(rep) and rep():
+        extra["method"] = rep()
     if teacher_in_opt:
         extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device, train.eval_batch_size)  # type: ignore[arg-type]
     return FitResult(history, best_state, selected, extra)

@@ -20,6 +20,25 @@ from .errors import BenchError
 from .tables import Comparison, build_comparison, _tex_escape
 
 SWITCHES = ("freq", "align", "scale", "log")
+VARIANTS = ("decomp", "bands", "split", "split_tau", "band_weights")
+"""FD-CMKD's variant parameters (learnable split, multi-band DFT, Haar): rows of their own in the
+ablation and threshold tables."""
+
+
+def variant_label(params: dict, defaults: dict) -> str:
+    """'' for the paper's decomposition, else e.g. '4 DFT bands', 'Haar, 3 bands', 'learnable split'."""
+    parts = []
+    if params.get("split", "fixed") == "learnable":
+        parts.append("learnable split")
+    if params.get("decomp", "dft") == "haar":
+        parts.append(f"Haar, {params.get('bands', 2)} bands")
+    elif params.get("bands", 2) != 2:
+        parts.append(f"{params['bands']} DFT bands")
+    if list(params.get("band_weights") or []) != list(defaults.get("band_weights") or []):
+        parts.append("weights " + "/".join(f"{w:g}" for w in params["band_weights"]))
+    if params.get("split_tau", defaults.get("split_tau")) != defaults.get("split_tau"):
+        parts.append(f"tau {params['split_tau']:g}")
+    return ", ".join(parts)
 # Table 4 rows in the paper's order: baseline (Feat), F, A, F+A, F+S, F+A+S, F+A+S+L
 ABLATION_ORDER = [
     (False, False, False, False), (True, False, False, False), (False, True, False, False),
@@ -62,6 +81,7 @@ def prefer_defaults(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def _variant_frame(df: pd.DataFrame, method: str, keys: tuple[str, ...], fixed: dict[str, Any]
                    ) -> tuple[pd.DataFrame, dict[str, tuple], int]:
+    defaults = method_defaults(method) or {}
     sub = df[df["method"] == method].copy()
     if sub.empty:
         raise BenchError(f"no ok {method} records; run the study first (see README: bench run --sweep)")
@@ -73,7 +93,7 @@ def _variant_frame(df: pd.DataFrame, method: str, keys: tuple[str, ...], fixed: 
     vals = {}
 
     def key(p: dict[str, Any]) -> str:
-        t = tuple(p.get(k) for k in keys)
+        t = tuple(_hashable(p.get(k, defaults.get(k))) for k in keys)  # older records lack newer keys
         k = "|".join(f"{a}={b}" for a, b in zip(keys, t))
         vals[k] = t
         return k
@@ -83,20 +103,31 @@ def _variant_frame(df: pd.DataFrame, method: str, keys: tuple[str, ...], fixed: 
     return sub, vals, dropped
 
 
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
 def build_ablation(df: pd.DataFrame, *, datasets: list[str] | None = None, value: str = "best_metric",
                    decimals: int = 1, method: str = "fdcmkd") -> Comparison:
     d = method_defaults(method) or {}
-    fixed = {k: v for k, v in d.items() if k not in SWITCHES}
-    sub, vals, dropped = _variant_frame(df, method, SWITCHES, fixed)
-    order = sorted(vals, key=lambda k: (ABLATION_ORDER.index(vals[k]) if vals[k] in ABLATION_ORDER else 99, k))
+    keys = SWITCHES + VARIANTS
+    fixed = {k: v for k, v in d.items() if k not in keys}
+    sub, vals, dropped = _variant_frame(df, method, keys, fixed)
+
+    def var(k: str) -> str:
+        return variant_label(dict(zip(keys, vals[k])), d)
+
+    order = sorted(vals, key=lambda k: (var(k) != "", ABLATION_ORDER.index(vals[k][:4]) if vals[k][:4] in ABLATION_ORDER else 99,
+                                        var(k), k))
     labels = {}
     for k in order:
-        v = vals[k]
-        labels[k] = "Feat (baseline)" if not any(v) else ("FD-CMKD" if all(v) else
-                                                          "+".join(n[0].upper() for n, on in zip(("Freq", "Align", "Scale", "Log"), v) if on))
+        v = vals[k][:4]
+        base = "Feat (baseline)" if not any(v) else ("FD-CMKD" if all(v) else
+                                                     "+".join(n[0].upper() for n, on in zip(("Freq", "Align", "Scale", "Log"), v) if on))
+        labels[k] = base + (f" ({var(k)})" if var(k) else "")
     comp = build_comparison(sub, value=value, methods=order, datasets=datasets, decimals=decimals, row_labels=labels)
     comp.lead_columns = ["Freq", "Align", "Scale", "Log"]
-    comp.lead_values = {k: [r"\checkmark" if on else "" for on in vals[k]] for k in order}
+    comp.lead_values = {k: [r"\checkmark" if on else "" for on in vals[k][:4]] for k in order}
     comp.title = "Ablation of FD-CMKD's components (Freq: frequency decomposition, Align: shared classifiers, Scale: standardisation, Log: logMSE)"
     if dropped:
         comp.notes.append(f"{dropped} record(s) with other non-default parameters left out.")
@@ -106,10 +137,23 @@ def build_ablation(df: pd.DataFrame, *, datasets: list[str] | None = None, value
 def build_threshold(df: pd.DataFrame, *, datasets: list[str] | None = None, value: str = "best_metric",
                     decimals: int = 1, method: str = "fdcmkd") -> Comparison:
     d = method_defaults(method) or {}
-    fixed = {k: v for k, v in d.items() if k != "ratio"}
-    sub, vals, dropped = _variant_frame(df, method, ("ratio",), fixed)
-    order = sorted(vals, key=lambda k: vals[k][0])
-    labels = {k: f"r = {vals[k][0]:g}" + (" (default)" if vals[k][0] == d.get("ratio") else "") for k in order}
+    keys = ("ratio",) + VARIANTS
+    fixed = {k: v for k, v in d.items() if k not in keys}
+    sub, vals, dropped = _variant_frame(df, method, keys, fixed)
+
+    def var(k: str) -> str:
+        return variant_label(dict(zip(keys, vals[k])), d)
+
+    order = sorted(vals, key=lambda k: (var(k) != "", var(k), vals[k][0]))
+    labels = {}
+    for k in order:
+        v = var(k)
+        if "learnable" in v:
+            labels[k] = f"{v} (init r = {vals[k][0]:g})"
+        elif v:
+            labels[k] = v
+        else:
+            labels[k] = f"r = {vals[k][0]:g}" + (" (default)" if vals[k][0] == d.get("ratio") else "")
     comp = build_comparison(sub, value=value, methods=order, datasets=datasets, decimals=decimals, row_labels=labels)
     comp.title = "Frequency split threshold r of FD-CMKD (low band = the first r of the non-DC frequency bins)"
     if dropped:

@@ -73,6 +73,88 @@ def decompose(x: torch.Tensor, ratio: float = 0.5, remove_dc: bool = True) -> tu
     return torch.fft.irfft(spec * low, n=d, dim=-1), torch.fft.irfft(spec * high, n=d, dim=-1)
 
 
+def dft_band_masks(d: int, bands: int, ratio: float = 0.5, dc_in_low: bool = False, *, device=None,
+                   dtype=torch.float32) -> list[torch.Tensor]:
+    """K contiguous binary masks over the one-sided spectrum's non-DC bins (low -> high).
+
+    ``bands == 2`` is FD-CMKD's split at ``ratio``; more bands split the non-DC bins into K equal
+    groups (open question of the paper: multi-band decoupling).
+    """
+    if bands == 2:
+        return list(frequency_masks(d, ratio, dc_in_low, device=device, dtype=dtype))
+    nb = d // 2 + 1
+    if bands < 2 or bands > nb - 1:
+        raise ValueError(f"bands must be in 2..{nb - 1} for D={d}")
+    edges = [1 + round(i * (nb - 1) / bands) for i in range(bands + 1)]
+    masks = []
+    for i in range(bands):
+        m = torch.zeros(nb, device=device, dtype=dtype)
+        m[edges[i]:edges[i + 1]] = 1
+        masks.append(m)
+    if dc_in_low:
+        masks[0][0] = 1
+    return masks
+
+
+def soft_split_masks(d: int, cutoff: torch.Tensor, tau: float, dc_in_low: bool = False) -> list[torch.Tensor]:
+    """Learnable split: low(k) = sigmoid((cutoff - k) / tau) on the non-DC bins, high = 1 - low.
+
+    ``cutoff`` (in bins) is a trainable scalar; the two masks sum to 1 on every non-DC bin, so the
+    bands still reconstruct the (DC-free) input exactly, and gradients reach the cut-off.
+    """
+    nb = d // 2 + 1
+    k = torch.arange(nb, device=cutoff.device, dtype=cutoff.dtype)
+    low = torch.sigmoid((cutoff - k) / tau)
+    nondc = (k > 0).to(cutoff.dtype)
+    low = low * nondc + (1 - nondc) * (1.0 if dc_in_low else 0.0)
+    high = (1 - torch.sigmoid((cutoff - k) / tau)) * nondc
+    return [low, high]
+
+
+def apply_spectral_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    d = x.shape[-1]
+    spec = torch.fft.rfft(x, dim=-1)
+    return [torch.fft.irfft(spec * m, n=d, dim=-1) for m in masks]
+
+
+def haar_bands(x: torch.Tensor, levels: int, remove_dc: bool = True) -> list[torch.Tensor]:
+    """Orthonormal 1-D Haar wavelet bands of (B, D) vectors: [approximation, coarse ... fine details].
+
+    Each band is reconstructed on its own (other coefficients zero), so the bands are real (B, D)
+    vectors that sum to ``x`` exactly (minus its mean with ``remove_dc``: the mean lives in the
+    coarsest approximation). D must be divisible by 2**levels.
+    """
+    d = x.shape[-1]
+    if levels < 1 or d % (2 ** levels):
+        raise ValueError(f"Haar with {levels} level(s) needs D divisible by {2 ** levels}, got D={d}")
+    if remove_dc:
+        x = x - x.mean(dim=-1, keepdim=True)
+    r2 = math.sqrt(2.0)
+    a = x
+    details = []
+    for _ in range(levels):
+        ev, od = a[..., 0::2], a[..., 1::2]
+        details.append((ev - od) / r2)
+        a = (ev + od) / r2
+
+    def inverse(approx: torch.Tensor, dets: list[torch.Tensor]) -> torch.Tensor:
+        cur = approx
+        for det in reversed(dets):
+            out = torch.empty(*cur.shape[:-1], cur.shape[-1] * 2, dtype=cur.dtype, device=cur.device)
+            out[..., 0::2] = (cur + det) / r2
+            out[..., 1::2] = (cur - det) / r2
+            cur = out
+        return cur
+
+    zeros = [torch.zeros_like(t) for t in details]
+    bands = [inverse(a, zeros)]
+    for lvl in reversed(range(levels)):  # coarse -> fine
+        dets = list(zeros)
+        dets[lvl] = details[lvl]
+        bands.append(inverse(torch.zeros_like(a), dets))
+    return bands
+
+
 def standardize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Eq. 7: per-sample mean subtraction and L2 normalisation over the last axis."""
     c = x - x.mean(dim=-1, keepdim=True)
@@ -122,6 +204,11 @@ class FDCMKDParams:
     ratio: float = hp(0.5, "frequency split threshold r (Table 7): low = bins 1..floor(r*D/2)")
     tap: str = hp("pre", "feature tap: pre (pre-ReLU pooled, re-FD-CMKD) | post (classifier input)")
     phi: str = hp("linear", "classifier form for Phi and the band task heads: linear | relu_linear (re-FD-CMKD)")
+    decomp: str = hp("dft", "band decomposition: dft (the paper) | haar (1-D Haar wavelet)")
+    bands: int = hp(2, "number of bands (2 = low/high; >2: equal DFT bin groups or Haar levels + 1)")
+    split: str = hp("fixed", "fixed (ratio) | learnable (soft DFT mask whose cut-off trains with the student; 2 bands)")
+    split_tau: float = hp(2.0, "softness of the learnable mask, in frequency bins")
+    band_weights: tuple[float, ...] = hp((), "per-band loss weights low -> high (default: l1, then l2 for every other band)")
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:
@@ -134,6 +221,18 @@ class FDCMKDParams:
             raise ValueError("phi must be 'linear' or 'relu_linear'")
         if self.l1 < 0 or self.l2 < 0:
             raise ValueError("l1 and l2 must be >= 0")
+        if self.decomp not in ("dft", "haar"):
+            raise ValueError("decomp must be 'dft' or 'haar'")
+        if self.split not in ("fixed", "learnable"):
+            raise ValueError("split must be 'fixed' or 'learnable'")
+        if self.bands < 2:
+            raise ValueError("bands must be >= 2")
+        if self.split == "learnable" and (self.decomp != "dft" or self.bands != 2):
+            raise ValueError("split=learnable is a soft two-band DFT split (decomp=dft, bands=2)")
+        if self.band_weights and len(self.band_weights) != self.bands:
+            raise ValueError(f"band_weights needs {self.bands} values, got {len(self.band_weights)}")
+        if self.split_tau <= 0:
+            raise ValueError("split_tau must be > 0")
 
 
 def _head(kind: str, d: int, c: int) -> nn.Module:
@@ -153,19 +252,47 @@ class FDCMKD(Method):
         ds = self._vec(s_probe).shape[-1]
         dt = self._vec(t_probe).shape[-1]
         c = self.ctx.num_classes
+        self._d = dt
         if ds != dt:
             self.modules["proj"] = nn.Linear(ds, dt)
         if self.p.freq:
-            self.modules["psi_low"] = _head(self.p.phi, dt, c)
-            self.modules["psi_high"] = _head(self.p.phi, dt, c)
-            if self.p.align:
-                self.modules["phi_low"] = _head(self.p.phi, dt, c)
-                self.modules["phi_high"] = _head(self.p.phi, dt, c)
+            for name in self.band_names:
+                self.modules[f"psi_{name}"] = _head(self.p.phi, dt, c)
+                if self.p.align:
+                    self.modules[f"phi_{name}"] = _head(self.p.phi, dt, c)
+            if self.p.split == "learnable":
+                self.modules["cutoff"] = LearnableCutoff(dt, self.p.ratio)
         elif self.p.align:
             self.modules["phi"] = _head(self.p.phi, dt, c)
 
+    @property
+    def band_names(self) -> list[str]:
+        return ["low", "high"] if self.p.bands == 2 else [f"band{i}" for i in range(self.p.bands)]
+
+    def band_weights(self) -> list[float]:
+        p = self.p
+        return list(p.band_weights) if p.band_weights else [p.l1] + [p.l2] * (p.bands - 1)
+
+    def bands(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Split (B, D) vectors into the configured bands (low -> high)."""
+        p = self.p
+        if p.decomp == "haar":
+            return haar_bands(x, p.bands - 1, remove_dc=p.scale)
+        d = x.shape[-1]
+        if p.split == "learnable":
+            masks = soft_split_masks(d, self.modules["cutoff"].bins().to(x.dtype), p.split_tau, dc_in_low=not p.scale)
+        else:
+            masks = dft_band_masks(d, p.bands, p.ratio, dc_in_low=not p.scale, device=x.device, dtype=x.real.dtype)
+        return apply_spectral_masks(x, masks)
+
     def _vec(self, out: ModelOutput) -> torch.Tensor:
         return out.pre_feature if self.p.tap == "pre" else out.feature
+
+    def report(self) -> dict:
+        if "cutoff" in self.modules:
+            cut = float(self.modules["cutoff"].bins())
+            return {"learned_cutoff_bins": cut, "learned_ratio": cut / (self._d // 2)}
+        return {}
 
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
@@ -177,22 +304,40 @@ class FDCMKD(Method):
         yv = _vector_labels(y, self.ctx.ignore_index)
         terms = {"ce": self.task_loss(s.logits, y)}
         if p.freq:
-            s_low, s_high = decompose(xs, p.ratio, remove_dc=p.scale)
-            t_low, t_high = decompose(xt, p.ratio, remove_dc=p.scale)
-            terms["ce_low"] = F.cross_entropy(m["psi_low"](s_low), yv)
-            terms["ce_high"] = F.cross_entropy(m["psi_high"](s_high), yv)
+            sb, tb = self.bands(xs), [b.detach() for b in self.bands(xt)]
+            names = self.band_names
+            for name, b in zip(names, sb):
+                terms[f"ce_{name}"] = F.cross_entropy(m[f"psi_{name}"](b), yv)
             if p.align:
-                terms["align"] = (
-                    F.cross_entropy(m["phi_high"](t_high), yv) + F.cross_entropy(m["phi_high"](s_high), yv)
-                    + F.cross_entropy(m["phi_low"](t_low), yv) + F.cross_entropy(m["phi_low"](s_low), yv)
-                )
-            terms.update(band_losses(s_low, s_high, t_low, t_high, scale=p.scale, log=p.log, lambda1=p.l1, lambda2=p.l2))
+                terms["align"] = sum(F.cross_entropy(m[f"phi_{n}"](tb_), yv) + F.cross_entropy(m[f"phi_{n}"](sb_), yv)
+                                     for n, sb_, tb_ in zip(names, sb, tb))
+            w = self.band_weights()
+            if p.bands == 2:
+                terms.update(band_losses(sb[0], sb[1], tb[0], tb[1], scale=p.scale, log=p.log, lambda1=w[0], lambda2=w[1]))
+            else:
+                for i, (name, a, b) in enumerate(zip(names, sb, tb)):
+                    if p.scale:
+                        a, b = standardize(a), standardize(b)
+                    terms[name] = w[i] * (log_mse(a, b) if (p.log and i > 0) else F.mse_loss(a, b))
         else:
             if p.align:
                 terms["align"] = F.cross_entropy(m["phi"](xt), yv) + F.cross_entropy(m["phi"](xs), yv)
             a, b = (standardize(xs), standardize(xt)) if p.scale else (xs, xt)
             terms["feat"] = p.l1 * F.mse_loss(a, b)
         return terms
+
+
+class LearnableCutoff(nn.Module):
+    """The trainable low/high boundary, in frequency bins, kept inside (0, D/2) by a sigmoid."""
+
+    def __init__(self, d: int, ratio: float):
+        super().__init__()
+        self.nb = d // 2
+        init = (math.floor(ratio * d / 2) + 0.5) / self.nb  # between the fixed split's last low and first high bin
+        self.theta = nn.Parameter(torch.tensor(math.log(init / (1 - init))))
+
+    def bins(self) -> torch.Tensor:
+        return self.nb * torch.sigmoid(self.theta)
 
 
 def _vector_labels(y: torch.Tensor, ignore_index: int | None) -> torch.Tensor:

@@ -171,3 +171,17 @@ def test_mark_tied_with_best(results):
     assert not r["w/o KD"][1].endswith(r"$^\dagger$")
     assert not r["Logit"][0].endswith(r"$^\dagger$")  # crema/A has one seed: nothing is tested
     assert "Welch t-test over seeds" in tex
+
+
+def test_variants_appear_in_ablation_and_threshold(results):
+    write_record(results, rec("fdcmkd", "crema", "visual", 0, 60.5, fd(split="learnable")))
+    write_record(results, rec("fdcmkd", "crema", "visual", 0, 54.0, fd(decomp="haar", bands=3)))
+    write_record(results, rec("fdcmkd", "crema", "visual", 0, 57.0, fd(bands=4)))
+    r = rows(table(results, "ablation", "--datasets", "crema"))
+    assert r["FD-CMKD (learnable split)"][4:] == ["--", r"\textbf{60.5}"]
+    assert r["FD-CMKD (Haar, 3 bands)"][:4] == [r"\checkmark"] * 4 and r["FD-CMKD (Haar, 3 bands)"][-1] == "54.0"
+    assert r["FD-CMKD (4 DFT bands)"][-1] == "57.0"
+    assert list(r).index("FD-CMKD") < list(r).index("FD-CMKD (4 DFT bands)")  # paper rows first
+    r = rows(table(results, "threshold", "--datasets", "crema"))
+    assert r["learnable split (init r = 0.5)"][-1] == r"\textbf{60.5}" and r["r = 0.75"][-1] == r"\underline{59.9}"
+    assert r["Haar, 3 bands"][-1] == "54.0"
