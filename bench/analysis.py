@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from .errors import BenchError
+from .figures import pyplot as _plt
+from .figures import save_figure as _save
 from .runner import build_adapter, build_train_config, load_splits
 
 # -------------------------------------------------------------------------------------------
@@ -124,21 +126,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path) -> list[Path]:
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for p in paths:
-        fig.savefig(p)
-    return paths
 
 
 # -------------------------------------------------------------------------------------------
@@ -175,7 +162,6 @@ def similarity(dataset: str, results: Path, out: Path, overrides: dict, seed: in
     ax.axhline(0, color="black", lw=0.6)
     fig.tight_layout()
     figs = _save(fig, out / f"similarity_{adapter.name}")
-    plt.close(fig)
     return {"values": vals, "csv": csv_path, "figures": figs}
 
 
@@ -201,7 +187,6 @@ def means(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0
     ax.legend(fontsize=8)
     fig.tight_layout()
     figs = _save(fig, out / f"means_{adapter.name}")
-    plt.close(fig)
     return {"means": {m: mu[m].tolist() for m in mods}, "csv": csv_path, "figures": figs}
 
 
@@ -255,7 +240,6 @@ def tsne(dataset: str, direction: str, results: Path, out: Path, overrides: dict
     fig.suptitle(f"{adapter.name} {direction}: t-SNE of teacher and student features (test)", fontsize=9)
     fig.tight_layout()
     figs = _save(fig, out / f"tsne_{adapter.name}_{direction}")
-    plt.close(fig)
     csv_path = _write_csv(out / f"tsne_{adapter.name}_{direction}.csv", ["method", "modality", "label", "x", "y"], rows)
     return {"csv": csv_path, "figures": figs}
 
@@ -314,5 +298,4 @@ def cch(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, 
     ax.legend(fontsize=7)
     fig.tight_layout()
     figs = _save(fig, out / f"cch_{adapter.name}")
-    plt.close(fig)
     return {"rows": [dict(zip(header, r)) for r in rows], "csv": csv_path, "figures": figs}

@@ -256,12 +256,12 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     f = lb.friedman
     if f.get("statistic") is None or "nemenyi_p" not in f:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
     import scikit_posthocs as sp
+
+    from .figures import pyplot, save_figure
+
+    plt = pyplot()
 
     labels = [lb.method_label(m) for m in f["methods"]]
     ranks = pd.Series(f["avg_ranks"].values(), index=labels)
@@ -271,12 +271,7 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f}); "
                  f"bars join methods not significantly different", fontsize=8)
     fig.tight_layout()
-    out_base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_base)
 
 
 # -------------------------------------------------------------------------------------------

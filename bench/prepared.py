@@ -29,6 +29,16 @@ class PreparedDataset(DatasetAdapter):
     prep_keys: ClassVar[tuple[str, ...]] = ()
     """Parameter names that change the prepared arrays."""
     label_key: ClassVar[str] = "label"
+    classes: ClassVar[list[str]] = []
+    """Fixed class list (index = position); never derived from file order."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
 
     # -- locations ---------------------------------------------------------------------------
     @property

@@ -228,11 +228,9 @@ def sensitivity_latex(grids: dict[tuple[str, str], pd.DataFrame], *, decimals: i
 
 
 def sensitivity_heatmap(grids: dict[tuple[str, str], pd.DataFrame], out_base: Path, metric: str = "top1") -> list[Path]:
-    import matplotlib
+    from .figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(grids)
     if n == 0:
         raise BenchError("no sensitivity grid to draw")
@@ -250,12 +248,7 @@ def sensitivity_heatmap(grids: dict[tuple[str, str], pd.DataFrame], out_base: Pa
                     color="white" if not np.isnan(v) and v < np.nanmean(g.values) else "black")
         fig.colorbar(im, ax=ax, fraction=0.046, label=metric)
     fig.tight_layout()
-    out_base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_base)
 
 
 def standalone(latex_body: str) -> str:

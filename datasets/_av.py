@@ -82,14 +82,6 @@ class AVDataset(PreparedDataset):
         self._empty_audio = 0
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
-    @property
     def modalities(self) -> list[Modality]:
         r = AUDIO_RECIPES[self.audio_recipe]
         shape = (1, 129, 626) if self.audio_recipe == "C" else (1, *self.audio_shape())

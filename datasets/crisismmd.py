@@ -76,14 +76,6 @@ class CrisisMMD(PreparedDataset):
         return TASKS[self.params.task]
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
-    @property
     def modalities(self) -> list[Modality]:
         p = self.params
         return [Modality("text", "t", "text", (2, p.max_length)), Modality("image", "i", "image", (3, p.image_size, p.image_size))]

@@ -1,0 +1,26 @@
+"""Saving figures: every figure the harness draws is written as PNG (for pages) and PDF (for papers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (works on headless nodes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out_base: Path) -> list[Path]:
+    """Write ``out_base.png`` and ``out_base.pdf``, close the figure, return both paths."""
+    out_base = Path(out_base)
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
+    pyplot().close(fig)
+    return paths
