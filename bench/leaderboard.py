@@ -107,6 +107,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         recs = [r for r in recs if r["dataset"] in datasets]
     if not recs:
         raise BenchError("no ok records to rank" + (f" for datasets {datasets}" if datasets else ""))
+    recs, hidden = _prefer_default_params(recs)
     versions: dict[str, set] = {}
     for r in recs:
         versions.setdefault(r["method"], set()).add(r.get("method_source_hash"))
@@ -124,6 +125,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             cells.append(c)
     metric = recs[0].get("metric", "top1")
     lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric)
+    lb.notes += hidden
     for m in mkeys:
         for c in cells:
             sub = [r for r in recs if r["_mkey"] == m and (r["dataset"], r["student_modality"]) == c]
@@ -212,6 +214,29 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
     lb.friedman = _friedman(lb, ok)
     return lb
+
+
+def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A method is ranked with its default parameters when such records exist (studies and sweeps
+    of other settings stay out, as in the comparison table), otherwise with what was run."""
+    from .studies import method_defaults
+
+    out, notes = [], []
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        by.setdefault(r["method"], []).append(r)
+    for m, rs in by.items():
+        d = method_defaults(m)
+        if d is None:
+            out += rs
+            continue
+        is_def = [all((r.get("config") or {}).get("method_params", {}).get(k, v) == v for k, v in d.items()) for r in rs]
+        if any(is_def) and not all(is_def):
+            out += [r for r, ok_ in zip(rs, is_def) if ok_]
+            notes.append(f"{sum(1 for x in is_def if not x)} {m} record(s) with non-default parameters not ranked")
+        else:
+            out += rs
+    return out, notes
 
 
 def _welch_p(a: list[float], b: list[float], ttest_ind) -> float:
