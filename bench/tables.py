@@ -17,10 +17,10 @@ from typing import Iterable
 import pandas as pd
 
 CATEGORY_ORDER = ["Uni-Modal", "Logits", "Feature", "Cross-Modal"]
-PAPER_ORDER = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd"]
+PAPER_ORDER = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd", "ucmkd"]
 DISPLAY = {
     "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
-    "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD",
+    "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
 }
 
 
