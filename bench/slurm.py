@@ -224,7 +224,10 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
         for line in out.stdout.splitlines():
             if "|" in line:
                 jid, st = line.split("|", 1)
-                states[jid.strip()] = st.strip()  # live view wins over accounting
+                jid, st = jid.strip(), st.strip()
+                # live view wins, except that a cancelled task still winding down stays CANCELLED
+                if not (st == "COMPLETING" and states.get(jid) in TERMINAL):
+                    states[jid] = st
     except (OSError, subprocess.TimeoutExpired):
         pass
     return states

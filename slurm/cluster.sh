@@ -75,6 +75,8 @@ MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 MinJobAge=3600
+# seconds between the SIGTERM of scancel/time limit and SIGKILL (submitit ignores SIGTERM)
+KillWait=5
 NodeName=${HOST} CPUs=${CPUS} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
