@@ -159,3 +159,41 @@ def select_frames(frames: torch.Tensor, nframes: torch.Tensor, t: int, train: bo
         pick = (lo + hi - 1) // 2
     pick = torch.minimum(pick, (n[:, None] - 1)).to(frames.device)
     return frames[torch.arange(b, device=frames.device)[:, None], pick]
+
+
+def extract_frames_1fps(video: str | Path, out_dir: str | Path, per_second: int = 1) -> list[Path]:
+    """OGM-GE's frame extractor: keep frame indices 0, fps, 2*fps, ... (fps = int(container rate)).
+
+    Writes ``NNNNN.jpg`` (the absolute 0-based frame index, 5 digits) into ``out_dir`` and returns
+    the paths in time order. Decoding uses PyAV (``pip install av``); ``per_second`` > 1 keeps that
+    many evenly spaced frames per block of ``fps`` frames, as the reference's
+    ``frame_kept_per_second``.
+    """
+    try:
+        import av
+    except ImportError:
+        raise BenchError(f"{video}: decoding videos needs PyAV (`pip install av`), or extract the frames "
+                         f"with OGM-GE's video_preprocessing.py into Image-01-FPS/") from None
+    from PIL import Image
+
+    video, out_dir = Path(video), Path(out_dir)
+    if not video.exists():
+        raise BenchError(f"{video}: video file not found")
+    try:
+        container = av.open(str(video))
+    except Exception as exc:  # noqa: BLE001 - any container error is a bad file
+        raise BenchError(f"{video}: unreadable video ({exc})") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with container:
+        stream = container.streams.video[0]
+        fps = int(float(stream.average_rate or stream.guessed_rate or 0))
+        if fps < 1:
+            raise BenchError(f"{video}: no usable frame rate in the container")
+        keep = {int(round(k * fps / per_second)) for k in range(per_second)}
+        for i, frame in enumerate(container.decode(stream)):
+            if i % fps in keep:
+                path = out_dir / f"{i:05d}.jpg"
+                frame.to_image().save(path, quality=95)
+                written.append(path)
+    return written

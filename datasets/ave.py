@@ -6,7 +6,8 @@ Raw layout read by ``bench prepare ave --root ROOT`` (``datasets.md`` section 3)
     ROOT/trainSet.txt, valSet.txt, testSet.txt   the official splits (same line format, no header)
     ROOT/Audios/<vid>.wav                    audio extracted from AVE/<vid>.mp4 (any rate)
     ROOT/Image-01-FPS-SE/<vid>/NNNNN.jpg     C2KD's event-segment frames, or
-    ROOT/Image-01-FPS/<vid>/NNNNN.jpg        whole-clip 1-fps frames (the event's seconds are used)
+    ROOT/Image-01-FPS/<vid>/NNNNN.jpg        whole-clip 1-fps frames (the event's seconds are used),
+                                             extracted from ROOT/AVE/<vid>.mp4 when neither exists
 
 Lines are split on ``&`` only (category names contain commas and parentheses). Samples are keyed
 by (video id, event) with the event's own segment (REC); ``dedup=reference`` keeps only the first
@@ -28,6 +29,7 @@ from bench.cache import PrepPlan, SplitPlan, iter_nonempty
 from bench.config import hp
 from bench.errors import BenchError
 from bench.registry import register_dataset
+from bench.vision import extract_frames_1fps
 
 from ._av import AVDataset, AVItem, keep_frames, list_frames
 
@@ -123,6 +125,9 @@ class AVE(AVDataset):
                     continue
                 se = root / "Image-01-FPS-SE" / vid
                 whole = root / "Image-01-FPS" / vid
+                mp4 = root / "AVE" / f"{vid}.mp4"
+                if not se.is_dir() and not whole.is_dir() and mp4.exists():
+                    extract_frames_1fps(mp4, whole)  # OGM-GE's 1-fps extractor (PyAV)
                 if se.is_dir():
                     frames = list_frames(se, p.frame_policy)
                 elif whole.is_dir():

@@ -3,7 +3,9 @@
 Raw layout read by ``bench prepare crema --root ROOT`` (``datasets.md`` section 2)::
 
     ROOT/AudioWAV/<clip>.wav                 the dataset's wavs (any rate/channels: resampled)
-    ROOT/Image-01-FPS/<clip>/NNNNN.jpg       1-fps frames (OGM-GE ``video_preprocessing.py``)
+    ROOT/Image-01-FPS/<clip>/NNNNN.jpg       1-fps frames (OGM-GE ``video_preprocessing.py``), or
+    ROOT/VideoFlash/<clip>.flv               the videos: frames are then extracted the same way
+                                             (frame indices 0, fps, 2*fps, ...) into Image-01-FPS/
     ROOT/train.csv, ROOT/test.csv            OGM-GE split files: ``<clip>,<code>`` per line
                                              (LF or CRLF, optional BOM; 6,698 / 744 rows)
 
@@ -27,6 +29,7 @@ from bench.cache import PrepPlan, SplitPlan, iter_nonempty
 from bench.config import hp
 from bench.errors import BenchError
 from bench.registry import register_dataset
+from bench.vision import extract_frames_1fps
 
 from ._av import AVDataset, AVItem, keep_frames, list_frames
 
@@ -42,6 +45,7 @@ class CremaParams:
     train_csv: str = hp("train.csv", "train split file, relative to root")
     test_csv: str = hp("test.csv", "test split file, relative to root")
     frame_dir: str = hp("Image-01-FPS", "folder of per-clip 1-fps frame folders, relative to root")
+    extract_frames: bool = hp(True, "clips without a frame folder: extract 1-fps frames from VideoFlash/<clip>.flv (PyAV)")
     frame_cache: int = hp(256, "cached frame size (square)")
     max_frames: int = hp(3, "frames kept per clip in the cache")
     frame_policy: Literal["segments", "reference"] = hp("segments", "frame choice: per-segment random/middle (REC) or first listed (REF)")
@@ -95,6 +99,9 @@ class CremaD(AVDataset):
                     sp.skip("missing audio", clip)
                     continue
                 fdir = root / p.frame_dir / clip
+                flv = root / "VideoFlash" / f"{clip}.flv"
+                if not fdir.is_dir() and p.extract_frames and flv.exists():
+                    extract_frames_1fps(flv, fdir)  # OGM-GE's extractor, once, into the usual layout
                 frames = list_frames(fdir, p.frame_policy) if fdir.is_dir() else []
                 if not frames:
                     sp.skip("missing frames", clip)

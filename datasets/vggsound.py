@@ -34,6 +34,7 @@ from bench.cache import PrepPlan, SplitPlan, read_text_lines
 from bench.config import hp
 from bench.errors import BenchError
 from bench.registry import register_dataset
+from bench.vision import extract_frames_1fps
 
 from ._av import AVDataset, AVItem, keep_frames, list_frames
 
@@ -110,6 +111,10 @@ class VGGSound50(AVDataset):
                     sp.skip("missing audio", stem)
                     continue
                 fdir = next((c for c in (fbase / f"{stem}.mp4", fbase / f"{ytid}_{start}.mp4") if c.is_dir()), None)
+                mp4 = root / f"{split}-videos" / f"{split}-set" / f"{stem}.mp4"
+                if fdir is None and mp4.exists():
+                    fdir = fbase / f"{stem}.mp4"
+                    extract_frames_1fps(mp4, fdir)  # OGM-GE's 1-fps extractor (PyAV)
                 frames = list_frames(fdir, p.frame_policy) if fdir is not None else []
                 if not frames:
                     sp.skip("missing frames", stem)

@@ -206,3 +206,41 @@ def test_cli_prepare_check_and_list(tmp_path):
     assert r.exit_code == 0
     for name in ("crema", "ave", "vggsound", "crisismmd", "nyudv2", "avdigits", "folder", "synthetic"):
         assert name in r.output
+
+
+def write_flv(path: Path, c: int, seconds: float = 2.5, fps: int = 30) -> None:
+    """A real FLV (Sorenson H.263, as CREMA-D's VideoFlash) of a class-coloured 64x48 clip."""
+    import av
+
+    from datafixtures import class_colour
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="flv") as out:
+        st = out.add_stream("flv", rate=fps)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.zeros((48, 64, 3), np.uint8) + class_colour(c).astype(np.uint8)
+            img[: 2 + i // 10, :4] = 255  # changes over time
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+
+
+def test_frames_extracted_from_flv_videos(tmp_path):
+    pytest.importorskip("av")
+    from bench.vision import extract_frames_1fps
+
+    root, cache = tmp_path / "raw", tmp_path / "cache"
+    rows = make_crema(root, 1)
+    clip = rows["train"][0].split(",")[0]
+    shutil.rmtree(root / "Image-01-FPS" / clip)
+    write_flv(root / "VideoFlash" / f"{clip}.flv", 0)
+    got = extract_frames_1fps(root / "VideoFlash" / f"{clip}.flv", tmp_path / "x")
+    assert [p.name for p in got] == ["00000.jpg", "00030.jpg", "00060.jpg"]  # OGM-GE: indices 0, fps, 2*fps
+    m = build_adapter("crema", overrides(root, cache)).prepare()
+    assert m["splits"]["train"]["n"] == 6 and (root / "Image-01-FPS" / clip / "00060.jpg").exists()
+    with pytest.raises(BenchError, match="unreadable video"):
+        (tmp_path / "bad.flv").write_bytes(b"nope")
+        extract_frames_1fps(tmp_path / "bad.flv", tmp_path / "y")
