@@ -251,15 +251,23 @@ def cch(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, 
 
     dev = torch.device(device)
     adapter, _, splits = _adapter_and_splits(dataset, overrides)
-    feats: dict[str, dict[str, np.ndarray]] = {}
+    feats: dict[str, np.ndarray] = {}  # train-split features per modality (the estimate's sample)
     for m in [x.name for x in adapter.modalities]:
         model, _ = unimodal_model(results, adapter, m, seed, dev)
-        feats[m] = {s: features(model, adapter, splits[s], m, dev, tap) for s in ("train", "test")}
+        feats[m] = features(model, adapter, splits["train"], m, dev, tap)
     y = splits["train"].labels.numpy()
     if y.ndim != 1:
         raise BenchError("cch needs image-level labels (classification)")
     yoh = onehot_minus_one(y, adapter.num_classes)
     recs = [r for r in load_records(results, status="ok") if r["dataset"] == adapter.name]
+    pcs: dict[tuple[str, int], np.ndarray] = {}
+
+    def reduced(m: str, k: int) -> np.ndarray:
+        """PCA-k of a modality's train features (each modality serves both directions: once)."""
+        if (m, k) not in pcs:
+            pcs[(m, k)] = pca_apply(feats[m], pca_fit(feats[m], k))
+        return pcs[(m, k)]
+
     rows = []
     for t, s in adapter.directions():
         d = adapter.direction_name(t, s)
@@ -270,9 +278,8 @@ def cch(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, 
                 gains.setdefault(r["method"], []).append(r["best_metric"] - float(np.mean(base)))
         mean_gain = float(np.mean([np.mean(v) for v in gains.values()])) if gains else None
         for k in ks:
-            kk = min(k, feats[t]["train"].shape[1], feats[s]["train"].shape[1])
-            zt = pca_apply(feats[t]["train"], pca_fit(feats[t]["train"], kk))
-            zs = pca_apply(feats[s]["train"], pca_fit(feats[s]["train"], kk))
+            kk = min(k, feats[t].shape[1], feats[s].shape[1])
+            zt, zs = reduced(t, kk), reduced(s, kk)
             i_ts = gaussian_mi(zt, zs)
             i_sy = gaussian_mi(zs, yoh)
             delta = i_ts - i_sy

@@ -103,6 +103,21 @@ def _array_path(cache: Path, split: str, key: str) -> Path:
     return cache / f"{split}.{key}.npy"
 
 
+def _resumable(cache: Path, split: str, sp: SplitPlan) -> bool:
+    """Every array of the split exists with the planned shape and dtype (else start it over)."""
+    for key, spec in sp.arrays.items():
+        path = _array_path(cache, split, key)
+        if not path.exists():
+            return False
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError):
+            return False
+        if arr.shape != (len(sp.items), *spec.shape) or str(arr.dtype) != spec.dtype:
+            return False
+    return True
+
+
 def build_cache(
     cache: str | os.PathLike,
     plan: PrepPlan,
@@ -134,23 +149,10 @@ def build_cache(
     t0 = time.time()
     for split, sp in plan.splits.items():
         n = len(sp.items)
-        start = done.get(split, 0)
-        mms = {}
-        for key, spec in sp.arrays.items():
-            path = _array_path(cache, split, key)
-            shape = (n, *spec.shape)
-            if start > 0 and path.exists():
-                mm = np.load(path, mmap_mode="r+")
-                if mm.shape != shape or str(mm.dtype) != spec.dtype:
-                    start = 0
-                    mm = None
-            else:
-                mm = None
-            mms[key] = mm
-        for key, spec in sp.arrays.items():
-            if mms[key] is None or start == 0:
-                mms[key] = np.lib.format.open_memmap(_array_path(cache, split, key), mode="w+",
-                                                     dtype=np.dtype(spec.dtype), shape=(n, *spec.shape))
+        start = done.get(split, 0) if _resumable(cache, split, sp) else 0
+        mms = {key: np.lib.format.open_memmap(_array_path(cache, split, key), mode="r+" if start else "w+",
+                                              dtype=np.dtype(spec.dtype), shape=(n, *spec.shape))
+               for key, spec in sp.arrays.items()}
         if progress:
             progress(split, start, n)
         i = start

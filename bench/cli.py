@@ -114,17 +114,17 @@ def run(
                              device=device, save_model=save_model, plugins=list(plugin or []))
     todo = pending(specs, force)
     if retry_failed:
+        from .results import read_record, record_path
         from .runner import resolve
         from .slurm import retry_candidates
 
         again = retry_candidates(results) if (results / "slurm").exists() else set()
-        from .results import read_record, record_path
-
+        ids = {id(sp): resolve(sp).run_id for sp in todo}
         for sp in todo:
-            rp = record_path(results, resolve(sp).run_id)
+            rp = record_path(results, ids[id(sp)])
             if rp.exists() and read_record(rp)["status"] == "failed":
-                again.add(resolve(sp).run_id)
-        todo = [sp for sp in todo if resolve(sp).run_id in again]
+                again.add(ids[id(sp)])
+        todo = [sp for sp in todo if ids[id(sp)] in again]
     console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
                   f"-> {results}/records/")
     if executor == "slurm":

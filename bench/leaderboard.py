@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError
-from .tables import CATEGORY_ORDER, display_name, order_methods
+from .tables import display_name, order_methods, welch_p
 
 BASELINE = "none"
 
@@ -94,7 +94,7 @@ def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
 def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
                       methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
                       baseline: str = BASELINE, pairing: str | None = "paired") -> Leaderboard:
-    from scipy.stats import rankdata, ttest_ind
+    from scipy.stats import rankdata
 
     if correction not in ("none", "holm", "bonferroni"):
         raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
@@ -168,7 +168,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             if a.n < 2 or b.n < 2:
                 lb.verdicts[(m, c)] = {"verdict": "untested", "p": None, "diff": a.mean - b.mean}
                 continue
-            p = _welch_p(a.values, b.values, ttest_ind)
+            p = welch_p(a.values, b.values)
             tests.append(((m, c), p))
             lb.verdicts[(m, c)] = {"verdict": None, "p": p, "diff": a.mean - b.mean}
     if tests:
@@ -192,7 +192,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             if m == best:
                 continue
             a, b = ok(m, c), ok(best, c)
-            if a.n >= 2 and b.n >= 2 and _welch_p(a.values, b.values, ttest_ind) >= alpha:  # type: ignore[union-attr]
+            if a.n >= 2 and b.n >= 2 and welch_p(a.values, b.values) >= alpha:  # type: ignore[union-attr]
                 tied.append(m)
         lb.tied_best[c] = [best] + tied
     # summary rows
@@ -219,31 +219,18 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
 def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """A method is ranked with its default parameters when such records exist (studies and sweeps
     of other settings stay out, as in the comparison table), otherwise with what was run."""
-    from .studies import method_defaults
+    from .studies import default_params_keep
 
     out, notes = [], []
     by: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
         by.setdefault(r["method"], []).append(r)
     for m, rs in by.items():
-        d = method_defaults(m)
-        if d is None:
-            out += rs
-            continue
-        is_def = [all((r.get("config") or {}).get("method_params", {}).get(k, v) == v for k, v in d.items()) for r in rs]
-        if any(is_def) and not all(is_def):
-            out += [r for r, ok_ in zip(rs, is_def) if ok_]
-            notes.append(f"{sum(1 for x in is_def if not x)} {m} record(s) with non-default parameters not ranked")
-        else:
-            out += rs
+        mask = default_params_keep(m, [(r.get("config") or {}).get("method_params", {}) for r in rs])
+        out += [r for r, k in zip(rs, mask) if k]
+        if not all(mask):
+            notes.append(f"{mask.count(False)} {m} record(s) with non-default parameters not ranked")
     return out, notes
-
-
-def _welch_p(a: list[float], b: list[float], ttest_ind) -> float:
-    if np.var(a) == 0 and np.var(b) == 0:
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return 1.0 if math.isnan(p) else p
 
 
 def _friedman(lb: Leaderboard, ok) -> dict[str, Any]:

@@ -303,6 +303,7 @@ def fit(
     checkpoint: Path | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     salt: int = 0,
+    on_resume: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
 
@@ -336,6 +337,8 @@ def fit(
         best_key = state["best_key"]
         selected = state["selected"]
         start_epoch = len(history) + 1
+        if on_resume is not None and history:
+            on_resume(len(history))
     by_class = class_index(tr.labels) if train.pairing == "unpaired" else {}
     if train.pairing == "unpaired" and tr.labels.dim() != 1:
         raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
@@ -532,10 +535,7 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
     ckpt = results / "checkpoints" / f"{r.run_id}.pt"
     if force and ckpt.exists():
         ckpt.unlink()
-    resumed_from = _checkpoint_epochs(ckpt)
     base = _record_base(r, device)
-    if resumed_from:
-        base["resumed_from_epoch"] = resumed_from
     needs_teacher = r.method_cls.uses_teacher
     total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
     reporter.begin(r.run_id, total_epochs)
@@ -557,7 +557,8 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
                   teacher=teacher, teacher_modality=t_mod, train=r.train, epochs=r.train.epochs, seed=spec.seed,
                   device=device, checkpoint=ckpt,
-                  on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row))
+                  on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
+                  on_resume=lambda n: base.__setitem__("resumed_from_epoch", n))
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -609,16 +610,6 @@ def _probe(r: Resolved, splits: dict[str, Split], student: Backbone, teacher: Ba
             teacher.train(tw)
     student.train(was)
     return s_probe, t_probe
-
-
-def _checkpoint_epochs(ckpt: Path) -> int:
-    """Epochs already stored in a run's checkpoint (0 when there is none or it is unreadable)."""
-    if not ckpt.exists():
-        return 0
-    try:
-        return len(torch.load(ckpt, map_location="cpu", weights_only=False)["history"])
-    except Exception:  # noqa: BLE001 - a corrupt checkpoint is ignored by fit() as well
-        return 0
 
 
 def _slurm_env() -> dict[str, Any] | None:

@@ -56,26 +56,30 @@ def method_defaults(method: str) -> dict[str, Any] | None:
         return None
 
 
-def prefer_defaults(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Per method, keep only default-parameter records when such records exist.
+def default_params_keep(method: str, params: list[dict[str, Any]]) -> list[bool]:
+    """Which of a method's records to show: only the default-parameter ones when some exist.
 
     Studies (ablations, sweeps) leave non-default records of a method in the results folder; the
-    comparison table must show the method as published, not flag a conflict. Methods run only
-    with non-default parameters keep all their records (a conflict is flagged if they differ).
+    comparison table and the leaderboard must show the method as published, not flag a conflict.
+    A method run only with non-default parameters (or unknown here, e.g. an unloaded plug-in)
+    keeps all its records (a conflict is flagged if they differ).
     """
+    d = method_defaults(method)
+    if d is None:
+        return [True] * len(params)
+    is_def = [all(p.get(k, v) == v for k, v in d.items()) for p in params]
+    return is_def if any(is_def) else [True] * len(params)
+
+
+def prefer_defaults(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`default_params_keep` applied to a results DataFrame; returns (rows kept, notes)."""
     keep = []
     notes = []
     for m, sub in df.groupby("method", sort=False):
-        d = method_defaults(m)
-        if d is None:
-            keep.append(sub)
-            continue
-        is_def = sub["method_params"].apply(lambda p: all(p.get(k, v) == v for k, v in d.items()))
-        if is_def.any() and not is_def.all():
-            notes.append(f"{int((~is_def).sum())} {m} record(s) with non-default parameters (studies) not shown.")
-            keep.append(sub[is_def])
-        else:
-            keep.append(sub)
+        mask = default_params_keep(m, list(sub["method_params"]))
+        if not all(mask):
+            notes.append(f"{mask.count(False)} {m} record(s) with non-default parameters (studies) not shown.")
+        keep.append(sub[mask])
     return (pd.concat(keep) if keep else df), notes
 
 

@@ -114,13 +114,24 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
     return comp
 
 
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p-value over seeds; equal constant samples -> 1, different -> 0."""
+    import math
+
+    import numpy as np
+    from scipy.stats import ttest_ind
+
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
 def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05) -> None:
     """Mark cells whose seeds are not significantly different from the column's best (Welch t-test).
 
     Cells with fewer than two seeds (or a best with fewer than two) are not tested and not marked.
     """
-    from scipy.stats import ttest_ind
-
     for col in comp.columns:
         best = [m for m in comp.methods if comp.marks.get((m, col)) == "best"]
         if len(best) != 1:
@@ -138,11 +149,7 @@ def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", al
             a = seeds(m)
             if len(a) < 2:
                 continue
-            if pd.Series(a).var() == 0 and pd.Series(b).var() == 0:
-                p = 1.0 if a[0] == b[0] else 0.0
-            else:
-                p = float(ttest_ind(a, b, equal_var=False).pvalue)
-            if not p < alpha:
+            if welch_p(a, b) >= alpha:
                 comp.tied.add((m, col))
     comp.tied_rule = (f"$^\\dagger$ = not significantly different from the best (Welch t-test over seeds, "
                       f"alpha={alpha}, no correction)")
