@@ -176,6 +176,14 @@ class TrainConfig:
     selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
     deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
     pairing: str = hp("paired", "paired | unpaired (teacher inputs re-drawn at random from the same class at every step)")
+    # speed features (bench.speed): not part of the config hash; the record stores them resolved
+    speed: str = hp("auto", "auto (each feature below at its default: on for CUDA) | off (fp32, eager, streamed, teacher recomputed: the reference set-up)")
+    amp: str = hp("auto", "auto (bf16 on CUDA, fp16 + GradScaler without bf16, off on CPU) | bf16 | fp16 | off")
+    channels_last: str = hp("auto", "auto (on for CUDA) | on | off: NHWC memory format for 2-D convolutions")
+    data_placement: str = hp("auto", "auto | device (splits in device memory, augmentation there) | pinned (host RAM, prefetched) | stream (memory-mapped cache, prefetched)")
+    compile: bool = hp(False, "torch.compile the student and the frozen teacher")
+    fused_optim: str = hp("auto", "auto (fused on CUDA) | on | off")
+    teacher_cache: str = hp("auto", "auto | on | off: compute a frozen teacher's outputs once per run where its input is not augmented")
 
     def validate(self) -> None:
         if self.epochs < 1 or self.teacher_epochs < 1:
@@ -192,3 +200,6 @@ class TrainConfig:
             raise ValueError(f"pairing must be 'paired' or 'unpaired', got {self.pairing!r}")
         if self.selection not in {"val", "test"}:
             raise ValueError(f"selection must be 'val' or 'test', got {self.selection!r}")
+        from .speed import validate_choices
+
+        validate_choices(self)

@@ -139,6 +139,12 @@ class DatasetAdapter:
         """
         return x.float()
 
+    def augments(self, modality: str) -> bool:
+        """Whether ``prepare_batch(train=True)`` is random for ``modality`` (crop, flip, frame or
+        crop choice). A frozen teacher on a modality that is not augmented sees the same input for
+        a sample at every step, so the runner may cache its outputs. Default: assume it is."""
+        return True
+
     def batch(self, split: Split, idx: torch.Tensor, modalities: list[str], device: torch.device, train: bool,
               generator: torch.Generator | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One mini-batch: network inputs per modality and the labels, on ``device``.

@@ -72,6 +72,13 @@ class Method:
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def teacher_cache_fields(self) -> set[str] | None:
+        """The teacher outputs :meth:`loss` reads (``logits``, ``feature``, ``pre_feature``,
+        ``feature_maps[i]``, ``preact_maps[i]``), so that a frozen teacher on an un-augmented
+        modality can be cached (see :mod:`bench.speed`). ``None``: never cache (the default, so a
+        plugin method is only cached when it says what it reads)."""
+        return None
+
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.modules.parameters())
 

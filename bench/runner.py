@@ -27,7 +27,7 @@ import platform
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -38,11 +38,14 @@ import torch.nn as nn
 from . import __version__
 from .config import TrainConfig, build_params, params_dict
 from .data import DatasetAdapter, Split, batch_indices, stratified_split
+from .engine import Trainer, class_index, repair_by_class  # noqa: F401 - re-exported
 from .errors import BenchError, ConfigError
 from .method import Method, MethodContext
 from .models import Backbone, ModelOutput
 from .registry import DATASETS, METHODS
 from .results import SCHEMA_VERSION, existing_ok, write_record
+from .speed import (SPEED_KEYS, BatchSource, SpeedPlan, all_off, choose_placement, decide_teacher_cache, plan_speed,
+                    to_channels_last)
 from .utils import atomic_torch_save, git_commit, resolve_device, seed_everything, stable_hash
 
 
@@ -78,6 +81,8 @@ class RunSpec:
     device: str = "auto"
     save_model: bool = False
     plugins: list[str] = field(default_factory=list)
+    runs_per_gpu: int = 1
+    """How many runs share this run's GPU (``--runs-per-gpu``): memory budgets are divided by it."""
 
 
 @dataclass
@@ -156,7 +161,7 @@ def resolve(spec: RunSpec) -> Resolved:
         "method": method_cls.name,
         "method_params": params_dict(mparams),
         "method_source_hash": mentry.source_hash,
-        "train": params_dict(train),
+        "train": {k: v for k, v in params_dict(train).items() if k not in SPEED_KEYS},
         "seed": spec.seed,
     }
     chash = stable_hash(config, 10)
@@ -200,33 +205,35 @@ def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]
 # --------------------------------------------------------------------------------------------
 # evaluation
 
-@torch.no_grad()
 def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,
-             batch_size: int) -> float:
-    """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split``."""
+             batch_size: int, plan: SpeedPlan | None = None, fwd: Callable[..., ModelOutput] | None = None) -> float:
+    """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split`` (counts stay on the device)."""
+    plan = plan or all_off()
+    fwd = fwd or model
     was_training = model.training
     model.eval()
     k = adapter.num_classes
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     conf = torch.zeros(k, k, dtype=torch.long, device=device) if adapter.metric == "mIoU" else None
-    for idx in batch_indices(len(split), batch_size, False, None, False):
-        xs, y = adapter.batch(split, idx, [modality], device, False, None)
-        x = xs[modality]
-        logits = model(x).logits
-        pred = logits.argmax(1)
-        if conf is not None:
-            if pred.shape[-2:] != y.shape[-2:]:
-                pred = nn.functional.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
-            valid = y != adapter.ignore_index if adapter.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
-            conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
-        else:
-            correct += int((pred == y).sum())
-            total += int(y.numel())
+    source = BatchSource(split, [modality], device, plan)
+    with torch.inference_mode(), plan.autocast(device):
+        for s_like, li, _idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
+            xs, y = adapter.batch(s_like, li, [modality], device, False, None)
+            logits = fwd(to_channels_last(xs[modality], plan)).logits.float()
+            pred = logits.argmax(1)
+            if conf is not None:
+                if pred.shape[-2:] != y.shape[-2:]:
+                    pred = nn.functional.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+                valid = y != adapter.ignore_index if adapter.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+                conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
+            else:
+                correct += (pred == y).sum()
+                total += int(y.numel())
     model.train(was_training)
     if conf is not None:
         return miou_from_confusion(conf)
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * int(correct) / max(total, 1)
 
 
 def miou_from_confusion(conf: torch.Tensor) -> float:
@@ -255,28 +262,8 @@ def lr_at(train: TrainConfig, epoch0: int, total: int) -> float:
     return train.lr * factor
 
 
-def make_optimizer(train: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, **fused)
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
-
-
 def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**62)
-
-
-def _unique_params(*groups: list[nn.Parameter]) -> list[nn.Parameter]:
-    seen: set[int] = set()
-    out = []
-    for g in groups:
-        for p in g:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
 
 
 @dataclass
@@ -285,6 +272,7 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     selected_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
+    plan: SpeedPlan | None = None
 
 
 def fit(
@@ -304,22 +292,29 @@ def fit(
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
     salt: int = 0,
     on_resume: Callable[[int], None] | None = None,
+    plan: SpeedPlan | None = None,
+    teacher_key: str | None = None,
 ) -> FitResult:
     """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
 
     Selection: the epoch with the best validation metric (ties: the later epoch, as the
     reference code's ``>=``), or the best test metric when ``train.selection == "test"`` (the
-    reference protocol, labelled as such in the record).
+    reference protocol, labelled as such in the record). ``plan``: the speed features
+    (:mod:`bench.speed`; default: resolved from ``train`` for ``device``).
     """
     tr, va, te = splits["train"], splits.get("val"), splits["test"]
     if train.selection == "val" and va is None:
         raise ConfigError("selection=val needs a validation split: set train.val_fraction > 0")
-    teacher_in_opt = method.uses_teacher and method.teacher_trainable and teacher is not None
-    params = _unique_params(
-        list(student.parameters()), method.extra_parameters(),
-        list(teacher.parameters()) if teacher_in_opt else [],
-    )
-    opt = make_optimizer(train, params, device)
+    if train.pairing == "unpaired" and method.uses_teacher and teacher is not None and tr.labels.dim() != 1:
+        raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
+    plan = plan or plan_speed(train, device)
+    keys = [student_modality] + ([teacher_modality] if teacher_modality and method.uses_teacher else [])
+    plan = choose_placement(plan, train, splits, keys, device)  # type: ignore[arg-type]
+    engine = Trainer(adapter=adapter, train_split=tr, student=student, student_modality=student_modality,
+                     method=method, teacher=teacher, teacher_modality=teacher_modality, train=train, device=device,
+                     plan=plan, teacher_key=teacher_key)
+    plan = engine.plan
+    teacher_in_opt = engine.teacher_in_opt
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] = {}
     best_key = -math.inf
@@ -330,8 +325,8 @@ def fit(
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         if teacher_in_opt and state.get("teacher") is not None:
-            teacher.load_state_dict(state["teacher"])
-        opt.load_state_dict(state["optimizer"])
+            teacher.load_state_dict(state["teacher"])  # type: ignore[union-attr]
+        engine.load_state_dict(state)
         history = state["history"]
         best_state = state["best_state"]
         best_key = state["best_key"]
@@ -339,13 +334,12 @@ def fit(
         start_epoch = len(history) + 1
         if on_resume is not None and history:
             on_resume(len(history))
-    by_class = class_index(tr.labels) if train.pairing == "unpaired" else {}
-    if train.pairing == "unpaired" and tr.labels.dim() != 1:
-        raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
+    check_each_step = device.type != "cuda"  # on CUDA a per-step check would stall the GPU
+    ev = dict(plan=plan, fwd=engine.student_fwd)
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         lr = lr_at(train, epoch - 1, epochs)
-        for g in opt.param_groups:
+        for g in engine.opt.param_groups:
             g["lr"] = lr
         torch.manual_seed(_epoch_seed(seed, epoch, salt))
         gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, salt + 1))
@@ -353,47 +347,30 @@ def fit(
         method.modules.train()
         if teacher is not None:
             teacher.train(teacher_in_opt or method.teacher_train_mode)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         n_batches = 0
-        for idx in batch_indices(len(tr), train.batch_size, True, gen, drop_last=True):
-            need_t = method.uses_teacher and teacher is not None
-            unpaired = need_t and train.pairing == "unpaired"
-            mods = [student_modality] + ([teacher_modality] if need_t and not unpaired else [])  # type: ignore[list-item]
-            xb, y = adapter.batch(tr, idx, mods, device, True, gen)
-            if unpaired:
-                # the teacher sees other samples of the same classes: only the label space is shared
-                t_idx = repair_by_class(tr.labels, idx, by_class, gen)
-                xb[teacher_modality] = adapter.batch(tr, t_idx, [teacher_modality], device, True, gen)[0][teacher_modality]  # type: ignore[index]
-            s_out = student(xb[student_modality])
-            t_out = None
-            if need_t:
-                xt = xb[teacher_modality]  # type: ignore[index]
-                if teacher_in_opt:
-                    t_out = teacher(xt)
-                else:
-                    with torch.no_grad():
-                        t_out = teacher(xt).detach()
-            terms = method.loss(s_out, t_out, y, epoch)
-            total = sum(terms.values())
-            if not torch.isfinite(total):
+        for s_like, li, idx in engine.src.iterate(engine.batches(gen)):
+            xb, y, t_idx = engine.inputs(s_like, li, idx, gen)
+            t_out = engine.teacher_out(xb, t_idx)
+            total, terms = engine.student_step(xb, t_out, y, epoch)
+            if check_each_step and not torch.isfinite(total):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
                 )
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
-            opt.step()
+            nonfinite |= ~torch.isfinite(total.detach())
+            engine.optimizer_step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
             n_batches += 1
-        row: dict[str, Any] = {
-            "epoch": epoch, "lr": lr,
-            "train_loss": sum(sums.values()) / max(n_batches, 1),
-            "terms": {k: v / max(n_batches, 1) for k, v in sums.items()},
-        }
-        row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size) if va is not None else None
-        row["test_metric"] = evaluate(student, adapter, te, student_modality, device, train.eval_batch_size)
+        means = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        if bool(nonfinite):
+            raise FloatingPointError(f"non-finite loss during epoch {epoch} (epoch means: "
+                                     + ", ".join(f"{k}={v:.4g}" for k, v in means.items()) + ")")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": sum(means.values()), "terms": means}
+        row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size, **ev) if va is not None else None
+        row["test_metric"] = evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         key = row["val_metric"] if train.selection == "val" else row["test_metric"]
@@ -404,8 +381,8 @@ def fit(
         if checkpoint is not None:
             atomic_torch_save({
                 "student": student.state_dict(), "method": method.state_dict(),
-                "teacher": teacher.state_dict() if teacher_in_opt else None,
-                "optimizer": opt.state_dict(), "history": history, "best_state": best_state,
+                "teacher": teacher.state_dict() if teacher_in_opt else None,  # type: ignore[union-attr]
+                **engine.state_dict(), "history": history, "best_state": best_state,
                 "best_key": best_key, "selected": selected,
             }, checkpoint)
         if on_epoch:
@@ -415,26 +392,9 @@ def fit(
     if callable(rep) and rep():
         extra["method"] = rep()
     if teacher_in_opt:
-        extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device, train.eval_batch_size)  # type: ignore[arg-type]
-    return FitResult(history, best_state, selected, extra)
-
-
-def class_index(labels: torch.Tensor) -> dict[int, torch.Tensor]:
-    lab = labels.cpu()
-    return {int(c): torch.nonzero(lab == c).flatten() for c in torch.unique(lab)}
-
-
-def repair_by_class(labels: torch.Tensor, idx: torch.Tensor, by_class: dict[int, torch.Tensor],
-                    gen: torch.Generator | None) -> torch.Tensor:
-    """The unpaired protocol (UnpairedCMKD's loaders): for every student sample, a teacher-modality
-    sample drawn uniformly from the training samples of the same class, redrawn at every step."""
-    out = torch.empty_like(idx)
-    lab = labels[idx].cpu()
-    for c in torch.unique(lab):
-        pool = by_class[int(c)]
-        sel = lab == c
-        out[sel] = pool[torch.randint(0, len(pool), (int(sel.sum()),), generator=gen)]
-    return out
+        extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device,  # type: ignore[arg-type]
+                                                      train.eval_batch_size, plan=plan)
+    return FitResult(history, best_state, selected, extra, plan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,11 +514,15 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         s_probe, t_probe = _probe(r, splits, student, teacher, s_mod, t_mod, device)
         method.setup(student, teacher, s_probe, t_probe)
         method.modules.to(device)
+        plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
+        if needs_teacher:
+            plan = decide_teacher_cache(plan, method, r.adapter, t_mod, t_probe, len(splits["train"]), device)
         res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
                   teacher=teacher, teacher_modality=t_mod, train=r.train, epochs=r.train.epochs, seed=spec.seed,
                   device=device, checkpoint=ckpt,
                   on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
-                  on_resume=lambda n: base.__setitem__("resumed_from_epoch", n))
+                  on_resume=lambda n: base.__setitem__("resumed_from_epoch", n), plan=plan,
+                  teacher_key=tinfo["checkpoint"] if tinfo else None)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -577,7 +541,7 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         final_metric=res.history[-1]["test_metric"],
         reference_best_metric=ref_best["test_metric"], reference_best_epoch=ref_best["epoch"],
         reference_protocol="best test-set epoch (what the reference code reports); not used for selection",
-        history=res.history, teacher=tinfo, extra=res.extra,
+        history=res.history, teacher=tinfo, extra=res.extra, speed=res.plan.report() if res.plan else None,
         wall_time_s=time.perf_counter() - t0, started_at=started.isoformat(),
         finished_at=datetime.now(timezone.utc).isoformat(),
     )

@@ -179,6 +179,10 @@ class AVDataset(PreparedDataset):
             return img
         return img.view(b, t, *img.shape[1:])
 
+    def augments(self, modality: str) -> bool:
+        # frames: random crop, flip and frame choice; audio: only recipe C (random 5-s crop)
+        return modality != "audio" or self.audio_recipe == "C"
+
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         w = self.params.width
         widths = (w, 2 * w, 4 * w, 8 * w)

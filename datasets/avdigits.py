@@ -219,6 +219,9 @@ class AVDigits(PreparedDataset):
             return x.float()
         return ((x.float() / 255.0 - 0.5) / 0.5).unsqueeze(1)
 
+    def augments(self, modality: str) -> bool:
+        return False
+
     def load(self):
         if not (self.cache_path / "manifest.json").exists():
             self.prepare()  # small and derived from packaged files: prepared on first use

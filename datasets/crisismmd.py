@@ -173,6 +173,9 @@ class CrisisMMD(PreparedDataset):
         img = random_resized_crop(img, s, generator) if train else center_crop(resize(img, self.params.image_cache), s)
         return normalize(img)
 
+    def augments(self, modality: str) -> bool:
+        return modality != "text"  # token ids are used as they are; images get a random crop
+
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         if modality == "text":
             if not self.params.bert_dir:

@@ -199,6 +199,9 @@ class FolderDataset(DatasetAdapter):
             x = x.unsqueeze(1)
         return x
 
+    def augments(self, modality: str) -> bool:
+        return False  # standardised only
+
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         self._need_meta()
         shape, w = self._shapes[modality], self.params.width

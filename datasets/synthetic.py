@@ -144,6 +144,9 @@ class Synthetic(DatasetAdapter):
             for s, a in arrays.items()
         }
 
+    def augments(self, modality: str) -> bool:
+        return False  # arrays are used as generated
+
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         w = self.params.width
         if modality == "audio":

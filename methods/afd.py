@@ -107,6 +107,9 @@ class AFD(Method):
         self.t_sizes = [tuple(to_4d(f).shape[-2:]) for f in t_probe.feature_maps]
         self.modules["attention"] = AFDAttention(sc, tc, self.p.qk_dim)
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {f"feature_maps[{i}]" for i in range(len(self.t_sizes))} | ({"logits"} if self.p.alpha > 0 else set())
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         alpha = self.modules["attention"](s.feature_maps, t.feature_maps)

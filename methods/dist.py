@@ -59,6 +59,9 @@ class DIST(Method):
     reference = "hunto/image_classification_sota lib/models/losses/dist_kd.py"
     Params = DISTParams
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"logits"}
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         return {

@@ -92,6 +92,9 @@ class DKD(Method):
     reference = "megvii-research/mdistiller mdistiller/distillers/DKD.py"
     Params = DKDParams
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"logits"}
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         zs, zt, yy = flatten_dense(s.logits, t.logits, y, self.ctx.ignore_index)

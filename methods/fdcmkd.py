@@ -288,6 +288,9 @@ class FDCMKD(Method):
     def _vec(self, out: ModelOutput) -> torch.Tensor:
         return out.pre_feature if self.p.tap == "pre" else out.feature
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"pre_feature" if self.p.tap == "pre" else "feature"}
+
     def report(self) -> dict:
         if "cutoff" in self.modules:
             cut = float(self.modules["cutoff"].bins())

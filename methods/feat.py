@@ -81,6 +81,11 @@ class Feat(Method):
             self.grid = common_grid(fs.shape, ft.shape)
             self.modules["reg"] = ConvBNReg(fs.shape[1], ft.shape[1], relu=True)
 
+    def teacher_cache_fields(self) -> set[str]:
+        if self.p.mode == "vector":
+            return {"feature" if self.p.tap == "post" else "pre_feature"}
+        return {f"feature_maps[{self.p.stage}]"}
+
     def _vec(self, o: ModelOutput) -> torch.Tensor:
         return o.feature if self.p.tap == "post" else o.pre_feature
 

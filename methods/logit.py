@@ -51,6 +51,9 @@ class LogitKD(Method):
     reference = "mdistiller KD.py (CIFAR defaults tau=4, CE 0.1, KD 0.9)"
     Params = LogitParams
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"logits"}
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         return {

@@ -60,6 +60,9 @@ class NKD(Method):
     dense_ok = False
     dense_reason = "the reference is defined for image-level labels; no dense variant exists"
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"logits"}
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         return {"ce": self.task_loss(s.logits, y), "kd": nkd_loss(s.logits, t.logits, y, temp=self.p.temp, gamma=self.p.gamma)}

@@ -89,6 +89,9 @@ class PKD(Method):
             for i, j in self.pairs
         )
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {f"feature_maps[{j}]" for _, j in self.pairs}
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         fs = [ad(to_4d(s.feature_maps[i])) for ad, (i, _) in zip(self.modules["adapters"], self.pairs)]

@@ -112,6 +112,9 @@ class UCMKD(Method):
             self.modules["proj"] = nn.Linear(ds, dt)
         self._teacher_head = teacher.classifier  # frozen with the teacher (not in self.modules)
 
+    def teacher_cache_fields(self) -> set[str]:
+        return {"feature"}  # the teacher head is applied to student features, not to teacher outputs
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         z_s = s.feature

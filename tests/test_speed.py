@@ -1,0 +1,163 @@
+"""Speed features: exactness of teacher-output caching, placement/prefetch equivalence, precision
+paths, plan resolution, and accuracy within noise of the all-off run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.config import TrainConfig, build_params
+from bench.data import Split
+from bench.errors import ConfigError
+from bench.runner import RunSpec, resolve, run
+from bench.speed import BatchSource, SpeedPlan, decide_teacher_cache, plan_speed
+
+TINY = {"synthetic": {"n_train": "240", "n_test": "60", "width": "8"}}
+
+
+def _run(tmp_path, method, train, data=TINY, direction=("audio", "visual"), seed=0, sub="r"):
+    ov = {**data, "train": {"epochs": "1", "teacher_epochs": "1", **train}}
+    rec = run(RunSpec("synthetic", direction[0], direction[1], method, seed, ov, str(tmp_path / sub)), force=True)
+    assert rec["status"] == "ok", rec.get("traceback")
+    return rec
+
+
+def _trace(rec):
+    return [(h["terms"], h["val_metric"], h["test_metric"]) for h in rec["history"]]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("logit", {}), ("dist", {}), ("nkd", {}), ("dkd", {}), ("feat", {}), ("feat", {"mode": "map"}), ("pkd", {}),
+    ("afd", {}), ("fdcmkd", {}), ("ucmkd", {}),
+])
+def test_teacher_cache_gives_the_same_run(tmp_path, method, extra):
+    """Cached teacher outputs are the recomputed ones: the whole history is identical in fp32."""
+    data = {**TINY, **({method: extra} if extra else {})}
+    on = _run(tmp_path, method, {"teacher_cache": "on"}, data)
+    off = _run(tmp_path, method, {"teacher_cache": "off"}, data)
+    assert on["speed"]["teacher_cache"] is True and "cached" in on["speed"]["teacher_cache_reason"]
+    assert off["speed"]["teacher_cache"] is False
+    assert _trace(on) == _trace(off)
+    assert on["run_id"] == off["run_id"]  # speed settings are not part of the identity
+
+
+def test_teacher_cache_unpaired_and_other_direction(tmp_path):
+    for train in ({"pairing": "unpaired"}, {}):
+        on = _run(tmp_path, "logit", {**train, "teacher_cache": "on"}, direction=("visual", "audio"))
+        off = _run(tmp_path, "logit", {**train, "teacher_cache": "off"}, direction=("visual", "audio"))
+        assert on["speed"]["teacher_cache"] and _trace(on) == _trace(off)
+
+
+@pytest.mark.parametrize("method,why", [
+    ("dml", "trained with the student"), ("c2kd", "trained with the student"), ("ofd", "train mode"),
+    ("none", "no teacher"),
+])
+def test_teacher_cache_refused_with_reason(tmp_path, method, why):
+    rec = _run(tmp_path, method, {"teacher_cache": "on"})
+    assert rec["speed"]["teacher_cache"] is False and why in rec["speed"]["teacher_cache_reason"]
+
+
+def test_teacher_cache_refused_for_augmented_inputs_and_plugins():
+    from bench.registry import DATASETS, METHODS
+
+    crema = DATASETS.get("crema")(DATASETS.get("crema").Params())
+    vgg = DATASETS.get("vggsound")(DATASETS.get("vggsound").Params())
+    assert crema.augments("visual") and not crema.augments("audio") and vgg.augments("audio")
+    out = torch.zeros(2, 4)
+    from bench.models import ModelOutput
+
+    probe = ModelOutput(out, out, out, [], [])
+
+    class Plugin(METHODS.get("logit")):  # a method that does not say what it reads
+        name = "plugin"
+
+        def teacher_cache_fields(self):
+            return None
+
+    ctx = type("C", (), {})()
+    plan = SpeedPlan(teacher_cache=True)
+    m = Plugin.__new__(Plugin)
+    assert "does not declare" in decide_teacher_cache(plan, m, crema, "audio", probe, 10, torch.device("cpu")).teacher_cache_reason
+    lk = METHODS.get("logit").__new__(METHODS.get("logit"))
+    d = decide_teacher_cache(plan, lk, crema, "visual", probe, 10, torch.device("cpu"))
+    assert not d.teacher_cache and "augmented" in d.teacher_cache_reason
+    d = decide_teacher_cache(plan, lk, crema, "audio", probe, 10, torch.device("cpu"))
+    assert d.teacher_cache and d.teacher_cache_fields == ["logits"]
+    big = ModelOutput(torch.zeros(2, 10**6), out, out, [], [])
+    d = decide_teacher_cache(plan, lk, crema, "audio", big, 10**4, torch.device("cpu"))
+    assert not d.teacher_cache and "GiB" in d.teacher_cache_reason
+    del ctx
+
+
+def test_placements_and_prefetch_give_the_same_run(tmp_path):
+    base = _run(tmp_path, "fdcmkd", {"speed": "off"})
+    for placement in ("device", "pinned", "stream"):
+        rec = _run(tmp_path, "fdcmkd", {"data_placement": placement, "teacher_cache": "off"})
+        assert rec["speed"]["data_placement"] == placement
+        assert _trace(rec) == _trace(base), placement
+
+
+def test_batch_source_prefetch_matches_and_propagates_errors():
+    x = torch.arange(40, dtype=torch.float32).view(20, 2)
+    sp = Split({"a": x}, torch.arange(20) % 3)
+    batches = [torch.randperm(20)[:5] for _ in range(4)]
+    plain = BatchSource(sp, ["a"], torch.device("cpu"), SpeedPlan(data_placement="stream", prefetch=False))
+    pre = BatchSource(sp, ["a"], torch.device("cpu"), SpeedPlan(data_placement="stream", prefetch=True))
+    got_plain = [(s.inputs["a"][li], idx) for s, li, idx in plain.iterate(batches)]
+    got_pre = [(s.inputs["a"][li], idx) for s, li, idx in pre.iterate(batches)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got_plain, got_pre))
+    assert all(torch.equal(v, x[i]) for v, i in got_pre)
+    bad = [torch.tensor([0, 1]), torch.tensor([99])]  # out of range: raised on the training thread
+    with pytest.raises(IndexError):
+        list(pre.iterate(bad))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths_train(tmp_path, amp):
+    rec = _run(tmp_path, "fdcmkd", {"amp": amp, "channels_last": "on", "fused_optim": "on"})
+    assert rec["speed"]["amp"] == amp and rec["speed"]["channels_last"] and rec["speed"]["fused_optim"]
+    h = rec["history"][-1]
+    assert math.isfinite(h["train_loss"]) and 0 <= h["test_metric"] <= 100
+
+
+def test_plan_resolution_and_errors():
+    cpu = torch.device("cpu")
+    t = build_params(TrainConfig, {}, "train")
+    p = plan_speed(t, cpu)
+    assert (p.amp, p.channels_last, p.data_placement, p.fused_optim, p.teacher_inference) == ("off", False, "device", False, True)
+    off = plan_speed(build_params(TrainConfig, {"speed": "off"}, "train"), cpu)
+    assert off == SpeedPlan()
+    with pytest.raises(ConfigError, match="train: amp must be one of"):
+        build_params(TrainConfig, {"amp": "fp8"}, "train")
+    with pytest.raises(ConfigError, match="train: data_placement must be one of"):
+        build_params(TrainConfig, {"data_placement": "gpu"}, "train")
+    a = resolve(RunSpec("synthetic", "audio", "visual", "logit", 0, {"train": {"amp": "bf16", "compile": "true"}}))
+    b = resolve(RunSpec("synthetic", "audio", "visual", "logit", 0, {}))
+    assert a.run_id == b.run_id and "amp" not in a.config["train"]
+
+
+def test_speed_features_keep_accuracy_within_noise(tmp_path):
+    """With every feature that applies on CPU on (bf16 autocast, channels_last, fused SGD, data in
+    RAM with prefetching, cached teacher), final accuracy stays within noise of the all-off run:
+    the difference is below three standard errors of a difference of two accuracies on the test
+    set plus the seed-to-seed spread of the all-off runs."""
+    data = {"synthetic": {"n_train": "1200", "n_test": "400"}}
+    ov = {"epochs": "5", "teacher_epochs": "5"}
+    fast = {**ov, "amp": "bf16", "channels_last": "on", "fused_optim": "on", "data_placement": "pinned",
+            "teacher_cache": "on"}
+    offs, ons = [], []
+    for seed in (0, 1):
+        for store, train in ((offs, {**ov, "speed": "off"}), (ons, fast)):
+            rec = run(RunSpec("synthetic", "audio", "visual", "logit", seed, {**data, "train": train},
+                              str(tmp_path / "acc")), force=True)
+            assert rec["status"] == "ok", rec.get("traceback")
+            store.append(rec["final_metric"])
+    assert ons != offs  # bf16 really changed the numerics
+    n = 400
+    p = sum(offs + ons) / 400.0
+    se_diff = 100 * math.sqrt(2 * p * (1 - p) / n)
+    spread = abs(offs[0] - offs[1])
+    for a, b in zip(ons, offs):
+        assert abs(a - b) <= 3 * se_diff + spread, (ons, offs, se_diff)
