@@ -574,6 +574,88 @@ def analyze(
     console.print("wrote " + ", ".join(str(p) for p in [res["csv"], *res["figures"]]))
 
 
+@app.command()
+def speed(
+    methods: str = typer.Option("fdcmkd", "--methods", "-m", help="'all' or comma-separated method names"),
+    dataset: str = typer.Option("crema", "--dataset", "-d", help="whose input shapes and models to use (no data needed)"),
+    directions: str = typer.Option("all", "--directions", help="'all' or e.g. a2v,v2a"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the dataset's (64 on CREMA-D) on CUDA, 8 on CPU"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="timed steps per loop (default 30 on CUDA, 3 on CPU)"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed steps first (default 10 on CUDA, 1 on CPU)"),
+    modes: str = typer.Option("on,off", "--modes", help="on (the runner's speed features) and/or off (reference set-up)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers of the 'off' set-up (default min(8, cores-1))"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs per run for the grid estimate (default: the dataset's)"),
+    seeds: int = typer.Option(1, "--seeds", help="seeds per cell for the grid estimate"),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="device peak for MFU (default: from the GPU's name; none on CPU)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="dataset or train overrides, e.g. train.compile=true"),
+    device: str = typer.Option("auto", "--device"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write every figure here (default results/speed/<time>.json)"),
+) -> None:
+    """Time the training step (data / teacher / student / optimizer), memory, TFLOP/s and MFU, with
+    the speed features on and with everything off, on a dataset's real input shapes."""
+    from dataclasses import replace as dc_replace
+
+    from .executors import split_list
+    from .registry import METHODS
+    from .runner import build_adapter, build_train_config
+    from .speedbench import benchmark, epoch_seconds
+    from .utils import atomic_write_json, resolve_device
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    overrides = parse_overrides(set_)
+    adapter = build_adapter(dataset, overrides)
+    train = build_train_config(adapter, overrides)
+    train = dc_replace(train, batch_size=batch_size or (train.batch_size if cuda else 8))
+    mnames = METHODS.names() if methods.strip().lower() == "all" else [m.lower() for m in split_list(methods)]
+    for m in mnames:
+        METHODS.entry(m)
+    dirs = adapter.directions() if directions.strip().lower() == "all" else [adapter.parse_direction(x) for x in split_list(directions)]
+    mode_list = tuple(m for m in split_list(modes))
+    if not mode_list or any(m not in ("on", "off") for m in mode_list):
+        _fail(f"--modes {modes!r}: expected on, off or on,off")
+    steps = steps or (30 if cuda else 3)
+    warmup = warmup if warmup is not None else (10 if cuda else 1)
+    results = []
+    for t_mod, s_mod in dirs:
+        for m in mnames:
+            mcls = METHODS.get(m)
+            if adapter.task != "classification" and not mcls.dense_ok:
+                continue
+            console.print(f"[dim]timing {m} {adapter.direction_name(t_mod, s_mod)} on {adapter.name} shapes ...")
+            results.append(benchmark(adapter, m, t_mod, s_mod, train, dev, steps=steps, warmup=warmup, modes=mode_list,
+                                     workers=workers, peak_tflops=peak_tflops))
+    tab = Table(title=f"bench speed: {adapter.name} shapes, batch {train.batch_size}, {results[0]['device'] if results else dev}")
+    for col in ("method", "dir", "mode", "samples/s", "step ms", "data%", "teacher%", "student%", "optim%",
+                "TFLOP/s", "MFU", "peak GiB", "speed-up"):
+        tab.add_column(col, justify="right" if col not in ("method", "dir", "mode") else "left")
+    for r in results:
+        for name, x in r["modes"].items():
+            pct = x["breakdown_pct"]
+            tab.add_row(r["method"], r["direction"], name, f"{x['samples_per_s']:.1f}", f"{x['step_ms']:.1f}",
+                        *(f"{pct.get(k, 0):.1f}" for k in ("data", "teacher_forward", "student_forward_backward", "optimizer")),
+                        f"{x['tflops']:.2f}", f"{100 * x['mfu']:.1f}%" if x["mfu"] is not None else "n/a",
+                        f"{x['peak_memory_gib']:.2f}", f"{r['speedup']:.2f}x" if name == "on" and "speedup" in r else "")
+    Console(width=max(console.width, 150)).print(tab)
+    n_epochs = epochs or train.epochs
+    estimate: dict[str, Any] = {}
+    for name in mode_list:
+        secs = [epoch_seconds(r["modes"][name], adapter.name, train.val_fraction) for r in results]
+        if secs and all(s is not None for s in secs):
+            total_h = sum(secs) * n_epochs * seeds / 3600  # type: ignore[arg-type]
+            estimate[name] = {"student_runs_hours": total_h, "runs": len(results) * seeds, "epochs": n_epochs}
+    if estimate:
+        unit = "GPU" if cuda else "CPU"
+        for name, e in estimate.items():
+            console.print(f"estimated {unit}-hours, {e['runs']} runs x {e['epochs']} epochs at the official split sizes "
+                          f"({name}): [bold]{e['student_runs_hours']:.2f}[/bold] (student runs, one after another; "
+                          f"teachers not included)")
+    out = {"results": results, "grid_estimate": estimate, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = json_out or Path("results") / "speed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{adapter.name}.json"
+    atomic_write_json(path, out)
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()
@@ -585,6 +667,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-if __name__ == "__main__":
-    main()

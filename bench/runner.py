@@ -209,7 +209,7 @@ def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: s
              batch_size: int, plan: SpeedPlan | None = None, fwd: Callable[..., ModelOutput] | None = None) -> float:
     """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split`` (counts stay on the device)."""
     plan = plan or all_off()
-    fwd = fwd or model
+    fwd = fwd if fwd is not None else model
     was_training = model.training
     model.eval()
     k = adapter.num_classes

@@ -161,3 +161,48 @@ def test_speed_features_keep_accuracy_within_noise(tmp_path):
     spread = abs(offs[0] - offs[1])
     for a, b in zip(ons, offs):
         assert abs(a - b) <= 3 * se_diff + spread, (ons, offs, se_diff)
+
+
+def test_compile_gives_the_same_run(tmp_path):
+    eager = _run(tmp_path, "fdcmkd", {"compile": "false"})
+    comp = _run(tmp_path, "fdcmkd", {"compile": "true"})
+    assert comp["speed"]["compile"] is True
+    a, b = eager["history"][-1], comp["history"][-1]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+    assert abs(b["test_metric"] - a["test_metric"]) <= 100 * 2 / 60  # at most two of 60 test samples flip
+
+
+def test_bench_speed_smoke(tmp_path):
+    """CPU smoke run of the benchmark (figures are not asserted as timings, only as consistent)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = tmp_path / "speed.json"
+    res = CliRunner().invoke(app, ["speed", "--methods", "fdcmkd,dml", "--dataset", "crema", "--directions", "a2v,v2a",
+                                   "--batch-size", "2", "--steps", "1", "--warmup", "0", "--workers", "1",
+                                   "--set", "crema.image_size=64", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert len(d["results"]) == 4
+    by = {(r["method"], r["direction"]): r for r in d["results"]}
+    for r in d["results"]:
+        on, off = r["modes"]["on"], r["modes"]["off"]
+        assert r["speedup"] == pytest.approx(on["samples_per_s"] / off["samples_per_s"])
+        for m in (on, off):
+            assert m["samples_per_s"] > 0 and m["flops_per_step"] > 0 and m["tflops"] > 0 and m["mfu"] is None
+            assert set(m["breakdown_ms"]) == {"data", "teacher_forward", "student_forward_backward", "optimizer"}
+            assert sum(m["breakdown_pct"].values()) == pytest.approx(100)
+        assert off["settings"]["amp"] == "off" and "DataLoader" in off["data_pipeline"]
+    # FD-CMKD a2v: the audio teacher is not augmented, so its forward is cached and not executed
+    a2v = by[("fdcmkd", "a2v")]["modes"]
+    assert a2v["on"]["settings"]["teacher_cache"] and a2v["on"]["flops_per_step"] < a2v["off"]["flops_per_step"]
+    # visual teacher (augmented) and DML (trained teacher): recomputed, same FLOPs in both set-ups
+    for key in (("fdcmkd", "v2a"), ("dml", "a2v")):
+        m = by[key]["modes"]
+        assert not m["on"]["settings"]["teacher_cache"]
+        assert m["on"]["flops_per_step"] == m["off"]["flops_per_step"]
+    assert d["grid_estimate"]["on"]["runs"] == 4
+    assert "samples/s" in res.output and "speed-up" in res.output
