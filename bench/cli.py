@@ -26,29 +26,31 @@ err_console = Console(stderr=True)
 
 
 class RichReporter:
-    """Overall bar over runs plus a bar per run over its (teacher + student) epochs, with ETA."""
+    """Overall bar over runs plus a bar per running run over its (teacher + student) epochs, with
+    ETA; several runs at once when they are packed (``--runs-per-gpu``)."""
 
     def __init__(self, progress: Progress, total_runs: int):
         self.p = progress
         self.overall = progress.add_task("[bold]grid", total=total_runs)
-        self.current: int | None = None
+        self.tasks: dict[str, int] = {}
 
     def begin(self, run_id: str, total_epochs: int) -> None:
-        if self.current is not None:
-            self.p.remove_task(self.current)
-        self.current = self.p.add_task(run_id, total=max(total_epochs, 1))
+        if run_id in self.tasks:
+            self.p.remove_task(self.tasks.pop(run_id))
+        self.tasks[run_id] = self.p.add_task(run_id, total=max(total_epochs, 1))
 
     def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
-        if self.current is None:
+        task = self.tasks.get(run_id)
+        if task is None:
             return
         val = info.get("val_metric")
         desc = f"{run_id} [dim]{phase} ep{epoch} test={info['test_metric']:.1f}" + (f" val={val:.1f}" if val is not None else "")
-        self.p.update(self.current, advance=1, description=desc)
+        self.p.update(task, advance=1, description=desc)
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
-        if self.current is not None:
-            self.p.remove_task(self.current)
-            self.current = None
+        task = self.tasks.pop(run_id, None)
+        if task is not None:
+            self.p.remove_task(task)
         self.p.advance(self.overall)
         if record["status"] == "ok":
             self.p.console.print(f"[green]ok[/green] {run_id}: {record['metric']} {record['best_metric']:.2f} "
@@ -95,9 +97,10 @@ def run(
     slurm_arg: Optional[List[str]] = typer.Option(None, "--slurm-arg", help="extra sbatch option KEY=VALUE (repeatable)"),
     slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help="TOML with a [slurm] table (default ./slurm.toml if present)"),
     wait: bool = typer.Option(False, "--wait", help="slurm: block until every task has finished"),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", help="pack K runs per GPU (K processes; on CPU: K at a time); SLURM: K runs per array task"),
 ) -> None:
     """Train teachers, distil students and write one record per run; prints the comparison."""
-    from .executors import sweep_overrides, LocalExecutor, expand_grid, pending
+    from .executors import LocalExecutor, PackedExecutor, expand_grid, pending, sweep_overrides
     from .results import load_results
     from .tables import build_comparison, to_rich
 
@@ -130,14 +133,17 @@ def run(
     if executor == "slurm":
         _run_slurm(todo, results, dict(partition=partition, gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task,
                                        mem=mem, time=time_min, array_parallelism=array_parallelism, account=account,
-                                       qos=qos), list(slurm_arg or []), slurm_config, wait)
+                                       qos=qos), list(slurm_arg or []), slurm_config, wait, runs_per_gpu)
         return
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
         reporter = RichReporter(progress, len(todo))
         try:
-            outcome = LocalExecutor(reporter, fail_fast=fail_fast).run(todo, force=force)
+            if runs_per_gpu > 1:
+                outcome = PackedExecutor(runs_per_gpu, reporter, fail_fast=fail_fast).run(todo, force=force)
+            else:
+                outcome = LocalExecutor(reporter, fail_fast=fail_fast).run(todo, force=force)
         except KeyboardInterrupt:
             progress.stop()
             err_console.print("[yellow]interrupted[/yellow]: finished runs are saved; rerun the same command to resume.")
@@ -155,23 +161,25 @@ def run(
         raise typer.Exit(1)
 
 
-def _run_slurm(todo: list, results: Path, cli: dict[str, Any], extra: list[str], config: Optional[Path], wait: bool) -> None:
+def _run_slurm(todo: list, results: Path, cli: dict[str, Any], extra: list[str], config: Optional[Path], wait: bool,
+               runs_per_gpu: int = 1) -> None:
     from . import slurm
 
     if not todo:
         console.print("nothing to submit")
         return
     opts = slurm.SlurmOptions.from_sources(config, cli, extra)
-    m = slurm.submit(todo, results, opts)
+    m = slurm.submit(todo, results, opts, runs_per_task=runs_per_gpu)
     if m["teacher_job"]:
         console.print(f"submitted teacher array {m['teacher_job']} ({len(m['teachers'])} teacher(s))")
-    console.print(f"submitted run array {m['array_job']} ({len(m['tasks'])} task(s)); manifest {m['path']}")
+    n_tasks = len({t["job_id"] for t in m["tasks"]})
+    console.print(f"submitted run array {m['array_job']} ({n_tasks} task(s), {len(m['tasks'])} run(s)); manifest {m['path']}")
     if not wait:
         console.print(f"follow it with `bench status -r {results}`; collect with `bench collect -r {results}`")
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as prog:
-        bar = prog.add_task(f"array {m['array_job']}", total=len(m["tasks"]))
+        bar = prog.add_task(f"array {m['array_job']}", total=n_tasks)
 
         def update(states: dict[str, str]) -> None:
             prog.update(bar, completed=sum(1 for s in states.values() if s in slurm.TERMINAL))

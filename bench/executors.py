@@ -131,3 +131,139 @@ def sweep_overrides(base: dict[str, dict[str, str]], sweeps: list[str]) -> list[
             o.setdefault(scope, {})[k] = v
         out.append(o)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# packing: several runs share one GPU
+
+class QueueReporter:
+    """Forwards a worker's progress events to the parent process."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def begin(self, run_id: str, total_epochs: int) -> None:
+        self.q.put(("begin", run_id, total_epochs))
+
+    def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
+        self.q.put(("epoch", run_id, phase, epoch, {k: info.get(k) for k in ("test_metric", "val_metric")}))
+
+    def end(self, run_id: str, record: dict[str, Any]) -> None:
+        keep = ("status", "metric", "best_metric", "selected_epoch", "final_metric", "wall_time_s", "error")
+        self.q.put(("end", run_id, {k: record.get(k) for k in keep}))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(q, counter, gpus: list[str], threads: int) -> None:
+    """Runs once per worker process: its GPU (round-robin over the visible ones) and CPU threads."""
+    import os
+
+    import torch
+
+    with counter.get_lock():
+        w = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[w % len(gpus)]  # before CUDA is initialised here
+    torch.set_num_threads(max(threads, 1))
+    _WORKER["q"] = q
+
+
+def _worker_run(spec: RunSpec, force: bool) -> dict[str, Any]:
+    from .results import read_record, record_path
+
+    rep = QueueReporter(_WORKER["q"]) if _WORKER.get("q") is not None else None
+    try:
+        return run(spec, rep, force=force)
+    except BenchError as exc:
+        return {"status": "error", "error": str(exc), "run_id": None}
+    except Exception:  # noqa: BLE001 - the run wrote its failed record
+        return read_record(record_path(spec.results_dir, resolve(spec).run_id))
+
+
+def visible_gpus() -> list[str]:
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class PackedExecutor:
+    """Run specs ``runs_per_gpu`` at a time on every visible GPU (or on the CPU), one process per
+    run slot. Runs that need the same teacher wait for one another on the teacher cache's file lock
+    instead of training it twice; memory budgets of each run are divided by ``runs_per_gpu``."""
+
+    def __init__(self, runs_per_gpu: int, reporter: Reporter | None = None, fail_fast: bool = False):
+        if runs_per_gpu < 1:
+            raise BenchError("--runs-per-gpu must be >= 1")
+        self.k = runs_per_gpu
+        self.reporter = reporter
+        self.fail_fast = fail_fast
+
+    def run(self, specs: list[RunSpec], force: bool = False) -> GridOutcome:
+        import dataclasses
+        import multiprocessing as mp
+        import os
+        import queue as queue_mod
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        out = GridOutcome()
+        if not specs:
+            return out
+        uses_gpu = any(s.device in ("auto", "cuda") or s.device.startswith("cuda") for s in specs)
+        gpus = visible_gpus() if uses_gpu else []
+        slots = self.k * max(len(gpus), 1)
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, ncpu // slots)  # the CPUs this process may use (a SLURM task's allocation)
+        ctx = mp.get_context("spawn")
+        q = ctx.Manager().Queue()
+        counter = ctx.Value("i", 0)
+        specs = [dataclasses.replace(s, runs_per_gpu=self.k,
+                                     device="cuda" if (gpus and s.device.startswith("cuda")) else s.device) for s in specs]
+        with ProcessPoolExecutor(max_workers=min(slots, len(specs)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=(q, counter, gpus, threads)) as pool:
+            futs = {pool.submit(_worker_run, s, force): s for s in specs}
+            pending_f = set(futs)
+            while pending_f:
+                done, pending_f = wait(pending_f, timeout=0.2, return_when=FIRST_COMPLETED)
+                self._drain(q, queue_mod)
+                for f in done:
+                    rec = f.result()
+                    if rec.get("status") == "error":
+                        for p in pending_f:
+                            p.cancel()
+                        raise BenchError(rec["error"])
+                    if rec.get("status") == "failed":
+                        out.failed.append(rec)
+                        if self.fail_fast:
+                            for p in pending_f:
+                                p.cancel()
+                            raise RuntimeError(f"run {rec['run_id']} failed: {rec.get('error')}")
+                    else:
+                        (out.skipped if rec.get("skipped") else out.done).append(rec)
+            self._drain(q, queue_mod)
+        return out
+
+    def _drain(self, q, queue_mod) -> None:
+        while True:
+            try:
+                ev = q.get_nowait()
+            except (queue_mod.Empty, EOFError, OSError):
+                return
+            if self.reporter is None:
+                continue
+            kind, run_id, *rest = ev
+            if kind == "begin":
+                self.reporter.begin(run_id, rest[0])
+            elif kind == "epoch":
+                self.reporter.epoch(run_id, rest[0], rest[1], rest[2])
+            else:
+                self.reporter.end(run_id, rest[0])

@@ -5,7 +5,8 @@ Layout under the results folder::
     slurm/logs/<array job id>/...        submitit's pickles and per-task stdout/stderr logs
     slurm/submissions/<time>-<id>.json   what was submitted: array job ids, task -> run id and spec
 
-One array task per run (dataset, direction, method, seed). Teachers come first: every distinct
+One array task per run (dataset, direction, method, seed), or per K runs with ``--runs-per-gpu K``
+(they run side by side on the task's GPU, as the local packed executor does). Teachers come first: every distinct
 unimodal teacher the grid needs (and that is not cached yet) is trained by one task of a teacher
 array, and the run array depends on it (``afterany``: a failed teacher does not strand the runs,
 which then train it themselves under the cache's file lock, so no two tasks ever train the same
@@ -123,6 +124,24 @@ class RunTask(_Checkpointable):
         return rec
 
 
+class PackedRunTask(_Checkpointable):
+    """Several runs as one requeueable SLURM task, run side by side on the task's GPU
+    (``--runs-per-gpu``); each resumes from its own epoch checkpoint on a requeue."""
+
+    def __init__(self, specs: list[RunSpec]):
+        self.specs = specs
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from .executors import PackedExecutor
+
+        out = PackedExecutor(len(self.specs)).run(self.specs)
+        for rec in out.done + out.skipped + out.failed:
+            print(f"[cmkd-bench] {rec['run_id']}: {rec['status']} {rec.get('best_metric')}", flush=True)
+        if out.failed:
+            raise RuntimeError("; ".join(f"{r['run_id']}: {r.get('error')}" for r in out.failed))
+        return out.done + out.skipped
+
+
 class TeacherTask(_Checkpointable):
     """Train (or find cached) the unimodal teacher one run of the grid needs."""
 
@@ -156,8 +175,11 @@ def _absolute(spec: RunSpec) -> RunSpec:
                                plugins=[str(Path(p).resolve()) for p in spec.plugins])
 
 
-def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions) -> dict[str, Any]:
-    """Submit the teacher array (if any teacher is missing) and the run array; write a manifest."""
+def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions, runs_per_task: int = 1) -> dict[str, Any]:
+    """Submit the teacher array (if any teacher is missing) and the run array; write a manifest.
+
+    ``runs_per_task`` > 1 packs that many runs into each array task (they share its GPU); the
+    manifest still lists every run, with the job id of the task that holds it."""
     if not specs:
         raise BenchError("nothing to submit")
     results = Path(results).resolve()
@@ -179,12 +201,16 @@ def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions) -> dict[str,
     ex = _executor(logs, opts, "cmkd-runs")
     if teacher_job:
         ex.update_parameters(slurm_additional_parameters={**opts.extra, "dependency": f"afterany:{teacher_job}"})
+    if runs_per_task < 1:
+        raise BenchError("--runs-per-gpu must be >= 1")
+    groups = [specs[i:i + runs_per_task] for i in range(0, len(specs), runs_per_task)]
     with ex.batch():
-        jobs = [ex.submit(RunTask(s)) for s in specs]
+        gjobs = [ex.submit(RunTask(g[0]) if len(g) == 1 else PackedRunTask(g)) for g in groups]
+    jobs = [j for j, g in zip(gjobs, groups) for _ in g]
     array_job = jobs[0].job_id.split("_")[0]
     manifest = {
         "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "array_job": array_job, "teacher_job": teacher_job,
-        "teachers": list(teachers), "logs": str(logs), "options": dataclasses.asdict(opts),
+        "teachers": list(teachers), "logs": str(logs), "options": dataclasses.asdict(opts), "runs_per_task": runs_per_task,
         "tasks": [{"task": i, "job_id": j.job_id, "run_id": resolve(s).run_id, "spec": dataclasses.asdict(s)}
                   for i, (j, s) in enumerate(zip(jobs, specs))],
     }
@@ -346,9 +372,12 @@ def collect_finished(results: Path) -> dict[str, list[str]]:
                 out["unfinished"].append(t["run_id"])
                 continue
             kind, value = pickle_load(paths.result_pickle)
-            if kind == "success" and isinstance(value, dict) and value.get("status") == "ok":
-                value.pop("skipped", None)
-                write_record(results, value)
+            recs = value if isinstance(value, list) else [value]  # a packed task returns its runs' records
+            mine = [r for r in recs if isinstance(r, dict) and r.get("run_id") == t["run_id"]]
+            if kind == "success" and mine and mine[0].get("status") == "ok":
+                rec = dict(mine[0])
+                rec.pop("skipped", None)
+                write_record(results, rec)
                 out["recovered"].append(t["run_id"])
             else:
                 out["unfinished"].append(t["run_id"])

@@ -172,3 +172,19 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
     rec = by_method(res)["none"]
     assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] >= 2
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))
+
+
+def test_packed_array_tasks(tmp_path):
+    """--runs-per-gpu 2 on SLURM: three runs in two array tasks, records equal to local runs."""
+    common = ["--methods", "none,logit,fdcmkd", "--epochs", "2", "--teacher-epochs", "2", *TINY]
+    r = bench("run", "--executor", "slurm", "--wait", "--runs-per-gpu", "2", "-r", str(tmp_path / "slurm"), *common)
+    assert r.exit_code == 0, r.output
+    assert "(2 task(s), 3 run(s))" in r.output
+    m = json.loads(next((tmp_path / "slurm" / "slurm" / "submissions").glob("*.json")).read_text())
+    assert m["runs_per_task"] == 2 and len({t["job_id"] for t in m["tasks"]}) == 2
+    r = bench("run", "-r", str(tmp_path / "local"), *common)
+    s, l = by_method(tmp_path / "slurm"), by_method(tmp_path / "local")
+    assert set(s) == {"none", "logit", "fdcmkd"}
+    for k in s:
+        assert [h["test_metric"] for h in s[k]["history"]] == [h["test_metric"] for h in l[k]["history"]]
+        assert s[k]["slurm"]["array_job_id"] == m["array_job"]

@@ -206,3 +206,26 @@ def test_bench_speed_smoke(tmp_path):
         assert m["on"]["flops_per_step"] == m["off"]["flops_per_step"]
     assert d["grid_estimate"]["on"]["runs"] == 4
     assert "samples/s" in res.output and "speed-up" in res.output
+
+
+def test_packed_runs_equal_sequential_runs(tmp_path):
+    """--runs-per-gpu 2: two runs at a time in worker processes; the same records as one at a time,
+    and the shared teacher is trained once (the others wait on its lock)."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.results import load_records
+
+    common = ["--methods", "none,logit,fdcmkd,dkd", "--datasets", "synthetic", "--directions", "a2v", "--epochs", "2",
+              "--teacher-epochs", "2", "--set", "synthetic.n_train=480", "--set", "synthetic.n_test=180",
+              "--set", "synthetic.width=8"]
+    for k, sub in (("1", "seq"), ("2", "packed")):
+        r = CliRunner().invoke(app, ["run", *common, "-r", str(tmp_path / sub), "--runs-per-gpu", k])
+        assert r.exit_code == 0, r.output
+    seq = {r["method"]: r for r in load_records(tmp_path / "seq")}
+    packed = {r["method"]: r for r in load_records(tmp_path / "packed")}
+    assert set(seq) == set(packed) == {"none", "logit", "fdcmkd", "dkd"}
+    for m in seq:
+        assert packed[m]["run_id"] == seq[m]["run_id"] and packed[m]["speed"]["runs_per_gpu"] == 2
+        assert [h["test_metric"] for h in packed[m]["history"]] == [h["test_metric"] for h in seq[m]["history"]]
+    assert len(list((tmp_path / "packed" / "teachers").rglob("*.pt"))) == 1
