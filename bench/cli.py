@@ -606,7 +606,7 @@ def speed(
     from .executors import split_list
     from .registry import METHODS
     from .runner import build_adapter, build_train_config
-    from .speedbench import benchmark, epoch_seconds
+    from .speedbench import benchmark, grid_estimate
     from .utils import atomic_write_json, resolve_device
 
     dev = resolve_device(device)
@@ -646,18 +646,15 @@ def speed(
                         f"{x['peak_memory_gib']:.2f}", f"{r['speedup']:.2f}x" if name == "on" and "speedup" in r else "")
     Console(width=max(console.width, 150)).print(tab)
     n_epochs = epochs or train.epochs
-    estimate: dict[str, Any] = {}
-    for name in mode_list:
-        secs = [epoch_seconds(r["modes"][name], adapter.name, train.val_fraction) for r in results]
-        if secs and all(s is not None for s in secs):
-            total_h = sum(secs) * n_epochs * seeds / 3600  # type: ignore[arg-type]
-            estimate[name] = {"student_runs_hours": total_h, "runs": len(results) * seeds, "epochs": n_epochs}
-    if estimate:
-        unit = "GPU" if cuda else "CPU"
-        for name, e in estimate.items():
-            console.print(f"estimated {unit}-hours, {e['runs']} runs x {e['epochs']} epochs at the official split sizes "
-                          f"({name}): [bold]{e['student_runs_hours']:.2f}[/bold] (student runs, one after another; "
-                          f"teachers not included)")
+    estimate = grid_estimate(results, adapter.name, mode_list, n_epochs, train.teacher_epochs, seeds, train.val_fraction,
+                             train.batch_size)
+    unit = "GPU" if cuda else "CPU"
+    for name, e in estimate.items():
+        teach = (f" + teachers {e['teacher_hours']:.2f}" if e["teacher_hours"] is not None
+                 else " (teachers not included: add 'none' to --methods)")
+        console.print(f"estimated {unit}-hours ({name}), {e['runs']} runs x {e['epochs']} epochs at the official split "
+                      f"sizes, one run after another: students [bold]{e['student_runs_hours']:.2f}[/bold]{teach}; "
+                      f"{e['train_pflop']:.1f} PFLOP of training steps")
     out = {"results": results, "grid_estimate": estimate, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = json_out or Path("results") / "speed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{adapter.name}.json"
     atomic_write_json(path, out)

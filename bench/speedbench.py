@@ -418,3 +418,28 @@ def epoch_seconds(res: dict[str, Any], dataset: str, val_fraction: float = 0.1) 
         tr -= va
     return tr / res["samples_per_s"] + (va + te) / res["eval_samples_per_s"]
 
+
+
+def grid_estimate(results: list[dict[str, Any]], dataset: str, modes: tuple[str, ...], epochs: int, teacher_epochs: int,
+                  seeds: int, val_fraction: float, batch_size: int) -> dict[str, dict[str, Any]]:
+    """Device-hours of the measured (method, direction) cells at the official split sizes, run one
+    after another; teachers from the unimodal ('none') timings of each modality when measured."""
+    sizes = REFERENCE_SIZES.get(dataset)
+    if sizes is None or not results:
+        return {}
+    tr = sizes[0] - (int(round(val_fraction * sizes[0])) if sizes[1] == 0 else 0)
+    out: dict[str, dict[str, Any]] = {}
+    for name in modes:
+        secs = [epoch_seconds(r["modes"][name], dataset, val_fraction) for r in results]
+        student_h = sum(secs) * epochs * seeds / 3600  # type: ignore[arg-type]
+        nones = {r["direction"]: r for r in results if r["method"] == "none"}
+        teacher_h = None
+        if nones:
+            # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t
+            teacher_h = sum(epoch_seconds(r["modes"][name], dataset, val_fraction) for r in nones.values()) \
+                * teacher_epochs * seeds / 3600  # type: ignore[operator]
+        steps = tr // batch_size
+        pflop = sum(r["modes"][name]["flops_per_step"] for r in results) * steps * epochs * seeds / 1e15
+        out[name] = {"student_runs_hours": student_h, "teacher_hours": teacher_h, "runs": len(results) * seeds,
+                     "epochs": epochs, "train_pflop": pflop, "train_samples": tr}
+    return out
