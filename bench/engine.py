@@ -85,8 +85,10 @@ class Trainer:
             self.tcache = _TEACHER_OUTPUTS.get(key) if key else None
             if self.tcache is None:
                 teacher.eval()  # type: ignore[union-attr]  # as in training: frozen, running statistics
+                # one pass, streamed: the teacher's input need not stay in device memory afterwards
+                once = replace(plan, data_placement="stream", prefetch=True)
                 self.tcache = TeacherOutputs.compute(self.teacher_fwd, adapter, train_split, teacher_modality,
-                                                     set(plan.teacher_cache_fields), plan, device, train.eval_batch_size)
+                                                     set(plan.teacher_cache_fields), once, device, train.eval_batch_size)
                 if key:
                     _TEACHER_OUTPUTS.clear()  # one teacher's outputs at a time
                     _TEACHER_OUTPUTS[key] = self.tcache

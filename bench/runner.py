@@ -45,7 +45,7 @@ from .models import Backbone, ModelOutput
 from .registry import DATASETS, METHODS
 from .results import SCHEMA_VERSION, existing_ok, write_record
 from .speed import (SPEED_KEYS, BatchSource, SpeedPlan, all_off, choose_placement, decide_teacher_cache, plan_speed,
-                    to_channels_last)
+                    release_placements, to_channels_last)
 from .utils import atomic_torch_save, git_commit, resolve_device, seed_everything, stable_hash
 
 
@@ -309,6 +309,7 @@ def fit(
         raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
     plan = plan or plan_speed(train, device)
     keys = [student_modality] + ([teacher_modality] if teacher_modality and method.uses_teacher else [])
+    release_placements(list(splits.values()))
     plan = choose_placement(plan, train, splits, keys, device)  # type: ignore[arg-type]
     engine = Trainer(adapter=adapter, train_split=tr, student=student, student_modality=student_modality,
                      method=method, teacher=teacher, teacher_modality=teacher_modality, train=train, device=device,

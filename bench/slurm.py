@@ -134,7 +134,7 @@ class PackedRunTask(_Checkpointable):
     def __call__(self) -> list[dict[str, Any]]:
         from .executors import PackedExecutor
 
-        out = PackedExecutor(len(self.specs)).run(self.specs)
+        out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)
         for rec in out.done + out.skipped + out.failed:
             print(f"[cmkd-bench] {rec['run_id']}: {rec['status']} {rec.get('best_metric')}", flush=True)
         if out.failed:

@@ -178,16 +178,12 @@ def choose_placement(plan: SpeedPlan, train: Any, splits: dict[str, Split], keys
     return replace(plan, data_placement="stream", prefetch=True)
 
 
-def _materialise(split: Split, keys: list[str], device: torch.device | None, pin: bool) -> Split:
-    def move(t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        if device is not None:
-            return t.to(device)
-        t = t.clone()  # read the memory map into RAM once
-        return t.pin_memory() if pin else t
-
-    return Split({k: move(v) for k, v in split.inputs.items() if k in keys}, move(split.labels), dict(split.meta),
-                 {k: move(v) for k, v in split.aux.items() if k.split(".")[0] in keys})
+def _move(t: torch.Tensor, device: torch.device | None, pin: bool) -> torch.Tensor:
+    t = torch.as_tensor(t)
+    if device is not None:
+        return t.to(device)
+    t = t.clone()  # read the memory map into RAM once
+    return t.pin_memory() if pin else t
 
 
 class BatchSource:
@@ -199,7 +195,10 @@ class BatchSource:
     on the training thread, in order.
     """
 
-    _placed: dict[tuple, Split] = {}
+    _placed: dict[tuple, tuple[Split, torch.Tensor]] = {}
+    """(id(split), array name, device, pin) -> (the split it came from, the placed copy). Arrays
+    are placed one by one, so a split's audio placed for teacher training is reused by the runs
+    that distil from that teacher; :func:`release_placements` drops other datasets' arrays."""
 
     def __init__(self, split: Split, keys: list[str], device: torch.device, plan: SpeedPlan):
         self.split, self.keys, self.device, self.plan = split, list(keys), device, plan
@@ -211,17 +210,17 @@ class BatchSource:
 
     @classmethod
     def _place(cls, split: Split, keys: list[str], device: torch.device | None, pin: bool) -> Split:
-        # one copy per process and split: a grid run in one process uploads each split once
-        key = (id(split), tuple(sorted(keys)), str(device), pin)
-        hit = cls._placed.get(key)
-        if hit is not None and hit.meta.get("_source") is split:
-            return hit
-        if len(cls._placed) > 8:
-            cls._placed.clear()
-        placed = _materialise(split, keys, device, pin)
-        placed.meta["_source"] = split
-        cls._placed[key] = placed
-        return placed
+        def get(name: str, t: torch.Tensor) -> torch.Tensor:
+            key = (id(split), name, str(device), pin)
+            hit = cls._placed.get(key)
+            if hit is not None and hit[0] is split:
+                return hit[1]
+            placed = _move(t, device, pin)
+            cls._placed[key] = (split, placed)
+            return placed
+
+        return Split({k: get(k, v) for k, v in split.inputs.items() if k in keys}, get("<labels>", split.labels),
+                     dict(split.meta), {k: get(k, v) for k, v in split.aux.items() if k.split(".")[0] in keys})
 
     def gather(self, idx: torch.Tensor) -> tuple[Split, torch.Tensor]:
         if self.plan.data_placement == "device":
@@ -237,6 +236,13 @@ class BatchSource:
                 yield s, li, idx
             return
         yield from _prefetched(self, batches)
+
+
+def release_placements(keep: list[Split]) -> None:
+    """Free the placed copies of every split not in ``keep`` (one dataset on the device at a time)."""
+    ids = {id(s) for s in keep}
+    for key in [k for k, (src, _) in BatchSource._placed.items() if id(src) not in ids]:
+        del BatchSource._placed[key]
 
 
 def _materialise_sub(src: Split, idx: torch.Tensor, keys: list[str], device: torch.device, plan: SpeedPlan) -> Split:
@@ -408,7 +414,7 @@ class TeacherOutputs:
 
         store: dict[str, torch.Tensor] = {}
         n_maps = n_pre = 0
-        source = BatchSource(split, [modality], device, replace(plan, prefetch=False))
+        source = BatchSource(split, [modality], device, plan)
         for s, li, idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
             xs, _ = adapter.batch(s, li, [modality], device, True, None)
             out = frozen_forward(teacher_fwd, xs[modality], plan, device)

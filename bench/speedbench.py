@@ -263,6 +263,17 @@ class _Mode:
             self._it = _cycle_batches(self.engine, torch.Generator().manual_seed(seed))
         self.gen = torch.Generator().manual_seed(seed + 1)
 
+    def close(self) -> None:
+        """Stop the DataLoader workers now, in this process (a later mode's forked workers must not
+        inherit a live iterator whose finaliser then runs in the wrong process)."""
+        if self.loader is None:
+            return
+        self._it.close()
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader = None
+
     def _cycle_loader(self):
         while True:
             for xs, y in self.loader:  # type: ignore[union-attr]
@@ -398,6 +409,7 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
                 f"{mode.plan.data_placement}{' + prefetch thread' if mode.plan.prefetch else ''}, augmentation on {device.type}")
             res["eval_samples_per_s"] = _eval_throughput(mode, max(steps // 2, 2), batch)
             out["modes"][name] = res
+            mode.close()
             del mode
             if device.type == "cuda":
                 torch.cuda.empty_cache()

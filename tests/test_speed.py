@@ -229,3 +229,18 @@ def test_packed_runs_equal_sequential_runs(tmp_path):
         assert packed[m]["run_id"] == seq[m]["run_id"] and packed[m]["speed"]["runs_per_gpu"] == 2
         assert [h["test_metric"] for h in packed[m]["history"]] == [h["test_metric"] for h in seq[m]["history"]]
     assert len(list((tmp_path / "packed" / "teachers").rglob("*.pt"))) == 1
+
+
+def test_placed_arrays_are_shared_and_released():
+    from bench.speed import release_placements
+
+    sp = Split({"a": torch.randn(10, 3), "b": torch.randn(10, 2)}, torch.arange(10) % 2)
+    plan = SpeedPlan(data_placement="device")
+    only_a = BatchSource(sp, ["a"], torch.device("cpu"), plan)
+    both = BatchSource(sp, ["a", "b"], torch.device("cpu"), plan)
+    assert both.src.inputs["a"] is only_a.src.inputs["a"]  # the teacher's array is placed once
+    assert sorted(only_a.src.inputs) == ["a"] and torch.equal(both.src.inputs["b"], sp.inputs["b"])
+    other = Split({"a": torch.randn(4, 3)}, torch.arange(4))
+    BatchSource(other, ["a"], torch.device("cpu"), plan)
+    release_placements([other])
+    assert all(src is other for src, _ in BatchSource._placed.values())
