@@ -169,6 +169,10 @@ def choose_placement(plan: SpeedPlan, train: Any, splits: dict[str, Split], keys
     if train.speed == "off" or train.data_placement != "auto":
         return plan
     need = sum(split_nbytes(s, keys) for s in splits.values())
+    # arrays this process already placed there (an earlier run of the grid) need no new memory
+    ids = {id(s) for s in splits.values()}
+    need -= sum(int(t.numel() * t.element_size()) for (sid, _k, dev, _p), (_s, t) in BatchSource._placed.items()
+                if sid in ids and dev == str(device))
     share = max(plan.runs_per_gpu, 1)
     if need <= 0.4 * free_device_bytes(device) / share:
         return replace(plan, data_placement="device", prefetch=False)
