@@ -220,6 +220,12 @@ class PackedExecutor:
             return out
         uses_gpu = any(s.device in ("auto", "cuda") or s.device.startswith("cuda") for s in specs)
         gpus = visible_gpus() if uses_gpu else []
+        explicit = sorted({s.device.split(":", 1)[1] for s in specs if s.device.startswith("cuda:")})
+        if gpus and explicit:  # --device cuda:N: pack on those GPUs only
+            try:
+                gpus = [gpus[int(i)] for i in explicit]
+            except (ValueError, IndexError):
+                raise BenchError(f"--device {', '.join('cuda:' + i for i in explicit)}: only {len(gpus)} GPU(s) visible") from None
         slots = self.k * max(len(gpus), 1)
         ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, ncpu // slots)  # the CPUs this process may use (a SLURM task's allocation)
