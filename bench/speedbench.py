@@ -130,9 +130,9 @@ class ReferenceFiles(torch.utils.data.Dataset):
             self._write_av(rng)
         else:
             sp = fake_split(adapter, n, seed)
-            self.labels = sp.labels.numpy()
-            for m in modalities:
-                for i in range(n):
+            for i in range(n):
+                np.save(folder / f"label-{i}.npy", sp.labels[i].numpy())
+                for m in modalities:
                     np.save(folder / f"{m}-{i}.npy", sp.inputs[m][i].numpy())
                     for k, v in sp.aux_for(m, torch.tensor([i])).items():
                         np.save(folder / f"{m}.{k}-{i}.npy", v[0].numpy())
@@ -183,17 +183,16 @@ class ReferenceFiles(torch.utils.data.Dataset):
         frames = [tf(Image.open(self.folder / f"{i}-{f}.jpg").convert("RGB")) for f in range(t)]
         return frames[0] if t == 1 else torch.stack(frames)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
-        out = {}
-        for m in self.mods:
-            if self.av:
-                out[m] = self._audio(i) if m == "audio" else self._visual(i)
-            else:
-                x = torch.from_numpy(np.load(self.folder / f"{m}-{i}.npy"))[None]
-                aux = {p.name.split("-")[0].split(".", 1)[1]: torch.from_numpy(np.load(p))[None]
-                       for p in self.folder.glob(f"{m}.*-{i}.npy")}
-                out[m] = self.adapter.prepare_batch(m, x, True, None, aux)[0]
-        return out, int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], Any]:
+        if self.av:
+            return {m: self._audio(i) if m == "audio" else self._visual(i) for m in self.mods}, int(self.labels[i])
+        # one sample from its files, through the adapter's own (possibly joint) transform, on the CPU
+        x = {m: torch.from_numpy(np.load(self.folder / f"{m}-{i}.npy"))[None] for m in self.mods}
+        aux = {p.name.rsplit("-", 1)[0]: torch.from_numpy(np.load(p))[None]
+               for m in self.mods for p in self.folder.glob(f"{m}.*-{i}.npy")}
+        lab = torch.from_numpy(np.load(self.folder / f"label-{i}.npy"))[None]
+        xs, y = self.adapter.batch(Split(x, lab, {}, aux), torch.arange(1), self.mods, torch.device("cpu"), True, None)
+        return {m: xs[m][0] for m in self.mods}, y[0]
 
 
 # --------------------------------------------------------------------------------------------

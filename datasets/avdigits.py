@@ -182,8 +182,7 @@ class AVDigits(PreparedDataset):
         self._mu, self._sd = tr.mean(0), tr.std(0) + 1e-6
         self._seqs, self._imgs = seqs, imgs
         rng = np.random.default_rng(p.split_seed + 2)
-        specs = {"audio": ArraySpec((13, p.seq_len), "float16"), "visual": ArraySpec((self.image_hw, self.image_hw), "uint8"),
-                 "label": ArraySpec((), "int64")}
+        specs = self.array_specs()
         splits = {}
         for split in ("train", "test"):
             items, labels = [], []
@@ -205,6 +204,10 @@ class AVDigits(PreparedDataset):
                 "image_pool_sizes": {s: int(len(v)) for s, v in i_idx.items()}}
         return PrepPlan(self.name, self.prep_params(), splits, {"digits.npz": sha256_file(npz), **isrc},
                         self.class_names, info)
+
+    def array_specs(self) -> dict[str, ArraySpec]:
+        return {"audio": ArraySpec((13, self.params.seq_len), "float16"),
+                "visual": ArraySpec((self.image_hw, self.image_hw), "uint8"), "label": ArraySpec((), "int64")}
 
     def decode(self, split: str, item: Any) -> dict[str, np.ndarray]:
         ai, ii, c = item

@@ -89,12 +89,16 @@ class CrisisMMD(PreparedDataset):
                              f"set --set crisismmd.bert_dir=/path/to/bert-base-uncased")
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True), d
 
+    def array_specs(self) -> dict[str, ArraySpec]:
+        p = self.params
+        return {"text": ArraySpec((p.max_length,), "int32"), "text.mask": ArraySpec((p.max_length,), "int8"),
+                "image": ArraySpec((p.image_cache, p.image_cache, 3), "uint8"), "label": ArraySpec((), "int64")}
+
     def plan(self, root: Path) -> PrepPlan:
         p = self.params
         self.tok, bert = self._tokenizer()
         sources, splits = {}, {}
-        specs = {"text": ArraySpec((p.max_length,), "int32"), "text.mask": ArraySpec((p.max_length,), "int8"),
-                 "image": ArraySpec((p.image_cache, p.image_cache, 3), "uint8"), "label": ArraySpec((), "int64")}
+        specs = self.array_specs()
         for split, tag in (("train", "train"), ("val", "dev"), ("test", "test")):
             path = root / p.split_dir / f"task_{p.task}_text_img_agreed_lab_{tag}.tsv"
             if not path.exists():

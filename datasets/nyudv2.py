@@ -104,12 +104,15 @@ class NYUDepthV2(PreparedDataset):
         raise BenchError(f"nyudv2: {root} holds none of the supported layouts (nyu_depth_v2_labeled.mat, "
                          f"ESANet train/rgb/, SA-Gate RGB/)")
 
+    def array_specs(self) -> dict[str, ArraySpec]:
+        h, w = self.hw
+        return {"rgb": ArraySpec((h, w, 3), "uint8"), "depth": ArraySpec((h, w), "uint16"),
+                "label": ArraySpec((h, w), "uint8")}
+
     def plan(self, root: Path) -> PrepPlan:
         layout = self._layout(root)
         self._lay, self._root = layout, root
-        h, w = self.hw
-        specs = {"rgb": ArraySpec((h, w, 3), "uint8"), "depth": ArraySpec((h, w), "uint16"),
-                 "label": ArraySpec((h, w), "uint8")}
+        specs = self.array_specs()
         sources: dict[str, str] = {}
         ids: dict[str, list[Any]] = {}
         if layout == "mat":
@@ -167,7 +170,7 @@ class NYUDepthV2(PreparedDataset):
             splits[split] = sp_
         return PrepPlan(self.name, self.prep_params(), splits, sources, list(CLASSES),
                         {"layout": layout, "depth": f"{self.params.depth_mode} depth, uint16 mm",
-                         "labels": "class id - 1 (0..39), void 255", "size": f"{h}x{w}"})
+                         "labels": "class id - 1 (0..39), void 255", "size": "{}x{}".format(*self.hw)})
 
     def _fit(self, a: np.ndarray, nearest: bool, where: str) -> np.ndarray:
         from PIL import Image

@@ -244,3 +244,22 @@ def test_placed_arrays_are_shared_and_released():
     BatchSource(other, ["a"], torch.device("cpu"), plan)
     release_placements([other])
     assert all(src is other for src, _ in BatchSource._placed.values())
+
+
+def test_bench_speed_generic_file_pipeline(tmp_path):
+    """Non-audio-visual sets: the 'off' loader reads per-sample .npy files through the adapter's
+    own transform (AV-Digits: audio MFCC sequences and digit images)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(app, ["speed", "--methods", "logit", "--dataset", "avdigits", "--directions", "a2v",
+                                   "--batch-size", "4", "--steps", "1", "--warmup", "0", "--workers", "0",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())["results"][0]
+    assert r["modes"]["on"]["settings"]["teacher_cache"]  # AV-Digits audio is not augmented
+    assert r["modes"]["off"]["samples_per_s"] > 0 and "0 worker(s)" in r["modes"]["off"]["data_pipeline"]
