@@ -31,11 +31,17 @@ class ModelOutput:
     preact_maps: list[torch.Tensor] = field(default_factory=list)
     """Pre-activation output of every stage (OFD distils these)."""
 
+    def apply(self, fn) -> "ModelOutput":
+        """The same outputs with ``fn`` applied to every tensor (``None`` entries, as in a teacher
+        cache that holds only some fields, stay ``None``)."""
+        def f(t):
+            return None if t is None else fn(t)
+
+        return ModelOutput(f(self.logits), f(self.feature), f(self.pre_feature),
+                           [f(m) for m in self.feature_maps], [f(m) for m in self.preact_maps])
+
     def detach(self) -> "ModelOutput":
-        return ModelOutput(
-            self.logits.detach(), self.feature.detach(), self.pre_feature.detach(),
-            [m.detach() for m in self.feature_maps], [m.detach() for m in self.preact_maps],
-        )
+        return self.apply(torch.Tensor.detach)
 
 
 def to_4d(t: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .data import Split
+from .data import Split, batch_indices
 from .errors import ConfigError
 from .models import ModelOutput
 
@@ -182,6 +182,12 @@ def choose_placement(plan: SpeedPlan, train: Any, splits: dict[str, Split], keys
     return replace(plan, data_placement="stream", prefetch=True)
 
 
+def _select(split: Split, keys: list[str], fn) -> Split:
+    """A split of ``fn(name, array)`` for the modalities in ``keys``, their side arrays and the labels."""
+    return Split({k: fn(k, v) for k, v in split.inputs.items() if k in keys}, fn("<labels>", split.labels),
+                 dict(split.meta), {k: fn(k, v) for k, v in split.aux.items() if k.split(".")[0] in keys})
+
+
 def _move(t: torch.Tensor, device: torch.device | None, pin: bool) -> torch.Tensor:
     t = torch.as_tensor(t)
     if device is not None:
@@ -223,8 +229,7 @@ class BatchSource:
             cls._placed[key] = (split, placed)
             return placed
 
-        return Split({k: get(k, v) for k, v in split.inputs.items() if k in keys}, get("<labels>", split.labels),
-                     dict(split.meta), {k: get(k, v) for k, v in split.aux.items() if k.split(".")[0] in keys})
+        return _select(split, keys, get)
 
     def gather(self, idx: torch.Tensor) -> tuple[Split, torch.Tensor]:
         if self.plan.data_placement == "device":
@@ -252,14 +257,13 @@ def release_placements(keep: list[Split]) -> None:
 def _materialise_sub(src: Split, idx: torch.Tensor, keys: list[str], device: torch.device, plan: SpeedPlan) -> Split:
     pin = device.type == "cuda" and plan.non_blocking
 
-    def take(t: torch.Tensor) -> torch.Tensor:
+    def take(_name: str, t: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(t[idx])
         if pin:
             x = x.pin_memory()
         return x.to(device, non_blocking=plan.non_blocking)
 
-    return Split({k: take(v) for k, v in src.inputs.items() if k in keys}, take(src.labels), {},
-                 {k: take(v) for k, v in src.aux.items() if k.split(".")[0] in keys})
+    return _select(src, keys, take)
 
 
 def _prefetched(source: BatchSource, batches: list[torch.Tensor], depth: int = 3):
@@ -327,15 +331,7 @@ def for_loss(out: ModelOutput, plan: SpeedPlan) -> ModelOutput:
     contiguous (methods reshape feature maps with ``view``)."""
     if plan.amp == "off" and not plan.channels_last:
         return out
-
-    def f(t):
-        if t is None:
-            return None
-        t = t.float() if t.is_floating_point() else t
-        return t.contiguous()
-
-    return ModelOutput(f(out.logits), f(out.feature), f(out.pre_feature), [f(m) for m in out.feature_maps],
-                       [f(m) for m in out.preact_maps])
+    return out.apply(lambda t: (t.float() if t.is_floating_point() else t).contiguous())
 
 
 def frozen_forward(teacher_fwd, x: torch.Tensor, plan: SpeedPlan, device: torch.device) -> ModelOutput:
@@ -344,21 +340,25 @@ def frozen_forward(teacher_fwd, x: torch.Tensor, plan: SpeedPlan, device: torch.
     if plan.teacher_inference:
         with torch.inference_mode(), plan.autocast(device):
             out = teacher_fwd(to_channels_last(x, plan))
-        return ModelOutput(*[t.clone() if t is not None else None for t in (out.logits, out.feature, out.pre_feature)],
-                           [m.clone() for m in out.feature_maps], [m.clone() for m in out.preact_maps])
+        return out.apply(torch.Tensor.clone)
     with torch.no_grad():
         return teacher_fwd(x).detach()
+
+
+def _parse_field(name: str) -> tuple[str, int | None]:
+    """``"feature_maps[2]"`` -> ``("feature_maps", 2)``; ``"logits"`` -> ``("logits", None)``."""
+    if name.endswith("]") and "[" in name:
+        base, i = name[:-1].split("[")
+        return base, int(i)
+    return name, None
 
 
 def normalise_fields(fields: set[str], probe: ModelOutput) -> set[str]:
     """``feature_maps[-2]`` -> ``feature_maps[2]`` (indices as stored in the cache)."""
     out = set()
     for name in fields:
-        if "[" in name:
-            base, i = name[:-1].split("[")
-            out.add(f"{base}[{int(i) % len(getattr(probe, base))}]")
-        else:
-            out.add(name)
+        base, i = _parse_field(name)
+        out.add(name if i is None else f"{base}[{i % len(getattr(probe, base))}]")
     return out
 
 
@@ -371,10 +371,8 @@ def _field_nbytes(probe: ModelOutput, fields: set[str], n: int, half: bool) -> i
 
 
 def _get_field(out: ModelOutput, name: str) -> torch.Tensor:
-    if name.startswith("feature_maps[") or name.startswith("preact_maps["):
-        base, i = name[:-1].split("[")
-        return getattr(out, base)[int(i)]
-    return getattr(out, name)
+    base, i = _parse_field(name)
+    return getattr(out, base) if i is None else getattr(out, base)[i]
 
 
 def decide_teacher_cache(plan: SpeedPlan, method: Any, adapter: Any, teacher_modality: str | None,
@@ -414,8 +412,6 @@ class TeacherOutputs:
     @classmethod
     def compute(cls, teacher_fwd, adapter: Any, split: Split, modality: str, fields: set[str], plan: SpeedPlan,
                 device: torch.device, batch_size: int) -> "TeacherOutputs":
-        from .data import batch_indices
-
         store: dict[str, torch.Tensor] = {}
         n_maps = n_pre = 0
         source = BatchSource(split, [modality], device, plan)
