@@ -14,6 +14,7 @@ The runner and the benchmark therefore measure the same code.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -155,6 +156,16 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
         self.opt.step()
 
+    @contextlib.contextmanager
+    def eager(self):
+        """The step with the uncompiled modules (FLOP counting sees every operator)."""
+        saved = self.student_fwd, self.teacher_fwd
+        self.student_fwd, self.teacher_fwd = self.student, self.teacher
+        try:
+            yield self
+        finally:
+            self.student_fwd, self.teacher_fwd = saved
+
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
@@ -163,6 +174,26 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def probe_outputs(adapter: DatasetAdapter, split: Split, student: Backbone, teacher: Backbone | None, s_mod: str,
+                  t_mod: str | None, device: torch.device) -> tuple[ModelOutput, ModelOutput | None]:
+    """Dry-run both networks on two training samples of their own modality (eval mode), for
+    :meth:`Method.setup` (connector shapes) and the teacher-cache decision."""
+    idx = torch.arange(min(2, len(split)))
+    was = student.training
+    student.eval()
+    xb, _ = adapter.batch(split, idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)  # type: ignore[list-item]
+    with torch.no_grad():
+        s_probe = student(xb[s_mod])
+        t_probe = None
+        if teacher is not None:
+            tw = teacher.training
+            teacher.eval()
+            t_probe = teacher(xb[t_mod])  # type: ignore[index]
+            teacher.train(tw)
+    student.train(was)
+    return s_probe, t_probe
 
 
 def class_index(labels: torch.Tensor) -> dict[int, torch.Tensor]:

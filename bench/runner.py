@@ -38,7 +38,7 @@ import torch.nn as nn
 from . import __version__
 from .config import TrainConfig, build_params, params_dict
 from .data import DatasetAdapter, Split, batch_indices, stratified_split
-from .engine import Trainer, class_index, repair_by_class  # noqa: F401 - re-exported
+from .engine import Trainer, probe_outputs
 from .errors import BenchError, ConfigError
 from .method import Method, MethodContext
 from .models import Backbone, ModelOutput
@@ -512,7 +512,7 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
                             s_mod, device, r.adapter.ignore_index)
         method = r.method_cls(r.method_params, ctx)
-        s_probe, t_probe = _probe(r, splits, student, teacher, s_mod, t_mod, device)
+        s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
         method.setup(student, teacher, s_probe, t_probe)
         method.modules.to(device)
         plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
@@ -556,25 +556,6 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         ckpt.unlink()
     reporter.end(r.run_id, rec)
     return rec
-
-
-def _probe(r: Resolved, splits: dict[str, Split], student: Backbone, teacher: Backbone | None,
-           s_mod: str, t_mod: str, device: torch.device) -> tuple[ModelOutput, ModelOutput | None]:
-    """Dry-run both networks on two real training samples of their own modality (eval mode)."""
-    idx = torch.arange(min(2, len(splits["train"])))
-    was = student.training
-    student.eval()
-    xb, _ = r.adapter.batch(splits["train"], idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)
-    with torch.no_grad():
-        s_probe = student(xb[s_mod])
-        t_probe = None
-        if teacher is not None:
-            tw = teacher.training
-            teacher.eval()
-            t_probe = teacher(xb[t_mod])
-            teacher.train(tw)
-    student.train(was)
-    return s_probe, t_probe
 
 
 def _slurm_env() -> dict[str, Any] | None:

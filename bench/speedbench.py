@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from .data import DatasetAdapter, Split
-from .engine import Trainer
+from .engine import Trainer, probe_outputs
 from .errors import BenchError
 from .method import MethodContext
 from .registry import METHODS
-from .speed import SpeedPlan, all_off, choose_placement, decide_teacher_cache, for_loss, plan_speed, to_channels_last
+from .speed import SpeedPlan, all_off, choose_placement, decide_teacher_cache, plan_speed, to_channels_last
+from .vision import IMAGENET_MEAN, IMAGENET_STD
 
 # Dense (no sparsity) peak tensor throughput in TFLOP/s for bf16/fp16, from the vendors' data sheets.
 PEAK_TFLOPS = [
@@ -124,10 +125,15 @@ class ReferenceFiles(torch.utils.data.Dataset):
         self.adapter, self.folder, self.n, self.mods = adapter, folder, n, modalities
         self.av = hasattr(adapter, "audio_recipe")
         rng = np.random.default_rng(seed)
-        self.labels = rng.integers(0, adapter.num_classes, n)
         folder.mkdir(parents=True, exist_ok=True)
         if self.av:
+            from torchvision import transforms
+
+            self.labels = rng.integers(0, adapter.num_classes, n)
             self._write_av(rng)
+            self.frame_tf = transforms.Compose([
+                transforms.RandomResizedCrop(int(adapter.params.image_size)), transforms.RandomHorizontalFlip(),  # type: ignore[attr-defined]
+                transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         else:
             sp = fake_split(adapter, n, seed)
             for i in range(n):
@@ -173,14 +179,9 @@ class ReferenceFiles(torch.utils.data.Dataset):
 
     def _visual(self, i: int) -> torch.Tensor:
         from PIL import Image
-        from torchvision import transforms
 
-        size = int(self.adapter.params.image_size)  # type: ignore[attr-defined]
-        tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                 transforms.ToTensor(),
-                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
         t = int(getattr(self.adapter.params, "num_frames", 1))
-        frames = [tf(Image.open(self.folder / f"{i}-{f}.jpg").convert("RGB")) for f in range(t)]
+        frames = [self.frame_tf(Image.open(self.folder / f"{i}-{f}.jpg").convert("RGB")) for f in range(t)]
         return frames[0] if t == 1 else torch.stack(frames)
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], Any]:
@@ -203,10 +204,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cycle_batches(engine: Trainer, gen: torch.Generator):
+def _forever(epoch: Callable[[], Any]):
+    """Batches without end: ``epoch()`` is one pass (a DataLoader or an epoch of the batch source)."""
     while True:
-        for item in engine.src.iterate(engine.batches(gen)):
-            yield item
+        yield from epoch()
 
 
 class _Mode:
@@ -220,19 +221,11 @@ class _Mode:
         params = mcls.Params()
         student = adapter.build_model(s_mod, adapter.num_classes).to(device)
         teacher = adapter.build_model(t_mod, adapter.num_classes).to(device) if mcls.uses_teacher else None
-        if teacher is not None:
-            teacher.eval()
         ctx = MethodContext(adapter.num_classes, 100, adapter.task, t_mod if teacher is not None else None, s_mod,
                             device, adapter.ignore_index)
         method = mcls(params, ctx)
         split = fake_split(adapter, n, seed)
-        probe_idx = torch.arange(2)
-        xb, _ = adapter.batch(split, probe_idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)
-        with torch.no_grad():
-            student.eval()
-            s_probe = student(xb[s_mod])
-            t_probe = teacher(xb[t_mod]) if teacher is not None else None
-            student.train()
+        s_probe, t_probe = probe_outputs(adapter, split, student, teacher, s_mod, t_mod, device)
         method.setup(student, teacher, s_probe, t_probe)
         method.modules.to(device)
         if teacher is not None:
@@ -257,9 +250,10 @@ class _Mode:
             self.loader = torch.utils.data.DataLoader(
                 files, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                 pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-            self._it = self._cycle_loader()
+            self._it = _forever(lambda: self.loader)
         else:
-            self._it = _cycle_batches(self.engine, torch.Generator().manual_seed(seed))
+            gen = torch.Generator().manual_seed(seed)
+            self._it = _forever(lambda: self.engine.src.iterate(self.engine.batches(gen)))
         self.gen = torch.Generator().manual_seed(seed + 1)
 
     def close(self) -> None:
@@ -273,16 +267,11 @@ class _Mode:
             it._shutdown_workers()
         self.loader = None
 
-    def _cycle_loader(self):
-        while True:
-            for xs, y in self.loader:  # type: ignore[union-attr]
-                yield xs, y
-
     def next_inputs(self):
         if self.loader is not None:
             xs, y = next(self._it)
             xb = {k: v.to(self.device) for k, v in xs.items()}
-            return xb, y.to(self.device), None
+            return xb, y.to(self.device), torch.arange(len(y))  # the teacher is never cached here
         s_like, li, idx = next(self._it)
         return self.engine.inputs(s_like, li, idx, self.gen)
 
@@ -291,7 +280,7 @@ class _Mode:
         xb, y, t_idx = self.next_inputs()
         if timed:
             timed("data")
-        t_out = e.teacher_out(xb, t_idx if t_idx is not None else torch.arange(len(y)))
+        t_out = e.teacher_out(xb, t_idx)
         if timed:
             timed("teacher_forward")
         e.student_step(xb, t_out, y, 1)
@@ -307,12 +296,8 @@ class _Mode:
 
         e = self.engine
         xb, y, t_idx = self.next_inputs()
-        with FlopCounterMode(display=False) as fc:
-            t_out = e.teacher_out(xb, t_idx if t_idx is not None else torch.arange(len(y)))
-            with e.plan.autocast(self.device):
-                s_out = self.student(to_channels_last(xb[e.s_mod], e.plan))
-            terms = self.method.loss(for_loss(s_out, e.plan), for_loss(t_out, e.plan) if t_out is not None else None, y, 1)
-            sum(terms.values()).backward()
+        with e.eager(), FlopCounterMode(display=False) as fc:
+            e.student_step(xb, e.teacher_out(xb, t_idx), y, 1)
         e.opt.zero_grad(set_to_none=True)
         return int(fc.get_total_flops())
 
@@ -417,9 +402,9 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
     return out
 
 
-def epoch_seconds(res: dict[str, Any], dataset: str, val_fraction: float = 0.1) -> float | None:
-    """One epoch (train + validation/test evaluation) of the dataset's official sizes at the
-    measured throughput."""
+def official_sizes(dataset: str, val_fraction: float = 0.1) -> tuple[int, int, int] | None:
+    """(train, val, test) samples of the official split, with the runner's validation carve-out
+    from train where the dataset has no validation split."""
     sizes = REFERENCE_SIZES.get(dataset)
     if sizes is None:
         return None
@@ -427,6 +412,16 @@ def epoch_seconds(res: dict[str, Any], dataset: str, val_fraction: float = 0.1) 
     if va == 0:
         va = int(round(val_fraction * tr))
         tr -= va
+    return tr, va, te
+
+
+def epoch_seconds(res: dict[str, Any], dataset: str, val_fraction: float = 0.1) -> float | None:
+    """One epoch (train + validation/test evaluation) of the dataset's official sizes at the
+    measured throughput."""
+    sizes = official_sizes(dataset, val_fraction)
+    if sizes is None:
+        return None
+    tr, va, te = sizes
     return tr / res["samples_per_s"] + (va + te) / res["eval_samples_per_s"]
 
 
@@ -435,18 +430,18 @@ def grid_estimate(results: list[dict[str, Any]], dataset: str, modes: tuple[str,
                   seeds: int, val_fraction: float, batch_size: int) -> dict[str, dict[str, Any]]:
     """Device-hours of the measured (method, direction) cells at the official split sizes, run one
     after another; teachers from the unimodal ('none') timings of each modality when measured."""
-    sizes = REFERENCE_SIZES.get(dataset)
+    sizes = official_sizes(dataset, val_fraction)
     if sizes is None or not results:
         return {}
-    tr = sizes[0] - (int(round(val_fraction * sizes[0])) if sizes[1] == 0 else 0)
+    tr = sizes[0]
+    # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t
+    nones = {r["direction"]: r for r in results if r["method"] == "none"}
     out: dict[str, dict[str, Any]] = {}
     for name in modes:
         secs = [epoch_seconds(r["modes"][name], dataset, val_fraction) for r in results]
         student_h = sum(secs) * epochs * seeds / 3600  # type: ignore[arg-type]
-        nones = {r["direction"]: r for r in results if r["method"] == "none"}
         teacher_h = None
         if nones:
-            # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t
             teacher_h = sum(epoch_seconds(r["modes"][name], dataset, val_fraction) for r in nones.values()) \
                 * teacher_epochs * seeds / 3600  # type: ignore[operator]
         steps = tr // batch_size

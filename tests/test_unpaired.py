@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.runner import RunSpec, class_index, repair_by_class, run
+from bench.engine import class_index, repair_by_class
+from bench.runner import RunSpec, run
 from bench.methods.ucmkd import cosine_cost, feature_alignment, label_alignment, sinkhorn_cost
 from conftest import tiny
 
