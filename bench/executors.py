@@ -69,6 +69,22 @@ class GridOutcome:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
 
+    def add(self, rec: dict[str, Any]) -> None:
+        (self.failed if rec.get("status") == "failed" else self.skipped if rec.get("skipped") else self.done).append(rec)
+
+
+def attempt(spec: RunSpec, reporter: Reporter | None, force: bool) -> tuple[dict[str, Any], Exception | None]:
+    """Run one spec and return its record. A run that raised has written a ``failed`` record: that
+    record comes back with the exception. Configuration errors (BenchError) and Ctrl-C propagate."""
+    from .results import read_record, record_path
+
+    try:
+        return run(spec, reporter, force=force), None
+    except (KeyboardInterrupt, BenchError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded by run()
+        return read_record(record_path(spec.results_dir, resolve(spec).run_id)), exc
+
 
 def pending(specs: list[RunSpec], force: bool = False) -> list[RunSpec]:
     """Specs without an ok record (all of them when ``force``)."""
@@ -87,21 +103,10 @@ class LocalExecutor:
     def run(self, specs: list[RunSpec], force: bool = False) -> GridOutcome:
         out = GridOutcome()
         for spec in specs:
-            try:
-                rec = run(spec, self.reporter, force=force)
-            except KeyboardInterrupt:
-                raise
-            except BenchError:
-                raise
-            except Exception:
-                from .results import read_record, record_path
-
-                rec = read_record(record_path(spec.results_dir, resolve(spec).run_id))
-                out.failed.append(rec)
-                if self.fail_fast:
-                    raise
-                continue
-            (out.skipped if rec.get("skipped") else out.done).append(rec)
+            rec, exc = attempt(spec, self.reporter, force)
+            out.add(rec)
+            if exc is not None and self.fail_fast:
+                raise exc
         return out
 
 
@@ -172,15 +177,11 @@ def _init_worker(q, counter, gpus: list[str], threads: int) -> None:
 
 
 def _worker_run(spec: RunSpec, force: bool) -> dict[str, Any]:
-    from .results import read_record, record_path
-
     rep = QueueReporter(_WORKER["q"]) if _WORKER.get("q") is not None else None
     try:
-        return run(spec, rep, force=force)
-    except BenchError as exc:
+        return attempt(spec, rep, force)[0]
+    except BenchError as exc:  # sent back as data: the parent raises it
         return {"status": "error", "error": str(exc), "run_id": None}
-    except Exception:  # noqa: BLE001 - the run wrote its failed record
-        return read_record(record_path(spec.results_dir, resolve(spec).run_id))
 
 
 def visible_gpus() -> list[str]:
@@ -194,6 +195,11 @@ def visible_gpus() -> list[str]:
     if env:
         return [g.strip() for g in env.split(",") if g.strip()]
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _cancel(futures) -> None:
+    for f in futures:
+        f.cancel()
 
 
 class PackedExecutor:
@@ -244,17 +250,12 @@ class PackedExecutor:
                 for f in done:
                     rec = f.result()
                     if rec.get("status") == "error":
-                        for p in pending_f:
-                            p.cancel()
+                        _cancel(pending_f)
                         raise BenchError(rec["error"])
-                    if rec.get("status") == "failed":
-                        out.failed.append(rec)
-                        if self.fail_fast:
-                            for p in pending_f:
-                                p.cancel()
-                            raise RuntimeError(f"run {rec['run_id']} failed: {rec.get('error')}")
-                    else:
-                        (out.skipped if rec.get("skipped") else out.done).append(rec)
+                    out.add(rec)
+                    if rec.get("status") == "failed" and self.fail_fast:
+                        _cancel(pending_f)
+                        raise RuntimeError(f"run {rec['run_id']} failed: {rec.get('error')}")
             self._drain(q, queue_mod)
         return out
 

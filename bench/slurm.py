@@ -134,9 +134,9 @@ class PackedRunTask(_Checkpointable):
     def __call__(self) -> list[dict[str, Any]]:
         from .executors import PackedExecutor
 
-        out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)
-        for rec in out.done + out.skipped + out.failed:
-            print(f"[cmkd-bench] {rec['run_id']}: {rec['status']} {rec.get('best_metric')}", flush=True)
+        out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)  # the reporter logs each run's end
+        for rec in out.skipped:
+            print(f"[cmkd-bench] {rec['run_id']}: already done ({rec.get('best_metric')})", flush=True)
         if out.failed:
             raise RuntimeError("; ".join(f"{r['run_id']}: {r.get('error')}" for r in out.failed))
         return out.done + out.skipped
