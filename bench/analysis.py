@@ -18,7 +18,6 @@ seed, trained with plain CE exactly like the w/o KD student).
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +123,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return path
-
-
 
 
 # -------------------------------------------------------------------------------------------

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shlex
 import subprocess
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field

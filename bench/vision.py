@@ -174,7 +174,6 @@ def extract_frames_1fps(video: str | Path, out_dir: str | Path, per_second: int 
     except ImportError:
         raise BenchError(f"{video}: decoding videos needs PyAV (`pip install av`), or extract the frames "
                          f"with OGM-GE's video_preprocessing.py into Image-01-FPS/") from None
-    from PIL import Image
 
     video, out_dir = Path(video), Path(out_dir)
     if not video.exists():

@@ -83,7 +83,6 @@ class AVDataset(PreparedDataset):
 
     @property
     def modalities(self) -> list[Modality]:
-        r = AUDIO_RECIPES[self.audio_recipe]
         shape = (1, 129, 626) if self.audio_recipe == "C" else (1, *self.audio_shape())
         p = self.params
         return [Modality("audio", "a", "spectrogram", shape),

@@ -76,7 +76,6 @@ def test_teacher_cache_refused_for_augmented_inputs_and_plugins():
         def teacher_cache_fields(self):
             return None
 
-    ctx = type("C", (), {})()
     plan = SpeedPlan(teacher_cache=True)
     m = Plugin.__new__(Plugin)
     assert "does not declare" in decide_teacher_cache(plan, m, crema, "audio", probe, 10, torch.device("cpu")).teacher_cache_reason
@@ -88,7 +87,6 @@ def test_teacher_cache_refused_for_augmented_inputs_and_plugins():
     big = ModelOutput(torch.zeros(2, 10**6), out, out, [], [])
     d = decide_teacher_cache(plan, lk, crema, "audio", big, 10**4, torch.device("cpu"))
     assert not d.teacher_cache and "GiB" in d.teacher_cache_reason
-    del ctx
 
 
 def test_placements_and_prefetch_give_the_same_run(tmp_path):
