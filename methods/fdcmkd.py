@@ -67,10 +67,9 @@ def frequency_masks(d: int, ratio: float = 0.5, dc_in_low: bool = False,
 
 def decompose(x: torch.Tensor, ratio: float = 0.5, remove_dc: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. 1-3: (X_low, X_high), real vectors of the same shape as ``x`` (B, D)."""
-    d = x.shape[-1]
-    low, high = frequency_masks(d, ratio, dc_in_low=not remove_dc, device=x.device, dtype=x.real.dtype)
-    spec = torch.fft.rfft(x, dim=-1)
-    return torch.fft.irfft(spec * low, n=d, dim=-1), torch.fft.irfft(spec * high, n=d, dim=-1)
+    masks = frequency_masks(x.shape[-1], ratio, dc_in_low=not remove_dc, device=x.device, dtype=x.real.dtype)
+    low, high = apply_spectral_masks(x, list(masks))
+    return low, high
 
 
 def dft_band_masks(d: int, bands: int, ratio: float = 0.5, dc_in_low: bool = False, *, device=None,
