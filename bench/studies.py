@@ -20,6 +20,7 @@ from .errors import BenchError
 from .tables import Comparison, build_comparison, _tex_escape
 
 SWITCHES = ("freq", "align", "scale", "log")
+SWITCH_NAMES = ("Freq", "Align", "Scale", "Log")
 VARIANTS = ("decomp", "bands", "split", "split_tau", "band_weights")
 """FD-CMKD's variant parameters (learnable split, multi-band DFT, Haar): rows of their own in the
 ablation and threshold tables."""
@@ -39,6 +40,8 @@ def variant_label(params: dict, defaults: dict) -> str:
     if params.get("split_tau", defaults.get("split_tau")) != defaults.get("split_tau"):
         parts.append(f"tau {params['split_tau']:g}")
     return ", ".join(parts)
+
+
 # Table 4 rows in the paper's order: baseline (Feat), F, A, F+A, F+S, F+A+S, F+A+S+L
 ABLATION_ORDER = [
     (False, False, False, False), (True, False, False, False), (False, True, False, False),
@@ -121,17 +124,20 @@ def build_ablation(df: pd.DataFrame, *, datasets: list[str] | None = None, value
     def var(k: str) -> str:
         return variant_label(dict(zip(keys, vals[k])), d)
 
-    order = sorted(vals, key=lambda k: (var(k) != "", ABLATION_ORDER.index(vals[k][:4]) if vals[k][:4] in ABLATION_ORDER else 99,
+    def switches(k: str) -> tuple:
+        return vals[k][:len(SWITCHES)]
+
+    order = sorted(vals, key=lambda k: (var(k) != "", ABLATION_ORDER.index(switches(k)) if switches(k) in ABLATION_ORDER else 99,
                                         var(k), k))
     labels = {}
     for k in order:
-        v = vals[k][:4]
+        v = switches(k)
         base = "Feat (baseline)" if not any(v) else ("FD-CMKD" if all(v) else
-                                                     "+".join(n[0].upper() for n, on in zip(("Freq", "Align", "Scale", "Log"), v) if on))
+                                                     "+".join(n[0] for n, on in zip(SWITCH_NAMES, v) if on))
         labels[k] = base + (f" ({var(k)})" if var(k) else "")
     comp = build_comparison(sub, value=value, methods=order, datasets=datasets, decimals=decimals, row_labels=labels)
-    comp.lead_columns = ["Freq", "Align", "Scale", "Log"]
-    comp.lead_values = {k: [r"\checkmark" if on else "" for on in vals[k][:4]] for k in order}
+    comp.lead_columns = list(SWITCH_NAMES)
+    comp.lead_values = {k: [r"\checkmark" if on else "" for on in switches(k)] for k in order}
     comp.title = "Ablation of FD-CMKD's components (Freq: frequency decomposition, Align: shared classifiers, Scale: standardisation, Log: logMSE)"
     if dropped:
         comp.notes.append(f"{dropped} record(s) with other non-default parameters left out.")
