@@ -10,8 +10,13 @@ Raw layout read by ``bench prepare ave --root ROOT`` (``datasets.md`` section 3)
                                              extracted from ROOT/AVE/<vid>.mp4 when neither exists
 
 Lines are split on ``&`` only (category names contain commas and parentheses). Samples are keyed
-by (video id, event) with the event's own segment (REC); ``dedup=reference`` keeps only the first
-event of a video id within a split, as C2KD's loader does (3,312 / 401 / 402 samples). The real
+by (video id, event index) with the event's own segment (REC): two events of one video are two
+samples even when they share the segment (``-ccciEuH9FE`` 5-10 is both male and female speech);
+only a row that repeats an event exactly (same video, segment and category) is a duplicate.
+``dedup=reference`` keeps only the first usable event of a video id within a split, as C2KD's
+loader does. The zero-length event (``VWi2ENBuTbw`` 0-0, train) is skipped in both modes, so the
+official splits give 3,338 / 402 / 402 samples (``dedup=event``: 3,339 rows minus that event)
+and 3,311 / 401 / 402 (``dedup=reference``: C2KD's 3,312 / 401 / 402 minus that event). The real
 ``valSet.txt`` is the validation split. Audio: recipe B on the event segment (257 x 1004;
 ``spec_resize=numpy_resize`` reproduces C2KD's ``numpy.resize`` to 257 x 1024). Zero-length
 events are skipped and reported; video ids shared across splits are reported.
@@ -101,21 +106,23 @@ class AVE(AVDataset):
             rel, d = self.source(root, path)
             sources[rel] = d
             sp = SplitPlan([], np.zeros(0), self.array_specs())
-            items, labels, seen_vid, seen_key = [], [], set(), set()
+            items, labels = [], []
+            used_vid: set[str] = set()
+            events: dict[str, list[tuple[str, int, int]]] = {}  # vid -> its distinct events, in file order
             for lineno, line in iter_nonempty(path):
                 if line.strip() == HEADER:
                     continue
                 cat, vid, start, end = self.parse_line(path, lineno, line)
                 sp.listed += 1
-                key = f"{vid}@{start}-{end}"
-                if p.dedup == "reference" and vid in seen_vid:
+                ev = events.setdefault(vid, [])
+                if (cat, start, end) in ev:  # the very same event listed again
+                    sp.skip("duplicate row", f"{vid}#{ev.index((cat, start, end))} ({cat} {start}-{end})")
+                    continue
+                ev.append((cat, start, end))
+                key = f"{vid}#{len(ev) - 1} ({cat} {start}-{end})"  # (video id, event index)
+                if p.dedup == "reference" and vid in used_vid:
                     sp.skip("video id already in split (dedup=reference)", key)
                     continue
-                if key in seen_key:
-                    sp.skip("duplicate row", key)
-                    continue
-                seen_vid.add(vid)
-                seen_key.add(key)
                 if end <= start:
                     sp.skip("zero-length event", key)
                     continue
@@ -140,6 +147,7 @@ class AVE(AVDataset):
                 idx = self.class_index(cat, f"{path}:{lineno}")
                 items.append(AVItem(key, idx, wav, keep_frames(frames, p.max_frames, p.frame_policy), (start, end)))
                 labels.append(idx)
+                used_vid.add(vid)
                 vids.setdefault(vid, set()).add(split)
             sp.items, sp.labels = items, np.array(labels, np.int64)
             splits[split] = sp

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench.errors import BenchError
 from bench.runner import RunSpec, build_adapter, run
@@ -69,6 +70,32 @@ def test_ave_prepare_and_train(tmp_path):
     m2 = build_adapter("ave", ov2).prepare()
     assert m2["splits"]["train"]["n"] == 9
     assert m2["splits"]["train"]["arrays"]["audio"]["shape"] == [257, 1024]
+
+
+def test_ave_two_events_of_one_segment_are_two_samples(tmp_path):
+    """A video whose segment holds two events of different categories gives two samples under
+    dedup=event; only a row repeating an event exactly is a duplicate; dedup=reference keeps
+    one sample per video id (C2KD)."""
+    root = tmp_path / "raw"
+    make_ave(root)
+    lines = (root / "trainSet.txt").read_text().splitlines()
+    cat, v, _q, s, e = lines[0].split("&")  # Baby cry, infant cry 0-10
+    assert (cat, s, e) == (AVE_CATS[0], "0", "10")
+    lines += [f"{AVE_CATS[2]}&{v}&good&{s}&{e}",  # same video and segment, another category
+              lines[0]]  # the same event again
+    write_lines(root / "trainSet.txt", lines)
+    ad = build_adapter("ave", {"ave": {"root": str(root), "cache": str(tmp_path / "c"), **SMALL}})
+    tr = ad.prepare()["splits"]["train"]
+    assert tr["listed"] == 13 and tr["n"] == 11
+    assert tr["skipped"]["duplicate row"] == {"count": 1, "examples": [f"{v}#0 ({cat} 0-10)"]}
+    assert tr["skipped"]["zero-length event"]["count"] == 1
+    train = ad.load()["train"]
+    same = [i for i in range(len(train)) if torch.equal(train.inputs["audio"][i], train.inputs["audio"][0])]
+    assert sorted(int(train.labels[i]) for i in same) == sorted([IDX[AVE_CATS[0]], IDX[AVE_CATS[2]]])
+    ref = build_adapter("ave", {"ave": {"root": str(root), "cache": str(tmp_path / "r"), "dedup": "reference",
+                                        **SMALL}}).prepare()["splits"]["train"]
+    assert ref["n"] == 9 and ref["skipped"]["video id already in split (dedup=reference)"]["count"] == 2
+    assert ref["skipped"]["duplicate row"]["count"] == 1
 
 
 @pytest.mark.parametrize("line,msg", [
