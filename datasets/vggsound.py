@@ -13,9 +13,10 @@ Raw layout read by ``bench prepare vggsound --root ROOT`` (``datasets.md`` secti
     ROOT/train-videos/train-set-img/Image-01-FPS/<ytid>_<start:06d>.mp4/NNNNN.jpg
     ROOT/test-audios/test-set/...,  ROOT/test-videos/test-set-img/Image-01-FPS/...
 
-Both the zero-padded (C2KD) and the raw start (OGM-GE) names are accepted. As in C2KD, a clip
-is used only when its wav exists and its frame folder holds more than 3 jpgs (``min_frames``);
-every dropped clip is counted by reason. Audio: recipe C (random 5-s crop of the 10-s tiled
+Both the zero-padded (C2KD) and the raw start (OGM-GE) names are accepted. A clip listed again
+with another label is a second sample (C2KD keeps every row); a row repeating a clip and its label
+is reported as a duplicate. As in C2KD, a clip is used only when its wav exists and its frame
+folder holds more than 3 jpgs (``min_frames``); every dropped clip is counted by reason. Audio: recipe C (random 5-s crop of the 10-s tiled
 waveform in training, the centre crop at 2.5 s in evaluation; ``audio_eval_crop=random`` is the
 reference's stochastic test crop). Visual: 3 frames, temporal average pooling.
 """
@@ -87,7 +88,8 @@ class VGGSound50(AVDataset):
             rel, d = self.source(root, path)
             sources[rel] = d
             sp = SplitPlan([], np.zeros(0), self.array_specs())
-            items, labels, seen = [], [], set()
+            items, labels = [], []
+            seen: dict[str, list[int]] = {}  # clip -> the labels it is listed with, in file order
             text = "\n".join(read_text_lines(path))
             for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
                 if not row or all(not c.strip() for c in row):
@@ -100,15 +102,19 @@ class VGGSound50(AVDataset):
                 idx = self.class_index(label, f"{path}:{lineno}")
                 sp.listed += 1
                 stem = f"{ytid}_{int(start):06d}"
-                if stem in seen:
-                    sp.skip("duplicate row", stem)
+                # a clip listed with a second label is a second sample, keyed <stem>#1 (C2KD keeps every row)
+                got = seen.setdefault(stem, [])
+                if idx in got:  # the same clip with the same label again
+                    k = got.index(idx)
+                    sp.skip("duplicate row", stem if k == 0 else f"{stem}#{k}")
                     continue
-                seen.add(stem)
+                got.append(idx)
+                key = stem if len(got) == 1 else f"{stem}#{len(got) - 1}"
                 adir = root / f"{split}-audios" / f"{split}-set"
                 fbase = root / f"{split}-videos" / f"{split}-set-img" / "Image-01-FPS"
                 wav = next((c for c in (adir / f"{stem}.wav", adir / f"{ytid}_{start}.wav") if c.exists()), None)
                 if wav is None:
-                    sp.skip("missing audio", stem)
+                    sp.skip("missing audio", key)
                     continue
                 fdir = next((c for c in (fbase / f"{stem}.mp4", fbase / f"{ytid}_{start}.mp4") if c.is_dir()), None)
                 mp4 = root / f"{split}-videos" / f"{split}-set" / f"{stem}.mp4"
@@ -117,12 +123,12 @@ class VGGSound50(AVDataset):
                     extract_frames_1fps(mp4, fdir)  # OGM-GE's 1-fps extractor (PyAV)
                 frames = list_frames(fdir, p.frame_policy) if fdir is not None else []
                 if not frames:
-                    sp.skip("missing frames", stem)
+                    sp.skip("missing frames", key)
                     continue
                 if len(frames) < p.min_frames:
-                    sp.skip(f"fewer than {p.min_frames} frames", stem)
+                    sp.skip(f"fewer than {p.min_frames} frames", key)
                     continue
-                items.append(AVItem(stem, idx, wav, keep_frames(frames, p.max_frames, p.frame_policy)))
+                items.append(AVItem(key, idx, wav, keep_frames(frames, p.max_frames, p.frame_policy)))
                 labels.append(idx)
             sp.items, sp.labels = items, np.array(labels, np.int64)
             splits[split] = sp

@@ -169,3 +169,20 @@ def test_vggsound_unknown_class(tmp_path):
     write_lines(root / "test_tiny.csv", ["abc,0,playing kazoo,test"])
     with pytest.raises(BenchError, match=r"test_tiny.csv:1: unknown class 'playing kazoo'"):
         build_adapter("vggsound", {"vggsound": {"root": str(root), "cache": str(tmp_path / "c")}}).prepare()
+
+
+def test_vggsound_clip_with_two_labels_is_two_samples(tmp_path):
+    """The same clip listed with another label is a second sample (C2KD keeps every row); the
+    same clip and label again is a duplicate."""
+    root = tmp_path / "raw"
+    make_vgg(root)
+    rows = (root / "train_tiny.csv").read_text().splitlines()
+    ytid, start, label, split = rows[0].split(",")  # -q00xY_zW9a,0,playing tennis,train
+    write_lines(root / "train_tiny.csv", rows + [f"{ytid},{start},dog barking,{split}", rows[0]], crlf=True)
+    ad = build_adapter("vggsound", {"vggsound": {"root": str(root), "cache": str(tmp_path / "c"), **SMALL}})
+    tr = ad.prepare()["splits"]["train"]
+    assert tr["listed"] == 11 and tr["n"] == 9
+    assert tr["skipped"]["duplicate row"] == {"count": 1, "examples": [f"{ytid}_{int(start):06d}"]}
+    train = ad.load()["train"]
+    same = [i for i in range(len(train)) if torch.equal(train.inputs["audio"][i], train.inputs["audio"][0])]
+    assert sorted(int(train.labels[i]) for i in same) == [1, 30]
