@@ -16,9 +16,10 @@ Raw layout read by ``bench prepare vggsound --root ROOT`` (``datasets.md`` secti
 Both the zero-padded (C2KD) and the raw start (OGM-GE) names are accepted. A clip listed again
 with another label is a second sample (C2KD keeps every row); a row repeating a clip and its label
 is reported as a duplicate. As in C2KD, a clip is used only when its wav exists and its frame
-folder holds more than 3 jpgs (``min_frames``); every dropped clip is counted by reason. Audio: recipe C (random 5-s crop of the 10-s tiled
-waveform in training, the centre crop at 2.5 s in evaluation; ``audio_eval_crop=random`` is the
-reference's stochastic test crop). Visual: 3 frames, temporal average pooling.
+folder holds more than 3 jpgs (``min_frames``); every dropped clip is counted by reason. Audio:
+recipe C (random 5-s crop of the 10-s tiled waveform in training, the centre crop at 2.5 s in
+evaluation; ``audio_eval_crop=random`` is the reference's stochastic test crop). Visual: 3
+frames, temporal average pooling.
 """
 
 from __future__ import annotations
