@@ -8,8 +8,9 @@ raw files and the page cache shares the arrays between runs on one node.
 Layout of a cache directory::
 
     manifest.json              dataset, preparation parameters, sources and their sha256,
-                               per split: row count, class histogram, skip report, arrays
-                               (file, per-sample shape, dtype, sha256)
+                               per split: row count, class histogram (samples per class, or
+                               pixels per class and void pixels for dense labels), skip report,
+                               arrays (file, per-sample shape, dtype, sha256)
     <split>.<key>.npy          one array per split and key, first axis = sample
     .progress.json             only while preparing: rows already written per split
 
@@ -70,7 +71,8 @@ class SplitPlan:
 
     items: list[Any]
     labels: np.ndarray
-    """Per-item label (class id; for dense tasks a placeholder, labels are arrays then)."""
+    """Per-item class id (its histogram is the split's class histogram); unused when the label
+    array is dense (one map per item): the histogram then counts the pixels as they are written."""
     arrays: dict[str, ArraySpec]
     skipped: dict[str, list[str]] = field(default_factory=dict)
     """reason -> item keys that were listed but not used."""
@@ -90,6 +92,9 @@ class PrepPlan:
     classes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     """Preprocessing facts for the manifest (audio recipe, frame policy, tokenizer, ...)."""
+    label_key: str = "label"
+    void: int | None = None
+    """Label value of unlabelled pixels in dense label maps (counted apart from the classes)."""
 
     def identity(self) -> str:
         return stable_hash({
@@ -147,12 +152,18 @@ def build_cache(
     if manifest_path.exists():
         manifest_path.unlink()  # being rebuilt: never leave a manifest that describes other arrays
     t0 = time.time()
+    hists: dict[str, dict[str, Any]] = {}
     for split, sp in plan.splits.items():
         n = len(sp.items)
         start = done.get(split, 0) if _resumable(cache, split, sp) else 0
         mms = {key: np.lib.format.open_memmap(_array_path(cache, split, key), mode="r+" if start else "w+",
                                               dtype=np.dtype(spec.dtype), shape=(n, *spec.shape))
                for key, spec in sp.arrays.items()}
+        lspec = sp.arrays.get(plan.label_key)
+        pixels = _PixelCounts(plan, split) if lspec is not None and lspec.shape else None
+        if pixels is not None:
+            for i in range(0, start, chunk):  # rows written before an interruption
+                pixels.add(np.asarray(mms[plan.label_key][i:min(i + chunk, start)]), f"rows {i}..{min(i + chunk, start) - 1}")
         if progress:
             progress(split, start, n)
         i = start
@@ -168,6 +179,8 @@ def build_cache(
                         raise BenchError(f"{plan.dataset}: item {sp.items[j]!r} gave {key} of shape {a.shape}, "
                                          f"expected {spec.shape}")
                     mms[key][j] = a
+                    if pixels is not None and key == plan.label_key:
+                        pixels.add(a, f"item {sp.items[j]!r}")
             for mm in mms.values():
                 mm.flush()
             i = stop
@@ -176,6 +189,8 @@ def build_cache(
             if progress:
                 progress(split, i, n)
         del mms
+        if pixels is not None:
+            hists[split] = pixels.report()
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -192,12 +207,16 @@ def build_cache(
         "splits": {},
     }
     for split, sp in plan.splits.items():
-        lab = np.asarray(sp.labels)
-        hist = np.bincount(lab[lab >= 0], minlength=len(plan.classes)).tolist() if lab.ndim == 1 and lab.size else []
+        if split in hists:
+            hist = hists[split]
+        else:
+            lab = np.asarray(sp.labels).astype(np.int64)
+            hist = {"class_hist": np.bincount(lab[lab >= 0], minlength=len(plan.classes)).tolist(),
+                    "hist_unit": "samples"}
         manifest["splits"][split] = {
             "n": len(sp.items),
             "listed": sp.listed or len(sp.items),
-            "class_hist": hist,
+            **hist,
             "skipped": {r: {"count": len(v), "examples": v[:10]} for r, v in sp.skipped.items()},
             "arrays": {
                 key: {"file": _array_path(cache, split, key).name, "shape": list(spec.shape), "dtype": spec.dtype,
@@ -210,6 +229,33 @@ def build_cache(
     atomic_write_json(manifest_path, manifest)
     prog_path.unlink(missing_ok=True)
     return manifest
+
+
+class _PixelCounts:
+    """Per-class pixel counts of a split's dense label maps, void counted apart (a per-item
+    label is meaningless for segmentation, so the class histogram counts pixels)."""
+
+    def __init__(self, plan: PrepPlan, split: str):
+        self.k, self.void, self.where = len(plan.classes), plan.void, f"{plan.dataset}/{split}"
+        self.counts = np.zeros(self.k, np.int64)
+        self.void_pixels = 0
+
+    def add(self, labels: np.ndarray, what: str) -> None:
+        flat = np.asarray(labels).ravel().astype(np.int64, copy=False)
+        if flat.size and flat.min() < 0:
+            raise BenchError(f"{self.where} {what}: negative label value {int(flat.min())}")
+        bc = np.bincount(flat)
+        if self.void is not None and self.void < len(bc):
+            self.void_pixels += int(bc[self.void])
+            bc[self.void] = 0
+        if bc[self.k:].any():
+            bad = int(self.k + np.flatnonzero(bc[self.k:])[0])
+            raise BenchError(f"{self.where} {what}: label value {bad} is neither a class (0..{self.k - 1}) "
+                             f"nor void ({self.void})")
+        self.counts[:len(bc)] += bc[:self.k]
+
+    def report(self) -> dict[str, Any]:
+        return {"class_hist": self.counts.tolist(), "hist_unit": "pixels", "void_pixels": self.void_pixels}
 
 
 def read_manifest(cache: str | os.PathLike, dataset: str | None = None) -> dict[str, Any]:

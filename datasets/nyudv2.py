@@ -165,12 +165,29 @@ class NYUDepthV2(PreparedDataset):
                 ids[split] = items
         splits = {}
         for split, items in ids.items():
-            sp_ = SplitPlan(list(items), np.zeros(len(items), np.int64) - 1, specs)
+            seen: set[Any] = set()
+            # labels are maps: the class histogram (pixels per class) is counted as they are written
+            sp_ = SplitPlan([], np.zeros(0, np.int64), specs)
             sp_.listed = len(items)
+            for it in items:
+                if it in seen:
+                    sp_.skip("duplicate row", self._item_name(it))
+                else:
+                    seen.add(it)
+                    sp_.items.append(it)
             splits[split] = sp_
+        shared = sorted(set(map(self._item_name, splits["train"].items)) & set(map(self._item_name, splits["test"].items)))
         return PrepPlan(self.name, self.prep_params(), splits, sources, list(CLASSES),
                         {"layout": layout, "depth": f"{self.params.depth_mode} depth, uint16 mm",
-                         "labels": "class id - 1 (0..39), void 255", "size": "{}x{}".format(*self.hw)})
+                         "labels": "class id - 1 (0..39), void 255", "size": "{}x{}".format(*self.hw),
+                         "images_in_train_and_test": {"count": len(shared), "examples": shared[:10]}},
+                        void=VOID)
+
+    def _item_name(self, item: Any) -> str:
+        """The image an item names: NYU id (1-based, .mat), ``NNNN`` (ESANet) or the RGB file (SA-Gate)."""
+        if self._lay == "mat":
+            return f"NYU id {item + 1}"
+        return item[1] if self._lay == "esanet" else item[0]
 
     def _fit(self, a: np.ndarray, nearest: bool, where: str) -> np.ndarray:
         from PIL import Image

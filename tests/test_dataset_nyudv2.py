@@ -189,3 +189,33 @@ def test_imagenet_resnet_weights_load(tmp_path):
     m = DeepLabV3Plus(3, 40, pretrained=str(tmp_path / "r18.pth"))
     assert torch.equal(m.encoder.stem[0].weight, ref.conv1.weight)
     assert torch.equal(m.encoder.stages[3][0].shortcut[0].weight, ref.layer4[0].downsample[0].weight)
+
+
+def test_prepare_reports_pixels_per_class(tmp_path):
+    """Segmentation labels are maps: the manifest's class histogram counts labelled pixels per
+    class (void apart) and ``bench prepare`` prints them (a per-image label would be all void)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    root, cache = tmp_path / "raw", tmp_path / "cache"
+    make_mat(root)
+    res = CliRunner().invoke(app, ["prepare", "nyudv2", "--root", str(root), "--cache", str(cache),
+                                   "--set", f"nyudv2.height={H}"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    m = json.loads((cache / "manifest.json").read_text())
+    for split, ids in (("train", (3, 4, 5, 6)), ("test", (1, 2))):
+        raw = np.stack([scene(k - 1)[2] for k in ids]).astype(int)  # the fixture's 894-label maps
+        cls = np.where(raw == 0, -1, mapclass()[np.maximum(raw - 1, 0)].astype(int) - 1)
+        want = np.bincount(cls[cls >= 0], minlength=40).tolist()
+        s = m["splits"][split]
+        assert s["class_hist"] == want and s["hist_unit"] == "pixels"
+        assert s["void_pixels"] == int((cls < 0).sum()) and sum(want) + s["void_pixels"] == len(ids) * H * W
+        lab = np.load(cache / f"{split}.label.npy")  # the label maps as cached
+        assert np.bincount(lab[lab != 255].ravel(), minlength=40).tolist() == want
+    # test id 2 (scene 1) has raw label 2 in its top half -> class 2 -> target 1, "floor"
+    assert m["splits"]["test"]["class_hist"][1] == H // 2 * W
+    assert "labelled pixels per class" in res.output
+    assert "1 floor" in res.output and f"{H // 2 * W:,} (" in res.output
