@@ -45,6 +45,13 @@ def expand_grid(
         raise BenchError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seed_list:
         raise BenchError("--seeds is empty")
+    if any(sd < 0 for sd in seed_list):
+        raise BenchError(f"--seeds {seeds!r}: seeds must be >= 0")
+    if directions.strip().lower() != "all" and not split_list(directions):
+        raise BenchError("--directions is empty; give 'all' or e.g. a2v,v2a")
+    from .utils import resolve_device
+
+    resolve_device(device)  # a bad --device fails here, before any run, with the valid choices
     specs: list[RunSpec] = []
     for d in dnames:
         adapter = build_adapter(d, overrides)
@@ -74,16 +81,18 @@ class GridOutcome:
 
 
 def attempt(spec: RunSpec, reporter: Reporter | None, force: bool) -> tuple[dict[str, Any], Exception | None]:
-    """Run one spec and return its record. A run that raised has written a ``failed`` record: that
-    record comes back with the exception. Configuration errors (BenchError) and Ctrl-C propagate."""
-    from .results import read_record, record_path
-
+    """Run one spec and return its record. A run that raised comes back as its ``failed`` record
+    (the one :func:`run` attached to the exception: it is what happened even when the disk refused
+    to store it) with the exception. Configuration errors (BenchError) and Ctrl-C propagate."""
     try:
         return run(spec, reporter, force=force), None
     except (KeyboardInterrupt, BenchError):
         raise
     except Exception as exc:  # noqa: BLE001 - recorded by run()
-        return read_record(record_path(spec.results_dir, resolve(spec).run_id)), exc
+        rec = getattr(exc, "cmkd_record", None)
+        if rec is None:  # raised before the run started training (e.g. the results folder itself)
+            rec = {"run_id": resolve(spec).run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return rec, exc
 
 
 def pending(specs: list[RunSpec], force: bool = False) -> list[RunSpec]:

@@ -12,12 +12,14 @@ Layout of a results folder::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from .errors import RecordError
+from .errors import BenchError, RecordError
+from .paths import check_component
 from .utils import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -41,6 +43,7 @@ def records_dir(results: str | Path) -> Path:
 
 
 def record_path(results: str | Path, run_id: str) -> Path:
+    check_component(run_id, "run id")
     return records_dir(results) / f"{run_id}.json"
 
 
@@ -50,6 +53,91 @@ def write_record(results: str | Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+# field -> (check, what the field must be); None values of optional fields are allowed
+_TYPES: dict[str, tuple[Any, str]] = {
+    "schema": (_is_int, "an integer"),
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "teacher_modality": (lambda v: isinstance(v, str), "a string"),
+    "student_modality": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "direction": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "metric": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "config_hash": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+}
+_OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
+    "group_hash": (lambda v: isinstance(v, str), "a string"),
+    "method_category": (lambda v: isinstance(v, str), "a string"),
+    "method_source_hash": (lambda v: isinstance(v, str), "a string"),
+    "selected_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "reference_best_metric": (_is_number, "a finite number"),
+    "wall_time_s": (_is_number, "a finite number"),
+    "git_commit": (lambda v: isinstance(v, str), "a string"),
+    "teacher": (lambda v: isinstance(v, dict), "an object"),
+    "error": (lambda v: isinstance(v, str), "a string"),
+    "selection": (lambda v: v in ("val", "test"), "'val' or 'test'"),
+}
+PERCENT_METRICS = ("top1", "mIoU")
+
+
+def validate_record(rec: Any, where: str) -> dict[str, Any]:
+    """Check presence *and* types of a record's fields (a wrong type would otherwise surface as a
+    traceback without a file name, a silent NaN cell or a NaN rank); errors name ``where`` and the
+    field."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if k not in rec]
+    if rec.get("status") == "ok":
+        missing += [k for k in OK_FIELDS if k not in rec]
+    if missing:
+        raise RecordError(f"{where}: not a cmkd-bench result record; missing field(s): {', '.join(missing)}")
+    if rec["schema"] != SCHEMA_VERSION:
+        raise RecordError(f"{where}: record schema {rec['schema']!r}, this version reads schema {SCHEMA_VERSION}")
+    if rec["status"] not in ("ok", "failed"):
+        raise RecordError(f"{where}: field 'status' must be 'ok' or 'failed', got {rec['status']!r}")
+
+    def bad(field: str, what: str, value: Any) -> RecordError:
+        return RecordError(f"{where}: field {field!r} must be {what}, got {type(value).__name__} {value!r:.80}")
+
+    for k, (ok, what) in _TYPES.items():
+        if not ok(rec[k]):
+            raise bad(k, what, rec[k])
+    for k, (ok, what) in _OPTIONAL_TYPES.items():
+        if rec.get(k) is not None and not ok(rec[k]):
+            raise bad(k, what, rec[k])
+    try:
+        check_component(rec["run_id"], f"{where}: field 'run_id'")
+    except BenchError as exc:
+        raise RecordError(str(exc)) from None
+    for k in ("train", "method_params"):
+        if rec["config"].get(k) is not None and not isinstance(rec["config"][k], dict):
+            raise bad(f"config.{k}", "an object", rec["config"][k])
+    if rec["status"] == "ok":
+        pct = rec["metric"] in PERCENT_METRICS
+        for k in ("best_metric", "final_metric") + (("reference_best_metric",) if "reference_best_metric" in rec else ()):
+            v = rec[k]
+            if not _is_number(v) or (pct and not 0.0 <= v <= 100.0):
+                raise bad(k, "a finite number" + (" in [0, 100]" if pct else ""), v)
+        h = rec["history"]
+        if not isinstance(h, list) or not h:
+            raise bad("history", "a non-empty list of epochs", h)
+        for i, row in enumerate(h):
+            if not isinstance(row, dict) or not _is_number(row.get("test_metric")) or not _is_int(row.get("epoch")):
+                raise bad(f"history[{i}]", "an object with an integer 'epoch' and a finite 'test_metric'", row)
+    return rec
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
     """Read and validate one record; errors name the file and the problem."""
     path = Path(path)
@@ -57,20 +145,11 @@ def read_record(path: str | Path) -> dict[str, Any]:
         rec = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
-    if not isinstance(rec, dict):
-        raise RecordError(f"{path}: expected a JSON object, got {type(rec).__name__}")
-    missing = [k for k in REQUIRED_FIELDS if k not in rec]
-    if rec.get("status") == "ok":
-        missing += [k for k in OK_FIELDS if k not in rec]
-    if missing:
-        raise RecordError(f"{path}: not a cmkd-bench result record; missing field(s): {', '.join(missing)}")
-    if rec["schema"] != SCHEMA_VERSION:
-        raise RecordError(f"{path}: record schema {rec['schema']!r}, this version reads schema {SCHEMA_VERSION}")
-    if rec["status"] not in ("ok", "failed"):
-        raise RecordError(f"{path}: field 'status' must be 'ok' or 'failed', got {rec['status']!r}")
-    return rec
+    return validate_record(rec, str(path))
 
 
 def existing_ok(results: str | Path, run_id: str) -> bool:
@@ -146,20 +225,29 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
 
     Runs are identified by their config hash (which includes the seed): a record whose config hash
     is already in ``dest`` with the same results is a duplicate and skipped; one with different
-    results is a **conflict**, reported and not copied (the destination keeps its record). A failed
-    record never replaces an ok one; an ok record replaces a failed one.
+    results is a **conflict**, reported and not copied (the destination keeps its record). A record
+    is never written over a destination record of another run (same run id, other config hash: a
+    conflict), a failed record never replaces an ok one, and an ok record replaces a failed one.
     """
     dest = Path(dest)
     dest_dir = records_dir(dest)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    have: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for p in sorted(dest_dir.glob("*.json")):
+    by_hash: dict[str, tuple[Path, dict[str, Any]]] = {}
+    by_id: dict[str, dict[str, Any]] = {}
+    for p in iter_record_files(dest):
         try:
             r = read_record(p)
         except RecordError:
             continue
-        have[r["config_hash"]] = (p, r)
+        by_hash[r["config_hash"]] = (p, r)
+        by_id[r["run_id"]] = r
     report: dict[str, list[str]] = {"copied": [], "duplicate": [], "conflict": [], "invalid": [], "replaced_failed": []}
+
+    def put(r: dict[str, Any]) -> None:
+        write_record(dest, r)
+        by_hash[r["config_hash"]] = (record_path(dest, r["run_id"]), r)
+        by_id[r["run_id"]] = r
+
     for src in sources:
         for p in iter_record_files(src):
             if p.parent.resolve() == dest_dir.resolve():
@@ -169,25 +257,30 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
             except RecordError as exc:
                 report["invalid"].append(str(exc))
                 continue
-            h = r["config_hash"]
-            if h in have:
-                q, old = have[h]
+            r.pop("path", None)
+            h, rid = r["config_hash"], r["run_id"]
+            occupant = by_id.get(rid)
+            if occupant is not None and occupant["config_hash"] != h:
+                report["conflict"].append(
+                    f"{rid}: {p} (config {h}) would overwrite the destination's record of another configuration "
+                    f"({occupant['config_hash']}, {occupant['status']}); not copied")
+                continue
+            if h in by_hash:
+                q, old = by_hash[h]
                 if _same_result(old, r):
-                    report["duplicate"].append(r["run_id"])
+                    report["duplicate"].append(rid)
                     continue
                 if old["status"] == "failed" and r["status"] == "ok":
-                    write_record(dest, r)
-                    have[h] = (record_path(dest, r["run_id"]), r)
-                    report["replaced_failed"].append(r["run_id"])
+                    put(r)
+                    report["replaced_failed"].append(rid)
                     continue
                 if r["status"] == "failed":
-                    report["duplicate"].append(r["run_id"])
+                    report["duplicate"].append(rid)  # an ok result is never replaced by a failure
                     continue
                 report["conflict"].append(
-                    f"{r['run_id']}: {p} has {r['metric']} {r.get('best_metric')} (final {r.get('final_metric')}), "
+                    f"{rid}: {p} has {r['metric']} {r.get('best_metric')} (final {r.get('final_metric')}), "
                     f"{q} has {old.get('best_metric')} (final {old.get('final_metric')})")
                 continue
-            write_record(dest, r)
-            have[h] = (record_path(dest, r["run_id"]), r)
-            report["copied"].append(r["run_id"])
+            put(r)
+            report["copied"].append(rid)
     return report

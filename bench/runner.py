@@ -43,16 +43,19 @@ from .errors import BenchError, ConfigError
 from .method import Method, MethodContext
 from .models import Backbone, ModelOutput
 from .registry import DATASETS, METHODS
-from .results import SCHEMA_VERSION, existing_ok, write_record
+from .paths import check_component, join_under
+from .results import SCHEMA_VERSION, existing_ok, read_record, record_path, write_record
 from .speed import (SPEED_KEYS, BatchSource, SpeedPlan, all_off, choose_placement, decide_teacher_cache, plan_speed,
                     release_placements, to_channels_last)
-from .utils import atomic_torch_save, git_commit, resolve_device, seed_everything, stable_hash
+from .utils import (CorruptFileError, atomic_torch_save, git_commit, load_torch_file, remove_stale_temp_files,
+                    resolve_device, seed_everything, stable_hash)
 
 
 class Reporter(Protocol):
     def begin(self, run_id: str, total_epochs: int) -> None: ...
     def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None: ...
     def end(self, run_id: str, record: dict[str, Any]) -> None: ...
+    def note(self, run_id: str, message: str) -> None: ...
 
 
 class NullReporter:
@@ -64,6 +67,30 @@ class NullReporter:
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
         pass
+
+    def note(self, run_id: str, message: str) -> None:
+        pass
+
+
+def _note(reporter: Any, run_id: str, message: str) -> None:
+    """Tell the user something the run decided on its own (a discarded checkpoint, a kept record);
+    reporters written before ``note`` existed get it on stderr."""
+    fn = getattr(reporter, "note", None)
+    if callable(fn):
+        fn(run_id, message)
+    else:
+        import sys
+
+        print(f"[cmkd-bench] {run_id}: {message}", file=sys.stderr, flush=True)
+
+
+class RunFailed(RuntimeError):
+    """Raised by :func:`run` when training failed; ``record`` is the failed record (also on disk,
+    unless the disk refused it: then ``record['error']`` says so)."""
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record.get("error") or "run failed")
+        self.record = record
 
 
 @dataclass
@@ -153,6 +180,10 @@ def resolve(spec: RunSpec) -> Resolved:
         raise BenchError(
             f"method {method_cls.name!r} does not apply to {adapter.task} ({adapter.name}): {method_cls.dense_reason}"
         )
+    # these become folder and file names (records, checkpoints, teachers): one gate for all of them
+    check_component(adapter.name, "dataset name")
+    for m in (t, s):
+        check_component(m, f"dataset {adapter.name!r}: modality name")
     direction = adapter.direction_name(t, s)
     config = {
         "dataset": adapter.fingerprint(),
@@ -168,7 +199,7 @@ def resolve(spec: RunSpec) -> Resolved:
     # Identity of the *cell configuration* (everything but the seed): seeds of one cell share it,
     # so tables can average over seeds and flag cells whose records disagree on anything else.
     group_hash = stable_hash({k: v for k, v in config.items() if k != "seed"}, 10)
-    run_id = f"{adapter.name}_{direction}_{method_cls.name}_s{spec.seed}_{chash[:8]}"
+    run_id = check_component(f"{adapter.name}_{direction}_{method_cls.name}_s{spec.seed}_{chash[:8]}", "run id")
     return Resolved(spec, adapter, method_cls, mparams, train, direction, run_id, config, chash, group_hash,
                     mentry.source, mentry.source_hash)
 
@@ -196,6 +227,11 @@ def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]
             keep, held = stratified_split(splits["train"].labels, train.val_fraction, train.split_seed)
             splits["val"] = splits["train"].subset(held)
             splits["train"] = splits["train"].subset(keep)
+    for name, sp in splits.items():  # an empty split would train nothing or score 0 % as a result
+        if len(sp) == 0:
+            raise BenchError(f"dataset {adapter.name!r}: the {name} split is empty"
+                             + (f" (carved with train.val_fraction={train.val_fraction} from "
+                                f"{len(splits['train'])} training samples)" if name == "val" else ""))
     if len(_DATA_CACHE) > 4:
         _DATA_CACHE.clear()
     _DATA_CACHE[key] = splits
@@ -266,6 +302,38 @@ def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**62)
 
 
+CHECKPOINT_FIELDS = ("student", "method", "optimizer", "history", "best_state", "best_key", "selected")
+
+
+def _read_resume_checkpoint(path: Path | None, device: torch.device, modules: dict[str, nn.Module], engine: Trainer,
+                            on_note: Callable[[str], None] | None) -> dict[str, Any] | None:
+    """The resume state in ``path``, checked against the modules it must fit before anything is
+    loaded into them; a file cut short by a crash or a full disk (or one that no longer fits the
+    model) is discarded, with a note, and the run starts over: resuming from it is impossible."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = load_torch_file(path, "resume checkpoint", device, required=CHECKPOINT_FIELDS)
+        for name, module in modules.items():
+            saved = state[name]
+            if name == "method":  # Method.state_dict's layout; a plug-in's own layout is not checked
+                if not (isinstance(saved, dict) and "modules" in saved):
+                    continue
+                saved = saved["modules"]
+            have = module.state_dict()
+            if saved is None or set(saved) != set(have) or any(saved[k].shape != have[k].shape for k in have):
+                raise CorruptFileError(path, "resume checkpoint", ValueError(f"its {name} weights do not fit this run's model"))
+        engine.load_state_dict(state)  # the optimizer checks its groups before changing anything
+        return state
+    except (CorruptFileError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        if not isinstance(exc, CorruptFileError):
+            exc = CorruptFileError(path, "resume checkpoint", exc)
+        path.unlink(missing_ok=True)
+        if on_note is not None:
+            on_note(f"{exc}; discarded it, training starts again from epoch 1")
+        return None
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -294,6 +362,7 @@ def fit(
     on_resume: Callable[[int], None] | None = None,
     plan: SpeedPlan | None = None,
     teacher_key: str | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
 
@@ -321,13 +390,13 @@ def fit(
     best_key = -math.inf
     selected = 0
     start_epoch = 1
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    state = _read_resume_checkpoint(checkpoint, device, {"student": student, "method": method.modules,
+                                     **({"teacher": teacher} if teacher_in_opt else {})}, engine, on_note)
+    if state is not None:
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         if teacher_in_opt and state.get("teacher") is not None:
             teacher.load_state_dict(state["teacher"])  # type: ignore[union-attr]
-        engine.load_state_dict(state)
         history = state["history"]
         best_state = state["best_state"]
         best_key = state["best_key"]
@@ -426,35 +495,56 @@ def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
 
 def teacher_path(r: Resolved, modality: str) -> Path:
     fp = stable_hash(teacher_fingerprint(r, modality), 12)
-    return Path(r.spec.results_dir) / "teachers" / r.adapter.name / modality / f"seed{r.spec.seed}-{fp}.pt"
+    return join_under(Path(r.spec.results_dir) / "teachers", r.adapter.name, modality, f"seed{r.spec.seed}-{fp}.pt")
+
+
+def teacher_resume_path(path: Path) -> Path:
+    """Per-epoch checkpoint of a teacher still in training (removed once the teacher is saved)."""
+    return path.with_name(path.stem + ".resume.pt")
 
 
 def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
-                on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> tuple[Backbone, dict[str, Any]]:
-    """Load the cached unimodal teacher or train it (once, under a file lock)."""
+                on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+                on_note: Callable[[str], None] | None = None) -> tuple[Backbone, dict[str, Any]]:
+    """Load the cached unimodal teacher or train it (once, under a file lock).
+
+    Training resumes from the teacher's own per-epoch checkpoint when a process was killed while
+    training it; a cached teacher file that cannot be read back is moved aside (``.corrupt``) and
+    the teacher trained again, with a note."""
     modality = r.config["teacher_modality"]
     path = teacher_path(r, modality)
-    model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
-            state = torch.load(path, map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
-            info = dict(state["info"], cached=True, checkpoint=str(path))
-            return model, info
+            model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
+            try:
+                state = load_torch_file(path, "cached teacher", device, required=("model", "info"))
+                model.load_state_dict(state["model"])
+                return model, dict(state["info"], cached=True, checkpoint=str(path))
+            except (CorruptFileError, RuntimeError) as exc:
+                if not isinstance(exc, CorruptFileError):
+                    exc = CorruptFileError(path, "cached teacher", exc)
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                if on_note is not None:
+                    on_note(f"{exc}; moved it to {aside.name} and trained the teacher again")
         seed_everything(r.spec.seed, r.train.deterministic)
         model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
         ce = _plain_ce_method(r, modality, device)
+        resumed: list[int] = []
         res = fit(adapter=r.adapter, splits=splits, student=model, student_modality=modality, method=ce,
                   teacher=None, teacher_modality=None, train=r.train, epochs=r.train.teacher_epochs,
-                  seed=r.spec.seed, device=device, on_epoch=on_epoch, salt=17)
+                  seed=r.spec.seed, device=device, on_epoch=on_epoch, salt=17,
+                  checkpoint=teacher_resume_path(path), on_resume=resumed.append, on_note=on_note)
         model.load_state_dict(res.best_state)
         sel = res.history[res.selected_epoch - 1]
         info = {
             "modality": modality, "epochs": r.train.teacher_epochs, "selected_epoch": res.selected_epoch,
             "selection": r.train.selection, "val_metric": sel["val_metric"], "test_metric": sel["test_metric"],
             "final_test_metric": res.history[-1]["test_metric"], "fingerprint": teacher_fingerprint(r, modality),
+            **({"resumed_from_epoch": resumed[0]} if resumed else {}),
         }
         atomic_torch_save({"model": model.state_dict(), "info": info, "history": res.history}, path)
+        teacher_resume_path(path).unlink(missing_ok=True)
         return model, dict(info, cached=False, checkpoint=str(path))
 
 
@@ -477,26 +567,32 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
     """Execute one run and write its record. Returns the record (status ok or failed).
 
     A run whose ok record exists is skipped (returned as is) unless ``force``. An exception
-    inside training produces a ``failed`` record and is re-raised; KeyboardInterrupt leaves the
-    per-epoch checkpoint behind so that the next invocation resumes.
+    inside training produces a ``failed`` record and is re-raised with the record attached
+    (``exc.cmkd_record``); a failed ``--force`` rerun of a run that has an ok record leaves that
+    record alone and writes the failure to ``failures/<run_id>.json`` instead. KeyboardInterrupt
+    leaves the per-epoch checkpoint behind so that the next invocation resumes.
     """
     reporter = reporter or NullReporter()
     r = resolve(spec)
     results = Path(spec.results_dir)
-    _check_writable(results)
-    if not force and existing_ok(results, r.run_id):
-        from .results import read_record, record_path
-
-        rec = read_record(record_path(results, r.run_id))
-        rec["skipped"] = True
-        return rec
+    prepare_results_folder(results)
+    previous = _ok_record(record_path(results, r.run_id))
+    if previous is not None and not force:
+        previous["skipped"] = True
+        return previous
     device = resolve_device(spec.device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    ckpt = results / "checkpoints" / f"{r.run_id}.pt"
+    ckpt = join_under(results / "checkpoints", f"{r.run_id}.pt")
     if force and ckpt.exists():
         ckpt.unlink()
     base = _record_base(r, device)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        _note(reporter, r.run_id, message)
+
     needs_teacher = r.method_cls.uses_teacher
     total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
     reporter.begin(r.run_id, total_epochs)
@@ -505,7 +601,8 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
         teacher, tinfo = None, None
         if needs_teacher:
             teacher, tinfo = get_teacher(r, splits, device,
-                                         on_epoch=lambda e, row: reporter.epoch(r.run_id, "teacher", e, row))
+                                         on_epoch=lambda e, row: reporter.epoch(r.run_id, "teacher", e, row),
+                                         on_note=note)
         seed_everything(spec.seed, r.train.deterministic)
         s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
         student = r.adapter.build_model(s_mod, r.adapter.num_classes).to(device)
@@ -523,39 +620,78 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
                   device=device, checkpoint=ckpt,
                   on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
                   on_resume=lambda n: base.__setitem__("resumed_from_epoch", n), plan=plan,
-                  teacher_key=tinfo["checkpoint"] if tinfo else None)
+                  teacher_key=tinfo["checkpoint"] if tinfo else None, on_note=note)
+        sel = res.history[res.selected_epoch - 1]
+        ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
+        rec = dict(
+            base,
+            status="ok", error=None,
+            best_metric=sel["test_metric"], selected_epoch=res.selected_epoch, val_at_selected=sel["val_metric"],
+            final_metric=res.history[-1]["test_metric"],
+            reference_best_metric=ref_best["test_metric"], reference_best_epoch=ref_best["epoch"],
+            reference_protocol="best test-set epoch (what the reference code reports); not used for selection",
+            history=res.history, teacher=tinfo, extra=res.extra, speed=res.plan.report() if res.plan else None,
+            wall_time_s=time.perf_counter() - t0, started_at=started.isoformat(),
+            finished_at=datetime.now(timezone.utc).isoformat(), **({"notes": notes} if notes else {}),
+        )
+        if spec.save_model:
+            mpath = join_under(results / "models", f"{r.run_id}.pt")
+            atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
+                               "method": method.state_dict(), "config": r.config}, mpath)
+            rec["model_path"] = str(mpath)
+        write_record(results, rec)  # may fail (full disk): the checkpoint stays, a rerun finishes the run
     except KeyboardInterrupt:
         raise
     except Exception as exc:
         rec = dict(base, status="failed", error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-4000:], wall_time_s=time.perf_counter() - t0,
-                   started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
-        write_record(results, rec)
+                   started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+                   **({"notes": notes} if notes else {}))
+        if isinstance(exc, OSError) and ckpt.exists():
+            rec["error"] += f" (the checkpoint of epoch {_checkpoint_epochs(ckpt)} is kept: rerun to finish)"
+        _write_failure(results, rec, keep_ok=previous is not None, note=note)
+        exc.cmkd_record = rec  # type: ignore[attr-defined]  # what executors report, even if not on disk
         reporter.end(r.run_id, rec)
         raise
-    sel = res.history[res.selected_epoch - 1]
-    ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
-    rec = dict(
-        base,
-        status="ok", error=None,
-        best_metric=sel["test_metric"], selected_epoch=res.selected_epoch, val_at_selected=sel["val_metric"],
-        final_metric=res.history[-1]["test_metric"],
-        reference_best_metric=ref_best["test_metric"], reference_best_epoch=ref_best["epoch"],
-        reference_protocol="best test-set epoch (what the reference code reports); not used for selection",
-        history=res.history, teacher=tinfo, extra=res.extra, speed=res.plan.report() if res.plan else None,
-        wall_time_s=time.perf_counter() - t0, started_at=started.isoformat(),
-        finished_at=datetime.now(timezone.utc).isoformat(),
-    )
-    if spec.save_model:
-        mpath = results / "models" / f"{r.run_id}.pt"
-        atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
-                           "method": method.state_dict(), "config": r.config}, mpath)
-        rec["model_path"] = str(mpath)
-    write_record(results, rec)
-    if ckpt.exists():
-        ckpt.unlink()
+    ckpt.unlink(missing_ok=True)
     reporter.end(r.run_id, rec)
     return rec
+
+
+def _ok_record(path: Path) -> dict[str, Any] | None:
+    """The ok record at ``path``, or None (absent, failed, or not a valid record)."""
+    from .errors import RecordError
+
+    if not path.exists():
+        return None
+    try:
+        rec = read_record(path)
+    except RecordError:
+        return None
+    return rec if rec["status"] == "ok" else None
+
+
+def _write_failure(results: Path, rec: dict[str, Any], keep_ok: bool, note: Callable[[str], None]) -> None:
+    """Write a failed record without ever replacing an ok one (a failed ``--force`` rerun goes to
+    ``failures/``). If the disk refuses it too, say so in the record that goes back to the caller."""
+    try:
+        if keep_ok:
+            path = join_under(results / "failures", f"{rec['run_id']}.json")
+            from .utils import atomic_write_json
+
+            atomic_write_json(path, rec)
+            note(f"the rerun failed; the earlier ok record is kept, the failure is in {path}")
+        else:
+            write_record(results, rec)
+    except OSError as werr:
+        rec["error"] += f"; the failure record could not be written either ({werr.strerror or werr})"
+
+
+def _checkpoint_epochs(path: Path) -> str:
+    try:
+        return str(len(load_torch_file(path, "resume checkpoint", required=("history",))["history"]))
+    except CorruptFileError:
+        return "?"
 
 
 def _slurm_env() -> dict[str, Any] | None:
@@ -603,7 +739,12 @@ def _device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-def _check_writable(results: Path) -> None:
+_SWEPT: set[str] = set()
+
+
+def prepare_results_folder(results: Path) -> None:
+    """Check that ``results`` is writable and, once per process, delete the temporary files of
+    atomic writes whose writer was killed (``kill -9`` mid-write leaves ``.*.tmp`` files behind)."""
     try:
         (results / "records").mkdir(parents=True, exist_ok=True)
         probe = results / "records" / f".write-test-{os.getpid()}"
@@ -611,3 +752,7 @@ def _check_writable(results: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise BenchError(f"results folder {results} is not writable: {exc.strerror or exc}") from None
+    key = str(results.resolve())
+    if key not in _SWEPT:
+        _SWEPT.add(key)
+        remove_stale_temp_files(results)
