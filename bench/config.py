@@ -9,6 +9,7 @@ typo can never silently run the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -71,10 +72,15 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(f):  # nan would train without complaint and inf overflows silently
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return f
     if typ is str:
         return str(value)
     return value
@@ -98,6 +104,7 @@ def build_params(cls: type, overrides: dict[str, Any], prefix: str) -> Any:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{prefix}: {exc}") from exc
+    check_bounds(obj, prefix)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
@@ -124,7 +131,10 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
         else:
             default = None
         tname = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
-        out.append((f.name, tname, default, f.metadata.get("help", "")))
+        help_ = f.metadata.get("help", "")
+        if f.metadata.get("bounds"):
+            help_ += f" ({bounds_text(f.metadata['bounds'])})"
+        out.append((f.name, tname, default, help_))
     return out
 
 
@@ -142,11 +152,45 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-def hp(default: Any, help: str = "") -> Any:  # noqa: A002 - mirrors dataclasses.field
-    """A dataclass field with a help string shown by ``bench list methods``."""
+_BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def hp(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None,  # noqa: A002
+       le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with a help string shown by ``bench list methods`` and, for numbers, its
+    valid range (``ge``/``gt``/``le``/``lt``; for a tuple, every element), checked by
+    :func:`build_params` before anything runs: a batch size of -1 must be an error, not an ok
+    record with 0 % at every epoch."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": help, **({"bounds": bounds} if bounds else {})}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def bounds_text(bounds: dict[str, float]) -> str:
+    """``{"ge": 0, "lt": 1}`` -> ``">= 0, < 1"``."""
+    return ", ".join(f"{_BOUND_WORDS[k]} {v:g}" for k, v in bounds.items())
+
+
+def check_bounds(obj: Any, prefix: str) -> None:
+    """Raise ConfigError for the first field of ``obj`` outside its declared range."""
+    ops = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
+    for f in fields(obj):
+        bounds = f.metadata.get("bounds")
+        if not bounds:
+            continue
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if v is None:
+                continue
+            if not all(ops[k](v, b) for k, b in bounds.items()):
+                raise ConfigError(f"{prefix}.{f.name}={_show(value)}: must be {bounds_text(bounds)}")
+
+
+def _show(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 @dataclass
@@ -157,22 +201,22 @@ class TrainConfig:
     schedule for the audio-visual sets); these class defaults only apply where they do not.
     """
 
-    epochs: int = hp(20, "student training epochs")
-    teacher_epochs: int = hp(20, "unimodal teacher training epochs")
-    batch_size: int = hp(64, "mini-batch size")
-    eval_batch_size: int = hp(256, "evaluation batch size")
+    epochs: int = hp(20, "student training epochs", ge=1)
+    teacher_epochs: int = hp(20, "unimodal teacher training epochs", ge=1)
+    batch_size: int = hp(64, "mini-batch size", ge=2)
+    eval_batch_size: int = hp(256, "evaluation batch size", ge=1)
     optimizer: str = hp("sgd", "sgd | adam | adamw")
-    lr: float = hp(0.01, "initial learning rate")
-    momentum: float = hp(0.9, "SGD momentum")
-    weight_decay: float = hp(0.0, "weight decay")
+    lr: float = hp(0.01, "initial learning rate", gt=0)
+    momentum: float = hp(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = hp(0.0, "weight decay", ge=0)
     schedule: str = hp("poly", "poly (C2KD: 1e-4 + (lr-1e-4)(1-e/E)^0.9) | cosine | step | constant")
-    min_lr: float = hp(1e-4, "final learning rate of the poly/cosine schedules")
-    poly_power: float = hp(0.9, "exponent of the poly schedule")
-    step_milestones: tuple[int, ...] = hp((), "epochs at which the step schedule multiplies lr by step_gamma")
-    step_gamma: float = hp(0.1, "step schedule factor")
-    grad_clip: float = hp(0.0, "max gradient norm (0 = off)")
-    val_fraction: float = hp(0.1, "fraction of train carved out (stratified, seeded) for model selection")
-    split_seed: int = hp(0, "seed of the train/validation split (shared by teacher and students)")
+    min_lr: float = hp(1e-4, "final learning rate of the poly/cosine schedules", ge=0)
+    poly_power: float = hp(0.9, "exponent of the poly schedule", gt=0)
+    step_milestones: tuple[int, ...] = hp((), "epochs at which the step schedule multiplies lr by step_gamma", ge=1)
+    step_gamma: float = hp(0.1, "step schedule factor", gt=0)
+    grad_clip: float = hp(0.0, "max gradient norm (0 = off)", ge=0)
+    val_fraction: float = hp(0.1, "fraction of train carved out (stratified, seeded) for model selection", ge=0, lt=0.9)
+    split_seed: int = hp(0, "seed of the train/validation split (shared by teacher and students)", ge=0)
     selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
     deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
     pairing: str = hp("paired", "paired | unpaired (teacher inputs re-drawn at random from the same class at every step)")
@@ -186,16 +230,12 @@ class TrainConfig:
     teacher_cache: str = hp("auto", "auto | on | off: compute a frozen teacher's outputs once per run where its input is not augmented")
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.teacher_epochs < 1:
-            raise ValueError("epochs and teacher_epochs must be >= 1")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (batch statistics)")
+        if self.min_lr > self.lr and self.schedule in ("poly", "cosine"):
+            raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr} (the {self.schedule} schedule decays lr to min_lr)")
         if self.optimizer not in {"sgd", "adam", "adamw"}:
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
         if self.schedule not in {"poly", "cosine", "step", "constant"}:
             raise ValueError(f"schedule must be poly, cosine, step or constant, got {self.schedule!r}")
-        if not 0.0 <= self.val_fraction < 0.9:
-            raise ValueError("val_fraction must be in [0, 0.9)")
         if self.pairing not in {"paired", "unpaired"}:
             raise ValueError(f"pairing must be 'paired' or 'unpaired', got {self.pairing!r}")
         if self.selection not in {"val", "test"}:

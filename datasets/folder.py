@@ -30,7 +30,8 @@ from bench.config import hp, params_dict
 from bench.data import DatasetAdapter, Modality, Split
 from bench.errors import BenchError
 from bench.models import Backbone, MLPBackbone, ResNetBackbone
-from bench.registry import register_dataset
+from bench.paths import check_component
+from bench.registry import DATASETS, register_dataset
 from bench.utils import stable_hash
 
 
@@ -82,14 +83,31 @@ class FolderDataset(DatasetAdapter):
                 raise BenchError(f"{path}: {key!r} must be a {typ.__name__}, got {meta[key]!r}")
         if meta["num_classes"] < 2:
             raise BenchError(f"{path}: num_classes must be >= 2")
+        # the name and the modality names/codes become folder and file names of records and teachers
+        check_component(meta["name"], f"{path}: 'name'")
+        if meta["name"] in DATASETS:
+            raise BenchError(f"{path}: 'name' {meta['name']!r} is a built-in dataset's name; choose another")
         mods = meta["modalities"]
-        if len(mods) < 2 or len(set(mods)) != len(mods) or not all(isinstance(m, str) and m.isidentifier() for m in mods):
-            raise BenchError(f"{path}: 'modalities' must list at least two distinct names (identifiers), got {mods!r}")
+        if len(mods) < 2 or len(set(mods)) != len(mods):
+            raise BenchError(f"{path}: 'modalities' must list at least two distinct names, got {mods!r}")
+        for i, m in enumerate(mods):
+            check_component(m, f"{path}: 'modalities'[{i}]")
         if "label" in mods:
             raise BenchError(f"{path}: 'label' is reserved for the labels array")
+        codes = meta.get("codes", {})
+        if not isinstance(codes, dict):
+            raise BenchError(f"{path}: 'codes' must be an object mapping modality -> short code, "
+                             f"e.g. {{\"{mods[0]}\": \"{mods[0][:1]}\"}}; got {type(codes).__name__} {codes!r}")
+        for m, c in codes.items():
+            if m not in mods:
+                raise BenchError(f"{path}: 'codes' names {m!r}, which is not one of the modalities {mods}")
+            check_component(c, f"{path}: 'codes'.{m}")
+        if len(set(codes.values())) != len(codes):
+            raise BenchError(f"{path}: 'codes' must be distinct, got {codes!r}")
         cn = meta.get("class_names")
-        if cn is not None and (not isinstance(cn, list) or len(cn) != meta["num_classes"]):
-            raise BenchError(f"{path}: 'class_names' must be a list of num_classes={meta['num_classes']} names")
+        if cn is not None and (not isinstance(cn, list) or len(cn) != meta["num_classes"]
+                               or not all(isinstance(c, str) for c in cn)):
+            raise BenchError(f"{path}: 'class_names' must be a list of num_classes={meta['num_classes']} strings")
         self.meta = meta
         self.name = meta["name"]  # type: ignore[misc]
         # per-sample shapes from the train file header (np.load of an npz reads lazily)
@@ -129,7 +147,7 @@ class FolderDataset(DatasetAdapter):
         if not self.meta:
             return [Modality("a", "a", "any"), Modality("b", "b", "any")]
         codes = self.meta.get("codes", {})
-        used: set[str] = set()
+        used: set[str] = set(codes.values())
         out = []
         for m in self.meta["modalities"]:
             c = codes.get(m) or next((m[:k] for k in range(1, len(m) + 1) if m[:k] not in used), m)
@@ -156,6 +174,11 @@ class FolderDataset(DatasetAdapter):
                 lab = self._get(z, split, "label")
                 if lab.ndim != 1 or lab.dtype.kind not in "iu":
                     raise BenchError(f"{where}: 'label' must be a 1-D integer array, got {lab.dtype} {lab.shape}")
+                if lab.size == 0:
+                    raise BenchError(f"{where}: the {split} split has no samples ('label' is empty)")
+                if split == "train" and len(np.unique(lab)) < 2:
+                    raise BenchError(f"{where}: every training sample has label {int(lab[0])}; a classification "
+                                     f"benchmark needs at least two classes in train")
                 if lab.size and (lab.min() < 0 or lab.max() >= self.num_classes):
                     raise BenchError(f"{where}: 'label' values must lie in 0..{self.num_classes - 1}, "
                                      f"found {int(lab.min())}..{int(lab.max())}")

@@ -86,10 +86,10 @@ class AFDAttention(nn.Module):
 
 @dataclass
 class AFDParams:
-    beta: float = hp(200.0, "weight of L_AFD")
-    alpha: float = hp(0.9, "weight of the KD term (0 = AFD only)")
-    tau: float = hp(4.0, "KD temperature")
-    qk_dim: int = hp(128, "query/key dimension")
+    beta: float = hp(200.0, "weight of L_AFD", ge=0)
+    alpha: float = hp(0.9, "weight of the KD term (0 = AFD only)", ge=0)
+    tau: float = hp(4.0, "KD temperature", gt=0)
+    qk_dim: int = hp(128, "query/key dimension", ge=1)
 
 
 @register_method("afd")

@@ -107,7 +107,7 @@ class Proxy(nn.Module):
 
 @dataclass
 class C2KDParams:
-    krc: float = hp(0.0, "Kendall tau-b threshold of on-the-fly selection (keep tau > krc)")
+    krc: float = hp(0.0, "Kendall tau-b threshold of on-the-fly selection (keep tau > krc)", ge=-1, le=1)
     proxy_stage: int = hp(-2, "stage map the proxies read (reference: layer3 = second-to-last)")
 
 

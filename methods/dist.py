@@ -45,11 +45,11 @@ def dist_loss(z_s: torch.Tensor, z_t: torch.Tensor, *, tau: float = 1.0, beta: f
 
 @dataclass
 class DISTParams:
-    tau: float = hp(1.0, "temperature (official ImageNet 1; CIFAR 4)")
-    beta: float = hp(1.0, "weight of the inter-class relation")
-    gamma: float = hp(1.0, "weight of the intra-class relation")
-    ce_weight: float = hp(1.0, "weight of the cross-entropy")
-    kd_weight: float = hp(2.0, "weight of the DIST loss (official: 2)")
+    tau: float = hp(1.0, "temperature (official ImageNet 1; CIFAR 4)", gt=0)
+    beta: float = hp(1.0, "weight of the inter-class relation", ge=0)
+    gamma: float = hp(1.0, "weight of the intra-class relation", ge=0)
+    ce_weight: float = hp(1.0, "weight of the cross-entropy", ge=0)
+    kd_weight: float = hp(2.0, "weight of the DIST loss (official: 2)", ge=0)
 
 
 @register_method("dist")

@@ -78,11 +78,11 @@ def flatten_dense(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, ignore_
 
 @dataclass
 class DKDParams:
-    alpha: float = hp(1.0, "weight of TCKD")
-    beta: float = hp(8.0, "weight of NCKD (mdistiller default 8; re-tune per pair)")
-    tau: float = hp(4.0, "temperature")
-    warmup: int = hp(20, "epochs over which the KD weight ramps from 1/warmup to 1")
-    ce_weight: float = hp(1.0, "weight of the cross-entropy")
+    alpha: float = hp(1.0, "weight of TCKD", ge=0)
+    beta: float = hp(8.0, "weight of NCKD (mdistiller default 8; re-tune per pair)", ge=0)
+    tau: float = hp(4.0, "temperature", gt=0)
+    warmup: int = hp(20, "epochs over which the KD weight ramps from 1/warmup to 1", ge=1)
+    ce_weight: float = hp(1.0, "weight of the cross-entropy", ge=0)
 
 
 @register_method("dkd")

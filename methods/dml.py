@@ -35,7 +35,7 @@ def dml_loss(z_k: torch.Tensor, peers: list[torch.Tensor], *, lambda_: float = 1
 
 @dataclass
 class DMLParams:
-    lambda_: float = hp(1.0, "weight of the mutual KL term (AberHu port: 1)")
+    lambda_: float = hp(1.0, "weight of the mutual KL term (AberHu port: 1)", ge=0)
     peer_init: str = hp("pretrained", "pretrained (start from the cached teacher) | scratch")
 
     def validate(self) -> None:

@@ -198,16 +198,16 @@ class FDCMKDParams:
     align: bool = hp(True, "Align: shared classifiers Phi_l/Phi_h on both modalities' bands (Eq. 10)")
     scale: bool = hp(True, "Scale: DC removal + per-sample L2 standardisation (Eqs. 7-9)")
     log: bool = hp(True, "Log: logMSE on the high band (Eqs. 5-6)")
-    l1: float = hp(1.0, "lambda_1, weight of L_low (Fig. 5 sweeps it)")
-    l2: float = hp(1.0, "lambda_2, weight of L_high (Fig. 5 sweeps it)")
-    ratio: float = hp(0.5, "frequency split threshold r (Table 7): low = bins 1..floor(r*D/2)")
+    l1: float = hp(1.0, "lambda_1, weight of L_low (Fig. 5 sweeps it)", ge=0)
+    l2: float = hp(1.0, "lambda_2, weight of L_high (Fig. 5 sweeps it)", ge=0)
+    ratio: float = hp(0.5, "frequency split threshold r (Table 7): low = bins 1..floor(r*D/2)", gt=0, lt=1)
     tap: str = hp("pre", "feature tap: pre (pre-ReLU pooled, re-FD-CMKD) | post (classifier input)")
     phi: str = hp("linear", "classifier form for Phi and the band task heads: linear | relu_linear (re-FD-CMKD)")
     decomp: str = hp("dft", "band decomposition: dft (the paper) | haar (1-D Haar wavelet)")
-    bands: int = hp(2, "number of bands (2 = low/high; >2: equal DFT bin groups or Haar levels + 1)")
+    bands: int = hp(2, "number of bands (2 = low/high; >2: equal DFT bin groups or Haar levels + 1)", ge=2)
     split: str = hp("fixed", "fixed (ratio) | learnable (soft DFT mask whose cut-off trains with the student; 2 bands)")
-    split_tau: float = hp(2.0, "softness of the learnable mask, in frequency bins")
-    band_weights: tuple[float, ...] = hp((), "per-band loss weights low -> high (default: l1, then l2 for every other band)")
+    split_tau: float = hp(2.0, "softness of the learnable mask, in frequency bins", gt=0)
+    band_weights: tuple[float, ...] = hp((), "per-band loss weights low -> high (default: l1, then l2 for every other band)", ge=0)
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:

@@ -53,8 +53,8 @@ class FeatParams:
     mode: str = hp("vector", "vector (pooled penultimate vectors) | map (a stage's feature maps)")
     tap: str = hp("post", "vector mode: post (classifier input, non-negative) | pre (pre-ReLU)")
     stage: int = hp(-2, "map mode: stage index of the hint layer (default: the second-to-last stage)")
-    feat_weight: float = hp(100.0, "weight of the MSE (mdistiller FITNET.LOSS.FEAT_WEIGHT)")
-    ce_weight: float = hp(1.0, "weight of the cross-entropy")
+    feat_weight: float = hp(100.0, "weight of the MSE (mdistiller FITNET.LOSS.FEAT_WEIGHT)", ge=0)
+    ce_weight: float = hp(1.0, "weight of the cross-entropy", ge=0)
 
     def validate(self) -> None:
         if self.mode not in ("vector", "map"):

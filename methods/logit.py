@@ -35,9 +35,9 @@ def logit_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: float = 4.0) -> torch.
 
 @dataclass
 class LogitParams:
-    tau: float = hp(4.0, "temperature (mdistiller CIFAR default 4)")
-    ce_weight: float = hp(0.1, "weight of the cross-entropy term (mdistiller CIFAR: 0.1)")
-    kd_weight: float = hp(0.9, "weight of the KD term (mdistiller CIFAR: 0.9)")
+    tau: float = hp(4.0, "temperature (mdistiller CIFAR default 4)", gt=0)
+    ce_weight: float = hp(0.1, "weight of the cross-entropy term (mdistiller CIFAR: 0.1)", ge=0)
+    kd_weight: float = hp(0.9, "weight of the KD term (mdistiller CIFAR: 0.9)", ge=0)
 
     def validate(self) -> None:
         if self.tau <= 0:

@@ -47,8 +47,8 @@ def nkd_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, *, temp: flo
 
 @dataclass
 class NKDParams:
-    temp: float = hp(1.0, "lambda, temperature of the non-target term (ImageNet 1; CIFAR 3)")
-    gamma: float = hp(1.5, "weight of the non-target term (ImageNet 1.5; CIFAR 3.5)")
+    temp: float = hp(1.0, "lambda, temperature of the non-target term (ImageNet 1; CIFAR 3)", gt=0)
+    gamma: float = hp(1.5, "weight of the non-target term (ImageNet 1.5; CIFAR 3.5)", ge=0)
 
 
 @register_method("nkd")

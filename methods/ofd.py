@@ -84,8 +84,8 @@ class OFDConnector(nn.Module):
 
 @dataclass
 class OFDParams:
-    feat_weight: float = hp(1e-3, "weight of the distillation loss (CIFAR 1e-3, ImageNet 1e-4)")
-    ce_weight: float = hp(1.0, "weight of the cross-entropy")
+    feat_weight: float = hp(1e-3, "weight of the distillation loss (CIFAR 1e-3, ImageNet 1e-4)", ge=0)
+    ce_weight: float = hp(1.0, "weight of the cross-entropy", ge=0)
 
 
 @register_method("ofd")

@@ -57,7 +57,7 @@ def pkd_loss(f_s: torch.Tensor | list[torch.Tensor], f_t: torch.Tensor | list[to
 
 @dataclass
 class PKDParams:
-    loss_weight: float = hp(6.0, "weight per level (mmrazor Faster R-CNN configs: 6)")
+    loss_weight: float = hp(6.0, "weight per level (mmrazor Faster R-CNN configs: 6)", ge=0)
     stages: str = hp("last", "last | all: which stage maps are distilled")
     resize_stu: bool = hp(True, "resize the student map to the teacher's size (else the reverse)")
 

@@ -82,10 +82,10 @@ def label_alignment(z_s: torch.Tensor, teacher_head: nn.Module, y: torch.Tensor)
 
 @dataclass
 class UCMKDParams:
-    fa: float = hp(1.0, "weight of feature alignment (OT between feature distributions)")
-    la: float = hp(1.0, "weight of label alignment (teacher head on student features)")
-    eps: float = hp(0.1, "Sinkhorn entropic regularisation (absolute, cost in [0, 2])")
-    iters: int = hp(100, "Sinkhorn iterations")
+    fa: float = hp(1.0, "weight of feature alignment (OT between feature distributions)", ge=0)
+    la: float = hp(1.0, "weight of label alignment (teacher head on student features)", ge=0)
+    eps: float = hp(0.1, "Sinkhorn entropic regularisation (absolute, cost in [0, 2])", gt=0)
+    iters: int = hp(100, "Sinkhorn iterations", ge=1)
     fa_scope: str = hp("batch", "batch (reference) | class (OT within each class of the batch)")
 
     def validate(self) -> None:
