@@ -10,11 +10,19 @@ unpaired protocol they only share the label space), so the losses compare distri
   reference's ``sinkhorn2`` call. ``fa_scope=class`` restricts transport to same-class pairs
   (one OT problem per class present in the batch, weighted by its share): the class-conditional
   version of the same quantity.
-* **label alignment (LA)**: the student's features must be classified correctly by the frozen
-  **teacher head**, ``CE(h_T(z_s), y)``: the prediction distribution that the teacher's classifier
-  induces on student features is aligned with the labels the teacher's own features carry.
-  (Ours: the reference codes LA twice with different signs and, in ``bilevel``, without a
-  gradient; see the spec. This form keeps the stated intent and has a gradient.)
+* **label alignment (LA)**, two forms (``la_form``):
+
+  - ``head_ce`` (default, ours): the student's features must be classified correctly by the frozen
+    **teacher head**, ``CE(h_T(z_s), y)``: the prediction distribution that the teacher's classifier
+    induces on student features is aligned with the labels;
+  - ``reference``: the reference code's term, ``nll_loss(log_softmax(s) - kappa * log_softmax(h_T(z_s)), y)``
+    with ``kappa = softmax(h_T(z_s))`` detached, i.e. per sample ``CE_S - kappa_y * CE_T``
+    (``source/*_unpair/utils/helper.py``, ``sumall``). Its ``bilevel`` variant has the same sign
+    (``CE_S - kappa * CE_T``) with the teacher-head term under no-grad. In ``sumall`` the gradient of
+    ``- kappa_y * CE_T`` flows into ``z_s`` through the frozen head and pushes the head's probability
+    of the true class *down*; the reference's total ``CE + FA + LA`` also counts ``CE_S`` twice.
+    ``head_ce`` keeps the stated intent (align the teacher head's predictions on student features
+    with the labels) with a gradient in that direction; ``reference`` reproduces the code.
 
 Total: ``CE + fa * FA + la * LA``. The teacher is frozen. Different feature sizes get a linear
 projector (the reference requires equal sizes). With the paired protocol the same losses apply;
@@ -76,8 +84,19 @@ def feature_alignment(z_s: torch.Tensor, z_t: torch.Tensor, *, eps: float = 0.1,
 
 
 def label_alignment(z_s: torch.Tensor, teacher_head: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """LA: CE of the frozen teacher head on the student's features."""
+    """LA (``head_ce``): CE of the frozen teacher head on the student's features."""
     return F.cross_entropy(teacher_head(z_s), y)
+
+
+def label_alignment_reference(logits_s: torch.Tensor, z_s: torch.Tensor, teacher_head: nn.Module,
+                              y: torch.Tensor) -> torch.Tensor:
+    """LA (``reference``): mean over the batch of ``CE_S - kappa_y * CE_T``, where ``CE_S`` is the
+    student's own cross-entropy, ``CE_T`` that of the frozen teacher head on the student's features
+    and ``kappa = softmax(h_T(z_s))`` without gradient (the reference's ``sumall`` term)."""
+    log_p_s = F.log_softmax(logits_s, dim=-1)
+    log_q = F.log_softmax(teacher_head(z_s), dim=-1)
+    kappa = log_q.detach().exp()
+    return F.nll_loss(log_p_s - kappa * log_q, y)
 
 
 @dataclass
@@ -87,12 +106,16 @@ class UCMKDParams:
     eps: float = hp(0.1, "Sinkhorn entropic regularisation (absolute, cost in [0, 2])", gt=0)
     iters: int = hp(100, "Sinkhorn iterations", ge=1)
     fa_scope: str = hp("batch", "batch (reference) | class (OT within each class of the batch)")
+    la_form: str = hp("head_ce", "head_ce (CE of the teacher head on student features) | reference "
+                                 "(the code's CE_S - kappa_y * CE_T)")
 
     def validate(self) -> None:
         if self.fa < 0 or self.la < 0 or self.eps <= 0 or self.iters < 1:
             raise ValueError("fa, la >= 0, eps > 0 and iters >= 1 required")
         if self.fa_scope not in ("batch", "class"):
             raise ValueError("fa_scope must be 'batch' or 'class'")
+        if self.la_form not in ("head_ce", "reference"):
+            raise ValueError("la_form must be 'head_ce' or 'reference'")
 
 
 @register_method("ucmkd")
@@ -128,5 +151,8 @@ class UCMKD(Method):
             terms["fa"] = self.p.fa * feature_alignment(z_s, t.feature, eps=self.p.eps, iters=self.p.iters,
                                                         y_s=y if cls else None, y_t=y if cls else None)
         if self.p.la > 0:
-            terms["la"] = self.p.la * label_alignment(z_s, self._teacher_head, y)
+            if self.p.la_form == "reference":
+                terms["la"] = self.p.la * label_alignment_reference(s.logits, z_s, self._teacher_head, y)
+            else:
+                terms["la"] = self.p.la * label_alignment(z_s, self._teacher_head, y)
         return terms

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from bench.engine import class_index, repair_by_class
 from bench.runner import RunSpec, run
-from bench.methods.ucmkd import cosine_cost, feature_alignment, label_alignment, sinkhorn_cost
+from bench.methods.ucmkd import (cosine_cost, feature_alignment, label_alignment, label_alignment_reference,
+                                 sinkhorn_cost)
 from conftest import tiny
 
 
@@ -61,6 +62,45 @@ def test_label_alignment_is_teacher_head_ce():
     z = torch.randn(5, 4)
     y = torch.tensor([0, 1, 2, 1, 0])
     assert float(label_alignment(z, head, y)) == pytest.approx(float(nn.functional.cross_entropy(head(z), y)))
+
+
+def test_label_alignment_reference_form_value_and_gradient():
+    """``la_form=reference`` = per sample CE_S - kappa_y * CE_T, kappa = softmax(h_T(z_s)) without
+    gradient (UnpairedCMKD's ``sumall`` term), checked in float64 against the formula written out."""
+    torch.manual_seed(0)
+    head = nn.Linear(4, 3).double()
+    logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    got = label_alignment_reference(logits, z, head, y)
+    g_logits, g_z = torch.autograd.grad(got, (logits, z))
+
+    logits2 = logits.detach().clone().requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
+    rows = torch.arange(6)
+    ce_s = -torch.log_softmax(logits2, 1)[rows, y]
+    q = torch.softmax(head(z2), 1)
+    ce_t = -torch.log(q[rows, y])
+    kappa_y = q[rows, y].detach()
+    want = (ce_s - kappa_y * ce_t).mean()
+    w_logits, w_z = torch.autograd.grad(want, (logits2, z2))
+    assert float(got) == pytest.approx(float(want), rel=1e-12)
+    assert torch.allclose(g_logits, w_logits, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(g_z, w_z, rtol=1e-12, atol=1e-14)
+    # the sign the docstring states: the term pushes the head's probability of the true class down
+    step = z.detach() - 0.1 * g_z
+    assert (torch.softmax(head(step), 1)[rows, y] < q[rows, y].detach()).float().mean() > 0.5
+    # and it differs from the default form
+    assert float(got) != pytest.approx(float(label_alignment(z, head, y)))
+
+
+def test_la_form_is_recorded_and_runs(tmp_path):
+    rec = run(RunSpec("synthetic", "audio", "visual", "ucmkd", 0, tiny({"ucmkd": {"la_form": "reference"},
+                                                                          "train": {"epochs": "1"}}), str(tmp_path)))
+    assert rec["status"] == "ok" and rec["config"]["method_params"]["la_form"] == "reference"
+    default = run(RunSpec("synthetic", "audio", "visual", "ucmkd", 0, tiny({"train": {"epochs": "1"}}), str(tmp_path)))
+    assert default["config"]["method_params"]["la_form"] == "head_ce" and default["run_id"] != rec["run_id"]
+    assert default["history"][0]["terms"]["la"] != rec["history"][0]["terms"]["la"]
 
 
 def test_repairing_keeps_labels_and_breaks_pairs():
