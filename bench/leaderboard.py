@@ -1,7 +1,10 @@
 """The leaderboard: methods ranked over every (dataset, student modality) cell, with statistics.
 
-Per method it reports the mean rank over the cells it covers (rank 1 = best mean metric in the
-cell; ties share the average rank, ``scipy.stats.rankdata``), the mean gain over w/o KD in points,
+Per method it reports the mean rank (rank 1 = best mean metric in the cell; ties share the average
+rank, ``scipy.stats.rankdata``) under one of two rules (:data:`RANK_RULES`): ``common`` (default)
+ranks the methods among each other only on the cells every ranked method has, so all ranks are
+averages over the same cells against the same opponents; ``own`` averages each method's ranks over
+the cells it has (a method that ran only its two best cells can then stand first). Then the mean gain over w/o KD in points,
 win/tie/loss counts against w/o KD from a per-cell **Welch t-test over seeds**
 (``scipy.stats.ttest_ind(equal_var=False)``; "tie" = not significant at ``alpha``; optional
 Holm/Bonferroni correction over all tested cells via statsmodels), the number of cells with
@@ -32,9 +35,19 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError
-from .tables import display_name, order_methods, welch_p
+from .tables import BASELINE, display_name, order_methods, welch_p
 
-BASELINE = "none"
+RANK_RULES = {
+    "common": ("Mean rank, common-cells rule: rank 1 = best mean in a cell (ties share the average rank); "
+               "the methods with at least one usable result are ranked among each other only on the cells "
+               "that every one of them has, so every mean rank averages the same cells against the same "
+               "opponents. Cells some method lacks are left out of the ranking but still count in gain, "
+               "W/T/L and coverage."),
+    "own": ("Mean rank, own-cells rule: rank 1 = best mean in a cell (ties share the average rank), each "
+            "method's ranks averaged over the cells it has; methods with different coverage are ranked on "
+            "different cells, so read the rank together with the coverage."),
+}
+"""The rank rules in words (the CLI's --rank-cells, the page text and stats_statement)."""
 
 
 @dataclass
@@ -66,16 +79,48 @@ class Leaderboard:
     tied_best: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     friedman: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rank_rule: str = "common"
+    rank_used: list[tuple[str, str]] = field(default_factory=list)
+    """The cells the ranks are computed on (common rule; every cell under the own rule)."""
+    rank_left_out: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """Common rule: cells left out of the ranking -> the ranked methods that lack them."""
+    unranked: list[str] = field(default_factory=list)
+    """Methods without any usable (non-conflict) cell: listed, not ranked."""
 
     def method_label(self, m: str) -> str:
         base, _, h = m.partition("@")
         return display_name(base) + (f"@{h}" if h else "")
 
-    def stats_statement(self) -> str:
+    def rank_detail(self) -> str:
+        """Which cells the ranks of this leaderboard stand on (the page's script writes the same
+        sentence for the cells and categories selected there)."""
+        n = len(self.cells)
+        if len(self.unranked) == len(self.methods):
+            return "No method has a usable cell, so nothing is ranked."
+        if self.rank_rule == "own":
+            s = "Each method is ranked on its own cells (see coverage)"
+        elif not self.rank_used:
+            s = (f"No cell of the {n} is covered by every ranked method, so no method is ranked; narrow the "
+                 f"methods (--methods) or rank on own cells (--rank-cells own)")
+        else:
+            s = f"Ranked on {len(self.rank_used)} of {n} cells (those every ranked method has)"
+            if self.rank_left_out:
+                s += "; left out of the ranking: " + ", ".join(
+                    f"{c[0]}/{c[1]} (missing: {', '.join(self.method_label(m) for m in ms)})"
+                    for c, ms in self.rank_left_out.items())
+        if self.unranked:
+            s += "; not ranked (no usable cell): " + ", ".join(self.method_label(m) for m in self.unranked)
+        return s + "."
+
+    def stats_statement(self, rank: bool = True) -> str:
+        """Every test, level and rule behind the numbers, in words (``rank=False``: without the rank
+        sentences, which the HTML page writes itself for the selected cells)."""
         corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[self.correction]
         s = (f"Per cell: Welch t-test over seeds vs {display_name(self.baseline)} (scipy.stats.ttest_ind, "
              f"equal_var=False), alpha={self.alpha}, {corr} over all tested cells; tie = not significant; "
              f"negative transfer = mean below {display_name(self.baseline)}. ")
+        if rank:
+            s = f"{RANK_RULES[self.rank_rule]} {self.rank_detail()} " + s
         f = self.friedman
         if f.get("statistic") is not None:
             s += (f"Across cells: Friedman chi2={f['statistic']:.3f}, p={f['pvalue']:.3g} over N={f['n_cells']} cells x "
@@ -93,9 +138,11 @@ def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
 
 def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
                       methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
-                      baseline: str = BASELINE, pairing: str | None = "paired") -> Leaderboard:
-    from scipy.stats import rankdata
-
+                      baseline: str = BASELINE, pairing: str | None = "paired",
+                      rank_cells: str = "common") -> Leaderboard:
+    if rank_cells not in RANK_RULES:
+        raise BenchError(f"--rank-cells {rank_cells!r}: expected 'common' (rank on the cells every method has) "
+                         f"or 'own' (each method on its own cells)")
     if correction not in ("none", "holm", "bonferroni"):
         raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
     if not 0 < alpha < 1:
@@ -104,9 +151,12 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     if pairing is not None:  # the two protocols are different benchmarks: never ranked together
         recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
     if datasets:
+        present = sorted({r["dataset"] for r in recs})
         recs = [r for r in recs if r["dataset"] in datasets]
+        if not recs:
+            raise BenchError(f"--datasets {','.join(datasets)}: no ok records to rank; present: {', '.join(present) or 'none'}")
     if not recs:
-        raise BenchError("no ok records to rank" + (f" for datasets {datasets}" if datasets else ""))
+        raise BenchError("no ok records to rank")
     recs, hidden = _prefer_default_params(recs)
     versions: dict[str, set] = {}
     for r in recs:
@@ -115,8 +165,11 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         r["_mkey"] = _method_key(r, versions)
     if methods:
         keep = set(methods)
+        present = sorted({r["_mkey"] for r in recs})
         recs = [r for r in recs if r["method"] in keep or r["_mkey"] in keep]
-    cats = {r["_mkey"]: r.get("method_category") or "Cross-Modal" for r in recs}
+        if not recs:
+            raise BenchError(f"--methods {','.join(methods)}: no ok records of these methods; present: {', '.join(present)}")
+    cats = {r["_mkey"]: str(r.get("method_category") or "Cross-Modal") for r in recs}
     mkeys = order_methods(cats.keys(), cats)
     cells: list[tuple[str, str]] = []
     for r in recs:
@@ -124,7 +177,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         if c not in cells:
             cells.append(c)
     metric = recs[0].get("metric", "top1")
-    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric)
+    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells)
     lb.notes += hidden
     for m in mkeys:
         for c in cells:
@@ -147,15 +200,8 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         s = lb.stats.get((m, c))
         return s if s is not None and not s.conflict else None
 
-    # ranks per cell
-    ranks: dict[tuple[str, tuple[str, str]], float] = {}
-    for c in cells:
-        present = [m for m in mkeys if ok(m, c)]
-        if not present:
-            continue
-        rk = rankdata([-ok(m, c).mean for m in present], method="average")  # type: ignore[union-attr]
-        for m, r_ in zip(present, rk):
-            ranks[(m, c)] = float(r_)
+    means = {(m, c): s.mean for (m, c), s in lb.stats.items() if not s.conflict}
+    ranks, lb.rank_used, lb.rank_left_out, lb.unranked = rank_cells_rule(means, mkeys, cells, rank_cells)
     # per-cell tests against the baseline
     tests: list[tuple[tuple[str, tuple[str, str]], float]] = []
     for m in mkeys:
@@ -202,7 +248,8 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         vs = [lb.verdicts[(m, c)]["verdict"] for c in present if (m, c) in lb.verdicts]
         lb.rows.append({
             "method": m, "display": lb.method_label(m), "category": cats[m],
-            "mean_rank": float(np.mean([ranks[(m, c)] for c in present])) if present else None,
+            "mean_rank": float(np.mean(list(ranks[m].values()))) if ranks[m] else None,
+            "rank_cells": len(ranks[m]),
             "mean_gain": float(np.mean(gains)) if (gains and m != baseline) else None,
             "wins": vs.count("win"), "ties": vs.count("tie"), "losses": vs.count("loss"),
             "untested": vs.count("untested"),
@@ -214,6 +261,32 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
     lb.friedman = _friedman(lb, ok)
     return lb
+
+
+def rank_cells_rule(means: dict[tuple[str, tuple[str, str]], float], methods: list[str],
+                    cells: list[tuple[str, str]], rule: str = "common"):
+    """Per-cell ranks under a :data:`RANK_RULES` rule (the page's script is the same algorithm).
+
+    ``means`` holds the usable (non-conflict) cell means. Returns (per method: cell -> rank, the
+    cells ranked on, common rule: left-out cell -> methods lacking it, methods without a usable cell).
+    """
+    from scipy.stats import rankdata
+
+    ranked = [m for m in methods if any((m, c) in means for c in cells)]
+    unranked = [m for m in methods if m not in ranked]
+    if rule == "common":
+        used = [c for c in cells if ranked and all((m, c) in means for m in ranked)]
+        left_out = {c: [m for m in ranked if (m, c) not in means] for c in cells if c not in used}
+    else:
+        used, left_out = list(cells), {}
+    ranks: dict[str, dict[tuple[str, str], float]] = {m: {} for m in methods}
+    for c in used:
+        present = [m for m in ranked if (m, c) in means]
+        if not present:
+            continue
+        for m, r in zip(present, rankdata([-means[(m, c)] for m in present], method="average")):
+            ranks[m][c] = float(r)
+    return ranks, used, left_out, unranked
 
 
 def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -275,13 +348,13 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
 
     plt = pyplot()
 
-    labels = [lb.method_label(m) for m in f["methods"]]
+    labels = [lb.method_label(m).replace("$", r"\$") for m in f["methods"]]  # no mathtext from a name
     ranks = pd.Series(f["avg_ranks"].values(), index=labels)
     sig = pd.DataFrame(f["nemenyi_p"], index=labels, columns=labels)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.3), dpi=150)
     sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
-    ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f}); "
-                 f"bars join methods not significantly different", fontsize=8)
+    ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f});\n"
+                 f"bars join methods not significantly different", fontsize=8)  # two lines: fits the figure
     fig.tight_layout()
     return save_figure(fig, out_base)
 
@@ -336,14 +409,16 @@ def _fmt(v: Any) -> str:
 # -------------------------------------------------------------------------------------------
 # outputs
 
-COLUMNS = [("rank", "mean rank"), ("method", "method"), ("category", "category"), ("gain", "gain vs w/o KD"),
-           ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
+COLUMNS = [("rank", "mean rank"), ("ranked_on", "ranked on"), ("method", "method"), ("category", "category"),
+           ("gain", "gain vs w/o KD"), ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
+RIGHT = {"rank", "ranked_on", "gain", "neg", "coverage"}
 
 
 def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
     g = r["mean_gain"]
     return [
-        "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}", r["display"], r["category"],
+        "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}",
+        "-" if r["mean_rank"] is None else f"{r['rank_cells']}/{r['grid']}", r["display"], r["category"],
         "-" if g is None else f"{g:+.{dec}f}",
         "-" if r["method"] == BASELINE else f"{r['wins']}/{r['ties']}/{r['losses']}" + (f" (+{r['untested']} untested)" if r["untested"] else ""),
         "-" if r["negative_transfer"] is None else str(r["negative_transfer"]),
@@ -352,12 +427,16 @@ def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
 
 
 def to_markdown(lb: Leaderboard, decimals: int = 2, cells: bool = False) -> str:
+    """Markdown table; names from the records are escaped (no HTML, links or emphasis get through)."""
+    from .tables import md_escape
+
     head = [h for _, h in COLUMNS] + ([f"{d}/{m}" for d, m in lb.cells] if cells else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "---|" * len(head)]
     for r in lb.rows:
         row = _row_cells(r, decimals) + ([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else [])
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n\n" + lb.stats_statement() + "\n" + "".join(f"\n- {n}" for n in lb.notes)
+        lines.append("| " + " | ".join(md_escape(x) for x in row) + " |")
+    return ("\n".join(lines) + "\n\n" + md_escape(lb.stats_statement()) + "\n"
+            + "".join(f"\n- {md_escape(n)}" for n in lb.notes))
 
 
 def _cell_text(lb: Leaderboard, m: str, c: tuple[str, str], dec: int) -> str:
@@ -381,29 +460,33 @@ def to_csv(lb: Leaderboard) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "category", "mean_rank", "mean_gain", "wins", "ties", "losses", "untested",
-                "negative_transfer", "cells", "grid"] + [f"{d}/{m}" for d, m in lb.cells])
+                "negative_transfer", "cells", "grid", "rank_cells"] + [f"{d}/{m}" for d, m in lb.cells])
     for r in lb.rows:
         w.writerow([r["display"], r["category"], r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
-                    r["untested"], r["negative_transfer"], r["cells"], r["grid"]]
+                    r["untested"], r["negative_transfer"], r["cells"], r["grid"], r["rank_cells"]]
                    + [("" if (s := lb.stats.get((r["method"], c))) is None or s.conflict else s.mean) for c in lb.cells])
     return buf.getvalue()
 
 
 def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
-    from .tables import _tex_escape
+    """A booktabs tabular; every name is escaped, the statistics statement follows as comment lines."""
+    from .tables import tex_escape
 
-    lines = [r"\begin{tabular}{rllrrrr}", r"\toprule",
-             " & ".join(_tex_escape(h) for _, h in COLUMNS) + r" \\", r"\midrule"]
+    lines = [r"\begin{tabular}{rrllrrrr}", r"\toprule",
+             " & ".join(tex_escape(h) for _, h in COLUMNS) + r" \\", r"\midrule"]
     for r in lb.rows:
-        lines.append(" & ".join(_tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
+        lines.append(" & ".join(tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n% " + lb.stats_statement() + "\n"
+    comment = " ".join(lb.stats_statement().split())  # one line: a newline would end the comment
+    return "\n".join(lines) + "\n% " + comment + "\n"
 
 
 def to_json(lb: Leaderboard) -> dict[str, Any]:
     return {
         "metric": lb.metric, "baseline": lb.baseline, "alpha": lb.alpha, "correction": lb.correction,
         "cells": [list(c) for c in lb.cells], "rows": lb.rows, "statistics": lb.stats_statement(),
+        "rank_rule": lb.rank_rule, "rank_cells": [list(c) for c in lb.rank_used],
+        "rank_left_out": {f"{c[0]}|{c[1]}": ms for c, ms in lb.rank_left_out.items()},
         "friedman": {k: v for k, v in lb.friedman.items() if k != "matrix"}, "notes": lb.notes,
         "per_cell": {f"{m}|{c[0]}|{c[1]}": {"mean": s.mean if not s.conflict else None, "std": s.std, "n": s.n,
                                             "seeds": s.seeds, "conflict": s.conflict,
@@ -414,16 +497,20 @@ def to_json(lb: Leaderboard) -> dict[str, Any]:
 
 
 def to_rich(lb: Leaderboard, decimals: int = 2, cells: bool = False):
+    """A rich Table; every string goes in as :class:`rich.text.Text`, never parsed as markup."""
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)", caption=lb.stats_statement(), caption_justify="left")
-    for _, h in COLUMNS:
-        t.add_column(h, justify="right" if h in ("mean rank", "gain vs w/o KD", "neg. transfer", "coverage") else "left")
+    t = Table(title=Text(f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)"), caption=Text(lb.stats_statement()),
+              caption_justify="left")
+    for k, h in COLUMNS:
+        t.add_column(h, justify="right" if k in RIGHT else "left")
     if cells:
         for d, m in lb.cells:
-            t.add_column(f"{d}/{m}", justify="right")
+            t.add_column(Text(f"{d}/{m}"), justify="right")
     for r in lb.rows:
-        t.add_row(*_row_cells(r, decimals), *([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else []))
+        t.add_row(*(Text(x) for x in _row_cells(r, decimals)),
+                  *([Text(_cell_text(lb, r["method"], c, decimals)) for c in lb.cells] if cells else []))
     return t
 
 

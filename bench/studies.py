@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchError
-from .tables import Comparison, build_comparison, _tex_escape
+from .tables import Comparison, build_comparison, check_label, tex_escape
 
 SWITCHES = ("freq", "align", "scale", "log")
 SWITCH_NAMES = ("Freq", "Align", "Scale", "Log")
@@ -197,22 +197,26 @@ def build_sensitivity(df: pd.DataFrame, *, datasets: list[str] | None = None, va
 
 def sensitivity_latex(grids: dict[tuple[str, str], pd.DataFrame], *, decimals: int = 1, metric: str = "top1",
                       caption: str | None = None, label: str = "tab:sensitivity", booktabs: bool = True,
-                      notes: list[str] | None = None) -> str:
+                      notes: list[str] | None = None, caption_is_latex: bool = False) -> str:
+    """The l1 x l2 grids as LaTeX; dataset/modality names, notes and a given caption are escaped as
+    plain text (``caption_is_latex``: the caption is the user's LaTeX source)."""
     top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
     metric_word = "mIoU (\\%)" if metric == "mIoU" else "top-1 accuracy (\\%)"
+    if caption is not None:
+        caption = caption if caption_is_latex else tex_escape(caption)
     cap = caption or (f"Sensitivity of FD-CMKD to the loss weights $\\lambda_1$ (rows, L$_{{low}}$) and $\\lambda_2$ "
                       f"(columns, L$_{{high}}$), {metric_word}; mean over seeds. Per grid, best in \\textbf{{bold}}, "
                       f"second \\underline{{underlined}}; -- = no result.")
     for n in notes or []:
-        cap += " " + _tex_escape(n)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\caption{" + cap + "}", r"\label{" + label + "}"]
+        cap += " " + tex_escape(n)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\caption{" + cap + "}", r"\label{" + check_label(label) + "}"]
     for (ds, mod), g in grids.items():
         vals = sorted({round(float(v), decimals) for v in g.values.ravel() if not np.isnan(v)}, reverse=True)
         best, second = (vals[0] if vals else None), (vals[1] if len(vals) > 1 else None)
         n_best = sum(1 for v in g.values.ravel() if not np.isnan(v) and round(float(v), decimals) == best)
         out.append(r"\begin{tabular}{l" + "c" * g.shape[1] + "}")
         out.append(top)
-        out.append(rf"\multicolumn{{{g.shape[1] + 1}}}{{c}}{{{_tex_escape(ds)} / {_tex_escape(mod)}}} \\")
+        out.append(rf"\multicolumn{{{g.shape[1] + 1}}}{{c}}{{{tex_escape(ds)} / {tex_escape(mod)}}} \\")
         out.append(mid)
         out.append(r"$\lambda_1 \backslash \lambda_2$ & " + " & ".join(f"{c:g}" for c in g.columns) + r" \\")
         out.append(mid)
@@ -251,7 +255,7 @@ def sensitivity_heatmap(grids: dict[tuple[str, str], pd.DataFrame], out_base: Pa
         ax.set_yticks(range(g.shape[0]), [f"{r:g}" for r in g.index])
         ax.set_xlabel(r"$\lambda_2$ (high)")
         ax.set_ylabel(r"$\lambda_1$ (low)")
-        ax.set_title(f"{ds} / {mod}", fontsize=9)
+        ax.set_title(f"{ds} / {mod}", fontsize=9, parse_math=False)  # a "$" in a name is not mathtext
         for i, j in itertools.product(range(g.shape[0]), range(g.shape[1])):
             v = g.values[i, j]
             ax.text(j, i, "--" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=7,
