@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -27,7 +28,11 @@ err_console = Console(stderr=True)
 
 class RichReporter:
     """Overall bar over runs plus a bar per running run over its (teacher + student) epochs, with
-    ETA; several runs at once when they are packed (``--runs-per-gpu``)."""
+    ETA; several runs at once when they are packed (``--runs-per-gpu``).
+
+    Run ids, metric names and error texts come from plug-ins, dataset folders and exceptions: they
+    are escaped before they enter Rich markup, so a ``[/]`` or ``[bold]`` in them is shown as
+    written instead of failing the progress display (and with it the run)."""
 
     def __init__(self, progress: Progress, total_runs: int):
         self.p = progress
@@ -37,14 +42,15 @@ class RichReporter:
     def begin(self, run_id: str, total_epochs: int) -> None:
         if run_id in self.tasks:
             self.p.remove_task(self.tasks.pop(run_id))
-        self.tasks[run_id] = self.p.add_task(run_id, total=max(total_epochs, 1))
+        self.tasks[run_id] = self.p.add_task(escape(run_id), total=max(total_epochs, 1))
 
     def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
         task = self.tasks.get(run_id)
         if task is None:
             return
         val = info.get("val_metric")
-        desc = f"{run_id} [dim]{phase} ep{epoch} test={info['test_metric']:.1f}" + (f" val={val:.1f}" if val is not None else "")
+        desc = (f"{escape(run_id)} [dim]{escape(str(phase))} ep{epoch} test={info['test_metric']:.1f}"
+                + (f" val={val:.1f}" if val is not None else ""))
         self.p.update(task, advance=1, description=desc)
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
@@ -53,11 +59,11 @@ class RichReporter:
             self.p.remove_task(task)
         self.p.advance(self.overall)
         if record["status"] == "ok":
-            self.p.console.print(f"[green]ok[/green] {run_id}: {record['metric']} {record['best_metric']:.2f} "
-                                 f"(epoch {record['selected_epoch']}, final {record['final_metric']:.2f}, "
-                                 f"{record['wall_time_s']:.0f}s)")
+            self.p.console.print(f"[green]ok[/green] {escape(run_id)}: {escape(str(record['metric']))} "
+                                 f"{record['best_metric']:.2f} (epoch {record['selected_epoch']}, "
+                                 f"final {record['final_metric']:.2f}, {record['wall_time_s']:.0f}s)")
         else:
-            self.p.console.print(f"[red]failed[/red] {run_id}: {record['error']}")
+            self.p.console.print(f"[red]failed[/red] {escape(run_id)}: {escape(str(record['error']))}")
 
     def skip(self) -> None:
         self.p.advance(self.overall)
@@ -325,47 +331,70 @@ def leaderboard(
     alpha: float = typer.Option(0.05, "--alpha", help="significance level of the per-cell and Nemenyi tests"),
     correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the per-cell tests"),
     cd: Optional[Path] = typer.Option(None, "--cd", help="write the critical-difference diagram to PATH.png/.pdf"),
-    decimals: int = typer.Option(2, "--decimals"),
+    decimals: int = typer.Option(2, "--decimals", help="digits after the decimal point of gains and cells (0-10)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
+    rank_cells: str = typer.Option("common", "--rank-cells", help="common: rank the methods only on the cells every one "
+                                   "of them has (default) | own: each method on the cells it has"),
 ) -> None:
     """Rank methods over every (dataset, student modality) cell, with statistics."""
     from . import leaderboard as L
-    from .executors import split_list
+    from . import reportio as io
     from .results import load_records
 
-    recs = load_records([str(p) for p in (results or [Path("results")])], status="ok")
-    lb = L.build_leaderboard(recs, datasets=split_list(datasets) if datasets else None,
-                             methods=split_list(methods) if methods else None, alpha=alpha, correction=correction,
-                             pairing=pairing)
-    if cd is not None:
-        paths = L.cd_diagram(lb, cd)
-        if paths:
-            console.print("CD diagram: " + ", ".join(map(str, paths)))
+    formats = ("rich", "markdown", "csv", "latex", "json", "html")
+    try:
+        if fmt not in formats:
+            _fail(f"--format {escape(repr(fmt))}: expected {', '.join(formats)}")
+        if pairing not in ("paired", "unpaired"):
+            _fail(f"--pairing {escape(repr(pairing))}: expected paired or unpaired")
+        if rank_cells not in L.RANK_RULES:
+            _fail(f"--rank-cells {escape(repr(rank_cells))}: expected common (the cells every ranked method has) "
+                  f"or own (each method's own cells)")
+        io.check_decimals(decimals)
+        ds = io.name_list(datasets, "--datasets", "crema,ave")
+        ms = io.name_list(methods, "--methods", "none,logit,fdcmkd")
+        if fmt == "rich" and out is not None:
+            _fail("--out writes a file; --format rich prints to the terminal (use markdown, csv, latex, json or html)")
+        if fmt == "html":
+            io.check_out_folder(out or Path("site"))
         else:
-            err_console.print(f"[yellow]no CD diagram[/yellow]: {lb.friedman.get('refused', 'Nemenyi test unavailable')}")
-    if fmt == "html":
-        from .leaderboard_html import write_site
+            io.check_out_file(out)
+        recs = load_records([str(p) for p in (results or [Path("results")])], status="ok")
+        lb = L.build_leaderboard(recs, datasets=ds, methods=ms, alpha=alpha, correction=correction, pairing=pairing,
+                                 rank_cells=rank_cells)
+        if cd is not None:
+            try:
+                paths = L.cd_diagram(lb, cd)
+            except OSError as exc:
+                raise io.unwritable("--cd", cd, exc) from None
+            if paths:
+                console.print("CD diagram: " + escape(", ".join(map(str, paths))))
+            else:
+                err_console.print(f"[yellow]no CD diagram[/yellow]: {escape(lb.friedman.get('refused', 'Nemenyi test unavailable'))}")
+        if fmt == "html":
+            from .leaderboard_html import write_site
 
-        page = write_site(lb, out or Path("site"))
-        console.print(f"wrote {page} (open it from the file system; no server needed)")
-        return
-    text = {"markdown": lambda: L.to_markdown(lb, decimals, cells), "csv": lambda: L.to_csv(lb),
-            "latex": lambda: L.to_latex(lb, decimals), "json": lambda: L.write_json(lb)}
-    if fmt == "rich":
-        console.print(L.to_rich(lb, decimals, cells))
-        for n in lb.notes:
-            console.print(f"[yellow]{n}[/yellow]")
-        return
-    if fmt not in text:
-        _fail(f"--format {fmt!r}: expected rich, markdown, csv, latex, json or html")
-    s = text[fmt]()
-    if out:
-        from .utils import atomic_write_bytes
-
-        atomic_write_bytes(out, s.encode())
-        console.print(f"wrote {out}")
-    else:
-        sys.stdout.write(s if s.endswith("\n") else s + "\n")
+            site = out or Path("site")
+            try:
+                page = write_site(lb, site)
+            except OSError as exc:
+                raise io.unwritable("--out", site, exc) from None
+            console.print(f"wrote {escape(str(page))} (open it from the file system; no server needed)")
+            return
+        if fmt == "rich":
+            console.print(L.to_rich(lb, decimals, cells))
+            for n in lb.notes:
+                console.print(f"[yellow]{escape(n)}[/yellow]")
+            return
+        s = {"markdown": lambda: L.to_markdown(lb, decimals, cells), "csv": lambda: L.to_csv(lb),
+             "latex": lambda: L.to_latex(lb, decimals), "json": lambda: L.write_json(lb)}[fmt]()
+        if out:
+            io.write_text(out, s)
+            console.print(f"wrote {escape(str(out))}")
+        else:
+            sys.stdout.write(s if s.endswith("\n") else s + "\n")
+    except BenchError as exc:  # names and paths in the message are the user's: no markup
+        _fail(escape(str(exc)))
 
 
 @app.command()
@@ -440,96 +469,131 @@ def table(
     fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | rich"),
     datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets (column order)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order; comparison tables)"),
-    decimals: int = typer.Option(1, "--decimals"),
+    decimals: int = typer.Option(1, "--decimals", help="digits after the decimal point (0-10)"),
     std: bool = typer.Option(False, "--std/--no-std", help="print ± sample std over seeds"),
     value: str = typer.Option("best_metric", "--value", help="best_metric (val-selected) | final_metric | reference_best_metric"),
-    caption: Optional[str] = typer.Option(None, "--caption"),
+    caption: Optional[str] = typer.Option(None, "--caption", help="caption text (plain text: LaTeX specials are escaped)"),
+    caption_latex: bool = typer.Option(False, "--caption-latex", help="take --caption as LaTeX source, unescaped"),
     label: Optional[str] = typer.Option(None, "--label", help="LaTeX label (default tab:KIND)"),
     booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
     standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
     mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells statistically tied with the best (Welch over seeds)"),
+    marks: str = typer.Option("all", "--marks", help="all: every row competes for bold/underline | kd-only: the KD methods only, "
+                                                      "w/o KD shown but not ranked (the FD-CMKD paper's convention)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired: which protocol's records to tabulate"),
     alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied"),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
     threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
+    from . import reportio as io
     from . import studies
-    from .executors import split_list
     from .results import load_results
-    from .tables import build_comparison, to_csv, to_latex, to_markdown, to_rich
+    from .tables import MARK_RULES, build_comparison, md_escape, to_csv, to_latex, to_markdown, to_rich
 
-    if kind not in TABLE_KINDS:
-        _fail(f"bench table {kind!r}: expected one of {', '.join(TABLE_KINDS)}")
-    if value not in ("best_metric", "final_metric", "reference_best_metric"):
-        _fail(f"--value {value!r}: expected best_metric, final_metric or reference_best_metric")
-    df = load_results(results)
-    if df.empty:
-        _fail(f"no ok records in {results}/records; run `bench run` first")
-    if pairing not in ("paired", "unpaired"):
-        _fail(f"--pairing {pairing!r}: expected paired or unpaired")
-    df = df[df["pairing"] == pairing]
-    if df.empty:
-        _fail(f"no {pairing}-protocol records in {results} (run with --set train.pairing={pairing})")
-    want_seg = kind == "segmentation"
-    if kind in ("comparison", "segmentation"):
-        df = df[(df["task"] == "segmentation") == want_seg]
+    try:
+        # every option is checked before the records are read: a mistake costs no time
+        if kind not in TABLE_KINDS:
+            _fail(f"bench table {escape(repr(kind))}: expected one of {', '.join(TABLE_KINDS)}")
+        if value not in ("best_metric", "final_metric", "reference_best_metric"):
+            _fail(f"--value {escape(repr(value))}: expected best_metric, final_metric or reference_best_metric")
+        if fmt not in ("latex", "markdown", "csv", "rich"):
+            _fail(f"--format {escape(repr(fmt))}: expected latex, markdown, csv or rich")
+        if pairing not in ("paired", "unpaired"):
+            _fail(f"--pairing {escape(repr(pairing))}: expected paired or unpaired")
+        if marks not in MARK_RULES:
+            _fail(f"--marks {escape(repr(marks))}: expected all (every row ranked) or kd-only (w/o KD not ranked)")
+        comparison = kind in ("comparison", "segmentation")
+        if marks != "all" and not comparison:
+            _fail(f"--marks {marks} applies to the comparison and segmentation tables (they have the w/o KD row)")
+        if mark_tied and not comparison:
+            _fail("--mark-tied applies to the comparison and segmentation tables")
+        if methods is not None and not comparison:
+            _fail(f"--methods applies to the comparison and segmentation tables; the {kind} table is FD-CMKD's")
+        if heatmap is not None and kind != "sensitivity":
+            _fail("--heatmap applies to `bench table sensitivity`")
+        if standalone and fmt != "latex":
+            _fail(f"--standalone makes a LaTeX document; it needs --format latex, not {escape(fmt)}")
+        if not 0 < alpha < 1:
+            _fail(f"--alpha {alpha}: expected a significance level in (0, 1)")
+        io.check_decimals(decimals)
+        ds = io.name_list(datasets, "--datasets", "crema,ave")
+        ms = io.name_list(methods, "--methods", "none,logit,fdcmkd")
+        if fmt == "rich" and out is not None:
+            _fail("--out writes a file; --format rich prints to the terminal (use latex, markdown or csv)")
+        io.check_out_file(out)
+        label = label or f"tab:{kind}"
+        if fmt == "latex":
+            from .tables import check_label
+
+            check_label(label)
+
+        df = load_results(results)
         if df.empty:
-            _fail(f"no {'segmentation' if want_seg else 'classification'} records in {results}")
-    ds = split_list(datasets) or None
-    label = label or f"tab:{kind}"
-    if kind == "sensitivity":
-        grids, notes = studies.build_sensitivity(df, datasets=ds, value=value)
-        if heatmap is not None:
-            paths = studies.sensitivity_heatmap(grids, heatmap, str(df["metric"].iloc[0]))
-            console.print("heatmap: " + ", ".join(map(str, paths)))
-        if fmt == "latex":
-            text = studies.sensitivity_latex(grids, decimals=decimals, metric=str(df["metric"].iloc[0]), caption=caption,
-                                             label=label, booktabs=booktabs, notes=notes)
-        elif fmt in ("csv", "markdown", "rich"):
-            parts = []
-            for (d, m), g in grids.items():
-                parts.append(f"# {d}/{m} (rows l1, columns l2)\n" + (g.to_csv() if fmt == "csv" else _grid_markdown(g, decimals) if fmt == "markdown" else g.round(decimals).to_string()))
-            text = "\n".join(parts) + "\n"
+            _fail(f"no ok records in {escape(str(results))}/records; run `bench run` first")
+        df = df[df["pairing"] == pairing]
+        if df.empty:
+            _fail(f"no {pairing}-protocol records in {escape(str(results))} (run with --set train.pairing={pairing})")
+        want_seg = kind == "segmentation"
+        if comparison:
+            df = df[(df["task"] == "segmentation") == want_seg]
+            if df.empty:
+                _fail(f"no {'segmentation' if want_seg else 'classification'} records in {escape(str(results))}")
+        io.check_known(ds, sorted(df["dataset"].unique()), "--datasets", "dataset")
+        io.check_known(ms, sorted(df["method"].unique()), "--methods", "method")
+        if kind == "sensitivity":
+            grids, notes = studies.build_sensitivity(df, datasets=ds, value=value)
+            if heatmap is not None:
+                try:
+                    paths = studies.sensitivity_heatmap(grids, heatmap, str(df["metric"].iloc[0]))
+                except OSError as exc:
+                    raise io.unwritable("--heatmap", heatmap, exc) from None
+                console.print("heatmap: " + escape(", ".join(map(str, paths))))
+            if fmt == "latex":
+                text = studies.sensitivity_latex(grids, decimals=decimals, metric=str(df["metric"].iloc[0]), caption=caption,
+                                                 label=label, booktabs=booktabs, notes=notes, caption_is_latex=caption_latex)
+            else:
+                parts = []
+                for (d, m), g in grids.items():
+                    head = f"{md_escape(d)}/{md_escape(m)}" if fmt == "markdown" else f"{d}/{m}"
+                    parts.append(f"# {head} (rows l1, columns l2)\n" + (g.to_csv() if fmt == "csv" else _grid_markdown(g, decimals) if fmt == "markdown" else g.round(decimals).to_string()))
+                text = "\n".join(parts) + "\n"
         else:
-            _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
-    else:
-        if kind == "ablation":
-            comp = studies.build_ablation(df, datasets=ds, value=value, decimals=decimals)
-        elif kind == "threshold":
-            comp = studies.build_threshold(df, datasets=ds, value=value, decimals=decimals)
-        else:
-            df, notes = studies.prefer_defaults(df)
-            comp = build_comparison(df, value=value, methods=split_list(methods) or None, datasets=ds, decimals=decimals)
-            comp.notes += notes
-            if mark_tied:
-                from .tables import mark_tied as do_mark_tied
+            if kind == "ablation":
+                comp = studies.build_ablation(df, datasets=ds, value=value, decimals=decimals)
+            elif kind == "threshold":
+                comp = studies.build_threshold(df, datasets=ds, value=value, decimals=decimals)
+            else:
+                df, notes = studies.prefer_defaults(df)
+                comp = build_comparison(df, value=value, methods=ms, datasets=ds, decimals=decimals, marks=marks)
+                comp.notes += notes
+                if mark_tied:
+                    from .tables import mark_tied as do_mark_tied
 
-                do_mark_tied(comp, df, value, alpha)
-            if want_seg:
-                comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
-            if pairing == "unpaired":
-                comp.title = "Unpaired protocol (teacher inputs re-drawn from the same class at every step): " + comp.title
-        if fmt == "rich":
-            console.print(to_rich(comp, decimals=decimals, std=std))
-            return
-        if fmt == "latex":
-            text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs)
-        elif fmt == "markdown":
-            text = to_markdown(comp, decimals=decimals, std=std)
-        elif fmt == "csv":
-            text = to_csv(comp)
+                    do_mark_tied(comp, df, value, alpha)
+                if want_seg:
+                    comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
+                if pairing == "unpaired":
+                    comp.title = "Unpaired protocol (teacher inputs re-drawn from the same class at every step): " + comp.title
+            if fmt == "rich":
+                console.print(to_rich(comp, decimals=decimals, std=std))
+                return
+            if fmt == "latex":
+                text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs,
+                                caption_is_latex=caption_latex)
+            elif fmt == "markdown":
+                text = to_markdown(comp, decimals=decimals, std=std)
+            else:
+                text = to_csv(comp)
+        if standalone:
+            text = studies.standalone(text)
+        if out:
+            io.write_text(out, text)
+            console.print(f"wrote {escape(str(out))}")
         else:
-            _fail(f"--format {fmt!r}: expected latex, markdown, csv or rich")
-    if standalone and fmt == "latex":
-        text = studies.standalone(text)
-    if out:
-        from .utils import atomic_write_bytes
-
-        atomic_write_bytes(out, text.encode())
-        console.print(f"wrote {out}")
-    else:
-        sys.stdout.write(text)
+            sys.stdout.write(text)
+    except BenchError as exc:  # names and paths in the message are the user's: no markup
+        _fail(escape(str(exc)))
 
 
 @app.command()

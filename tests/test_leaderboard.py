@@ -48,7 +48,7 @@ def make_results(root: Path) -> Path:
 
 
 def test_ranks_gains_wtl_negative_transfer(tmp_path):
-    lb = build_leaderboard(load_records(make_results(tmp_path / "res")))
+    lb = build_leaderboard(load_records(make_results(tmp_path / "res")), rank_cells="own")
     rows = {r["method"]: r for r in lb.rows}
     assert rows["m1"]["mean_rank"] == pytest.approx((1 + 2 + 1) / 3)
     assert rows["m2"]["mean_rank"] == pytest.approx((2 + 1) / 2)
@@ -150,9 +150,13 @@ def test_cli_formats(tmp_path):
     data = json.loads(r.output)
     assert [x["method"] for x in data["rows"]][:2] == ["m1", "m2"]
     r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "markdown", "--cells"])
-    assert "| 1.33 | m1 |" in r.output and "Welch" in r.output and "61.00±1.00 (best)" in r.output
+    # default rule: ranked on the 2 cells every ranked method has (m2 lacks B/visual)
+    assert "| 1.50 | 2/3 | m1 |" in r.output and "Welch" in r.output and "61.00±1.00 (best)" in r.output
+    assert "left out of the ranking: B/visual (missing: m2)" in r.output
+    r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "markdown", "--rank-cells", "own"])
+    assert "| 1.33 | 3/3 | m1 |" in r.output and "own-cells rule" in r.output
     r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "csv"])
-    assert r.output.splitlines()[1].startswith("m1,Logits,1.33")
+    assert r.output.splitlines()[1].startswith("m1,Logits,1.5,")
     r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "latex", "--out", str(tmp_path / "lb.tex")])
     assert r.exit_code == 0 and "\\toprule" in (tmp_path / "lb.tex").read_text()
     r = cli.invoke(app, ["collect", "--from", str(res), "-r", str(tmp_path / "m")])
