@@ -6,23 +6,64 @@ check every referenced file, decide what is skipped and why) and how to decode o
 opens the cache. Parameters are split into *preparation* parameters (``prep_keys``: they change
 the cached arrays, so the cache records them and refuses to serve a different setting) and
 train-time parameters (crop size, number of frames, network width).
+
+A run needs only the cache: preparation parameters the user did not set are read from the
+cache's manifest (``--set vggsound.cache=DIR`` is enough for a cache prepared with
+``frame_cache=64``), so the run's configuration, and with it its hash, is the same whether a
+setting was repeated or read. A setting given explicitly that differs from the cache's is an
+error naming both values. To tell the two apart, each adapter's ``Params`` remembers which fields
+its constructor was given (:func:`track_explicit`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
-from .cache import PrepPlan, build_cache, default_cache_dir, open_cache, read_manifest, sha256_file
-from .config import params_dict
+from .cache import MANIFEST, PrepPlan, build_cache, default_cache_dir, open_cache, read_manifest, sha256_file
+from .config import coerce, params_dict
 from .data import DatasetAdapter, Split
 from .errors import BenchError
 from .utils import atomic_write_json
 
 PATH_KEYS = ("root", "cache")
+
+
+def track_explicit(params_cls: type) -> None:
+    """Make the dataclass ``params_cls`` record, on each instance, the fields its constructor was
+    given (``_explicit``): :func:`bench.config.build_params` passes exactly the ``--set`` keys."""
+    if not dataclasses.is_dataclass(params_cls) or "_explicit_tracked" in params_cls.__dict__:
+        return
+    init = params_cls.__init__
+    names = [f.name for f in dataclasses.fields(params_cls)]
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        object.__setattr__(self, "_explicit", frozenset(names[:len(args)]) | frozenset(kwargs))
+
+    params_cls.__init__ = __init__  # type: ignore[misc]
+    params_cls._explicit_tracked = True  # type: ignore[attr-defined]
+
+
+def explicit_keys(params: Any) -> set[str]:
+    """Fields set explicitly; without a record, those that differ from their default."""
+    got = getattr(params, "_explicit", None)
+    if got is not None:
+        return set(got)
+    out = set()
+    for f in dataclasses.fields(params):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if getattr(params, f.name) != default:
+            out.add(f.name)
+    return out
 
 
 class PreparedDataset(DatasetAdapter):
@@ -31,6 +72,11 @@ class PreparedDataset(DatasetAdapter):
     label_key: ClassVar[str] = "label"
     classes: ClassVar[list[str]] = []
     """Fixed class list (index = position); never derived from file order."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" in cls.__dict__:
+            track_explicit(cls.Params)
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +145,37 @@ class PreparedDataset(DatasetAdapter):
     def manifest(self) -> dict[str, Any]:
         return read_manifest(self.cache_path, self.name)
 
+    def use_cache_settings(self) -> None:
+        """Take the preparation parameters the user did not set from the cache's manifest (once);
+        an explicit setting that differs from the cache's is an error naming both values.
+        Without a manifest nothing changes (loading then reports the missing cache)."""
+        if getattr(self, "_settled", False) or not (self.cache_path / MANIFEST).exists():
+            return
+        m = self.manifest()
+        cached = m.get("prep_params", {})
+        explicit = explicit_keys(self.params)
+        hints = typing.get_type_hints(type(self.params))
+        conflicts = []
+        for k in self.prep_keys:
+            if k not in cached or params_dict(self.params)[k] == cached[k]:
+                continue
+            if k in explicit:
+                conflicts.append(f"{self.name}.{k}={getattr(self.params, k)} was set, but the cache was prepared "
+                                 f"with {k}={cached[k]}")
+            else:
+                setattr(self.params, k, coerce(cached[k], hints[k], f"{self.cache_path / MANIFEST} prep_params.{k}"))
+        if conflicts:
+            raise BenchError(f"cache {self.cache_path}: " + "; ".join(conflicts) + ". Drop the setting to use this "
+                             f"cache as prepared, or prepare another cache with it (`bench prepare {self.name} "
+                             f"--root RAW_DIR --cache OTHER_DIR --set ...`) and point --set {self.name}.cache at it")
+        self.adopt_manifest(m, explicit)
+        self._settled = True
+
+    def adopt_manifest(self, manifest: dict[str, Any], explicit: set[str]) -> None:
+        """Other settings an adapter takes from the manifest when not given (e.g. a tokenizer dir)."""
+
     def load(self) -> dict[str, Split]:
+        self.use_cache_settings()
         m, arrays = open_cache(self.cache_path, self.name, self.prep_params())
         out = {}
         mods = [x.name for x in self.modalities]
@@ -113,6 +189,7 @@ class PreparedDataset(DatasetAdapter):
         return out
 
     def fingerprint(self) -> dict[str, Any]:
+        self.use_cache_settings()  # the same identity whether a preparation setting was repeated or read
         d = params_dict(self.params)
         for k in PATH_KEYS:
             d.pop(k, None)

@@ -14,7 +14,8 @@ or ``task=humanitarian`` (5 merged classes; the fine ``label`` column is not use
 dev split is the validation split. Text is kept as published (mojibake and ``&amp;`` included).
 
 Text: WordPiece ids from the user's local BERT directory (``bert_dir``: config.json + vocab.txt
-[+ weights]; nothing is downloaded), ``[CLS] ... [SEP]``, padded/truncated to ``max_length`` 128,
+[+ weights]; nothing is downloaded; a run on the cache uses the directory recorded in the manifest
+unless ``bert_dir`` is given), ``[CLS] ... [SEP]``, padded/truncated to ``max_length`` 128,
 cached as int32 ids + int8 mask. Encoder: BERT (``freeze_text`` for the frozen protocol).
 Image: RGB uint8 at ``image_cache`` squared; train RandomResizedCrop(224) + flip, eval
 CenterCrop(224) of the cached 256 (torchvision MobileNetV2 conventions; the aspect ratio is not
@@ -56,7 +57,7 @@ class CrisisParams:
     cache: str = hp("", "prepared cache directory (default $CMKD_BENCH_CACHE/crisismmd)")
     task: Literal["informative", "humanitarian"] = hp("informative", "benchmark task (agreed-label split)")
     split_dir: str = hp("crisismmd_datasplit_agreed_label", "folder of the split tsv files, relative to root")
-    bert_dir: str = hp("", "local BERT directory (config.json, vocab.txt, weights); required")
+    bert_dir: str = hp("", "local BERT directory (config.json, vocab.txt, weights); a run defaults to the cache's")
     max_length: int = hp(128, "token sequence length (covers every tweet of the splits)")
     image_cache: int = hp(256, "cached image size (square)")
     image_size: int = hp(224, "network input size of images")
@@ -157,7 +158,14 @@ class CrisisMMD(PreparedDataset):
         return {"text": np.asarray(enc["input_ids"], np.int32), "text.mask": np.asarray(enc["attention_mask"], np.int8),
                 "image": read_image(img, (s, s)), "label": np.int64(label)}
 
+    def adopt_manifest(self, manifest: dict[str, Any], explicit: set[str]) -> None:
+        # the text encoder's weights sit in the BERT directory the cache was tokenised with
+        bert = manifest.get("info", {}).get("bert_dir", "")
+        if "bert_dir" not in explicit and not self.params.bert_dir and bert and Path(bert).is_dir():
+            self.params.bert_dir = bert
+
     def load(self):
+        self.use_cache_settings()
         m = self.manifest()
         self._vocab = m["prep_params"].get("vocab_sha256")
         if self.params.bert_dir:

@@ -186,3 +186,29 @@ def test_vggsound_clip_with_two_labels_is_two_samples(tmp_path):
     train = ad.load()["train"]
     same = [i for i in range(len(train)) if torch.equal(train.inputs["audio"][i], train.inputs["audio"][0])]
     assert sorted(int(train.labels[i]) for i in same) == [1, 30]
+
+
+def test_run_reads_preparation_settings_from_the_cache(tmp_path):
+    """A cache prepared with non-default settings runs given only the cache: the settings come
+    from its manifest, with the same run identity as when repeated; a conflicting one is an error."""
+    from bench.runner import resolve
+
+    root, cache = tmp_path / "raw", tmp_path / "cache"
+    make_vgg(root)
+    build_adapter("vggsound", {"vggsound": {"root": str(root), "cache": str(cache), "frame_cache": "24",
+                                            "max_frames": "4", "min_frames": "3"}}).prepare()
+    train = {**TRAIN, "val_fraction": "0.25"}
+    only_cache = {"vggsound": {"cache": str(cache), "image_size": "20", "width": "4"}, "train": train}
+    repeated = {"vggsound": {**only_cache["vggsound"], "frame_cache": "24", "max_frames": "4", "min_frames": "3"},
+                "train": train}
+    rec = run(RunSpec("vggsound", "audio", "visual", "none", 0, only_cache, str(tmp_path / "res")))
+    assert rec["status"] == "ok", rec.get("traceback")
+    params = rec["config"]["dataset"]["params"]
+    assert (params["frame_cache"], params["max_frames"], params["min_frames"]) == (24, 4, 3)
+    assert rec["config_hash"] == resolve(RunSpec("vggsound", "audio", "visual", "none", 0, repeated)).config_hash
+    assert len(rec["history"]) == 1
+    for value in ("32", "256"):  # another size, or the default given explicitly
+        bad = {"vggsound": {**only_cache["vggsound"], "frame_cache": value}, "train": train}
+        with pytest.raises(BenchError, match=rf"vggsound.frame_cache={value} was set, but the cache was prepared "
+                                             rf"with frame_cache=24"):
+            resolve(RunSpec("vggsound", "audio", "visual", "none", 0, bad))
