@@ -304,20 +304,54 @@ def prepare(
             prog.update(tasks[split], completed=done)
 
         manifest = adapter.prepare(report)
-    _print_prepare_report(manifest, adapter.cache_path, time.time() - t0)
+    _print_prepare_report(manifest, adapter.cache_path, time.time() - t0, adapter)
 
 
-def _print_prepare_report(m: dict[str, Any], cache: Path, seconds: float) -> None:
+def _print_prepare_report(m: dict[str, Any], cache: Path, seconds: float, adapter: Any = None) -> None:
+    from .speed import fmt_bytes as g, manifest_sizes, placement_needs
+
+    splits = m["splits"]
+    dense = any(s.get("hist_unit") == "pixels" for s in splits.values())
     t = Table(title=f"{m['dataset']} prepared into {cache} in {seconds:.1f}s")
-    for c in ("split", "listed", "used", "skipped (reason: count)", "class histogram"):
+    for c in ("split", "listed", "used", "skipped (reason: count)", "void pixels" if dense else "class histogram"):
         t.add_column(c)
-    for split, s in m["splits"].items():
+    for split, s in splits.items():
         skipped = "; ".join(f"{r}: {v['count']}" for r, v in s["skipped"].items()) or "-"
-        t.add_row(split, str(s["listed"]), str(s["n"]), skipped, " ".join(map(str, s["class_hist"])))
+        last = f"{s.get('void_pixels', 0):,}" if dense else " ".join(map(str, s["class_hist"]))
+        t.add_row(split, str(s["listed"]), str(s["n"]), skipped, last)
     console.print(t)
+    if dense:  # segmentation: pixels per class (void excluded), one column per split
+        h = Table(title=f"{m['dataset']}: labelled pixels per class")
+        h.add_column("class")
+        for split in splits:
+            h.add_column(split, justify="right")
+        totals = {split: max(sum(s["class_hist"]), 1) for split, s in splits.items()}
+        for c, name in enumerate(m.get("classes") or range(len(next(iter(splits.values()))["class_hist"]))):
+            h.add_row(f"{c} {name}", *(f"{s['class_hist'][c]:,} ({100 * s['class_hist'][c] / totals[sp]:.1f}%)"
+                                       for sp, s in splits.items()))
+        console.print(h)
     size = sum(f.stat().st_size for f in cache.glob("*.npy"))
-    notes = {k: v for k, v in m.get("info", {}).items() if k in ("clips_with_empty_audio", "video_ids_shared_across_splits")}
+    notes = {k: v for k, v in m.get("info", {}).items()
+             if k in ("clips_with_empty_audio", "video_ids_shared_across_splits", "images_in_train_and_test")}
     console.print(f"cache: {size / 2**20:.1f} MiB, content hash {m['content_hash']}" + (f", notes: {notes}" if notes else ""))
+    if adapter is None:
+        return
+    # what one run on a GPU holds per placement (train.data_placement), from the manifest's arrays
+    from .runner import build_train_config
+
+    tc = build_train_config(adapter, {})
+    mt = Table(title=f"memory of one GPU run on this cache (batch {tc.batch_size}, eval batch {tc.eval_batch_size}; "
+                     f"teacher-output cache not included)")
+    for c in ("direction", "arrays read", "device", "pinned", "stream"):
+        mt.add_column(c)
+    for t_mod, s_mod in adapter.directions():
+        sizes = manifest_sizes(m, [s_mod, t_mod], getattr(adapter, "label_key", "label"))
+        need = placement_needs(sizes, tc.batch_size, tc.eval_batch_size, cuda=True)
+        mt.add_row(adapter.direction_name(t_mod, s_mod), g(sum(d for _n, d, _r in sizes.values())),
+                   f"{g(need['device']['device_bytes'])} GPU + {g(need['device']['host_bytes'])} RAM",
+                   f"{g(need['pinned']['host_bytes'])} pinned RAM",
+                   f"{g(need['stream']['host_bytes'])} RAM (+{g(need['stream']['page_cache_bytes'])} page cache)")
+    console.print(mt)
 
 
 @app.command()

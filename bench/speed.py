@@ -27,11 +27,21 @@ training histories). It applies when all of these hold:
   synthetic set and AV-Digits; **not** visual frames (random crop, flip, frame choice), VGGSound
   audio (random 5-s crop) or NYU-Depth (joint scale/crop/flip);
 * the cached tensors fit the memory budget (feature maps of every training sample can be large).
+
+Memory. Before training, :func:`choose_placement` estimates what the run holds
+(:func:`memory_estimate`, recorded in the plan as ``memory``): ``device`` (GPU) and ``pinned``
+copy the arrays the run reads (train: student and teacher modality; val/test: the student's) into
+device memory or pinned host RAM; ``stream`` (and ``device`` on a CPU) reads batches from the
+memory-mapped cache, so only the batches in flight, the class labels and, on a CPU, the
+teacher-output cache are resident, and the cache's pages stay reclaimable page cache. An explicit
+placement that cannot fit, and ``auto`` when none fits, fail before training with the numbers
+instead of being killed by the OOM killer later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +50,7 @@ from typing import Any, Iterator
 import torch
 
 from .data import Split, batch_indices
-from .errors import ConfigError
+from .errors import BenchError, ConfigError
 from .models import ModelOutput
 
 SPEED_KEYS = ("speed", "amp", "channels_last", "data_placement", "compile", "fused_optim", "teacher_cache")
@@ -58,6 +68,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 CPU_CACHE_BUDGET = 2 * 2**30
 """Teacher-output cache budget on CPU (bytes)."""
+
+PREFETCH_DEPTH = 3
+"""Batches gathered ahead of the training thread (stream and pinned placement)."""
+
+PLACE_CHUNK = 256 * 2**20
+"""Bytes copied at a time when a split is placed (the only transient host buffer)."""
 
 
 def validate_choices(train: Any) -> None:
@@ -87,7 +103,11 @@ class SpeedPlan:
     teacher_cache: bool = False
     teacher_cache_reason: str = ""
     teacher_cache_fields: list[str] = field(default_factory=list)
+    teacher_cache_bytes: int = 0
     runs_per_gpu: int = 1
+    memory: dict[str, Any] = field(default_factory=dict)
+    """What the run holds in host RAM and device memory per placement, and what was available
+    (:func:`memory_estimate`)."""
 
     def autocast(self, device: torch.device):
         if self.amp == "off":
@@ -143,43 +163,199 @@ def plan_speed(train: Any, device: torch.device) -> SpeedPlan:
 # --------------------------------------------------------------------------------------------
 # data placement
 
+def _nbytes(t: Any) -> int:
+    return int(t.numel() * t.element_size())
+
+
 def split_nbytes(split: Split, keys: list[str] | None = None) -> int:
-    n = sum(int(v.numel() * v.element_size()) for k, v in split.inputs.items() if keys is None or k in keys)
-    n += sum(int(v.numel() * v.element_size()) for v in split.aux.values())
-    return n + int(split.labels.numel() * split.labels.element_size())
+    n = sum(_nbytes(v) for k, v in split.inputs.items() if keys is None or k in keys)
+    n += sum(_nbytes(v) for v in split.aux.values())
+    return n + _nbytes(split.labels)
+
+
+def host_available_bytes() -> int:
+    """Host RAM a process may still take: ``MemAvailable`` (free + reclaimable page cache), capped
+    by the cgroup's limit (a SLURM job or container) less what the cgroup already uses."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            avail = 8 * 2**30
+    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = open(limit_f).read().strip()
+            if limit != "max" and int(limit) < 2**60:
+                avail = min(avail, max(int(limit) - int(open(usage_f).read().strip()), 0))
+            break
+        except (OSError, ValueError):
+            continue
+    return avail
 
 
 def free_device_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        import os
+    return host_available_bytes()
 
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 * 2**30
+
+def fmt_bytes(n: float) -> str:
+    """``1.50 GiB`` or ``12.3 MiB``."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _split_sizes(splits: dict[str, Split], keys: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Per split: (samples, bytes a run reads, bytes of it always in RAM: class ids, side arrays).
+    Training reads every modality in ``keys`` of train, evaluation only ``keys[0]`` elsewhere."""
+    out = {}
+    for name, sp in splits.items():
+        in_ram = sum(_nbytes(v) for v in sp.aux.values()) + (_nbytes(sp.labels) if sp.labels.dim() == 1 else 0)
+        out[name] = (len(sp), split_nbytes(sp, keys if name == "train" else keys[:1]), in_ram)
+    return out
+
+
+def manifest_sizes(manifest: dict[str, Any], keys: list[str], label_key: str = "label") -> dict[str, tuple[int, int, int]]:
+    """:func:`_split_sizes` from a cache manifest (array shapes and dtypes), without opening it."""
+    import numpy as np
+
+    out = {}
+    for name, s in manifest["splits"].items():
+        use = keys if name == "train" else keys[:1]
+        data = in_ram = 0
+        for key, a in s["arrays"].items():
+            b = s["n"] * int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize
+            if key == label_key and not a["shape"]:
+                b = s["n"] * 8  # class ids are loaded as int64
+            if "." in key or key == label_key:
+                data += b
+                in_ram += b if ("." in key or not a["shape"]) else 0
+            elif key in use:
+                data += b
+        out[name] = (s["n"], data, in_ram)
+    return out
+
+
+def placement_needs(sizes: dict[str, tuple[int, int, int]], batch_size: int, eval_batch_size: int, cuda: bool,
+                    teacher_cache_bytes: int = 0, already_placed: int = 0) -> dict[str, dict[str, int]]:
+    """Bytes of host RAM, device memory and page cache a run holds under each placement.
+
+    ``device`` (GPU) and ``pinned`` hold a copy of the arrays the run reads; ``stream``, and
+    ``device`` on a CPU, hold only the batches in flight (the prefetch queue and the one in use,
+    in RAM on a CPU and on the GPU otherwise) while the memory-mapped arrays stay page cache
+    (reclaimable, but what does not fit is re-read from disk every epoch). Class ids and side
+    arrays are always in RAM; the teacher-output cache lives on the device (on a CPU: in RAM).
+    """
+    total = sum(d for _n, d, _r in sizes.values())
+    in_ram = sum(r for _n, _d, r in sizes.values())
+    copy = max(total - already_placed, 0)
+    mapped = max(total - in_ram, 0)
+    # the largest batch: a training batch, or an evaluation batch of any split
+    one = max([-(-d // n) * min(batch_size if name == "train" else eval_batch_size, n)
+               for name, (n, d, _r) in sizes.items() if n] or [0])
+    queued = (PREFETCH_DEPTH + 1) * one  # the prefetch queue and the batch in use
+    t = teacher_cache_bytes
+    if cuda:  # the queue is on the GPU; the host holds the batch being gathered and its pinned copy
+        return {"device": {"host_bytes": in_ram + min(PLACE_CHUNK, copy), "device_bytes": copy + t, "page_cache_bytes": 0},
+                "pinned": {"host_bytes": in_ram + copy + 2 * one, "device_bytes": t + queued, "page_cache_bytes": 0},
+                "stream": {"host_bytes": in_ram + 2 * one, "device_bytes": t + queued, "page_cache_bytes": mapped}}
+    # on a CPU, device placement gathers batches straight from the arrays (nothing is copied)
+    return {"device": {"host_bytes": in_ram + t + one, "device_bytes": 0, "page_cache_bytes": mapped},
+            "pinned": {"host_bytes": in_ram + t + copy + queued, "device_bytes": 0, "page_cache_bytes": 0},
+            "stream": {"host_bytes": in_ram + t + queued, "device_bytes": 0, "page_cache_bytes": mapped}}
+
+
+def memory_estimate(plan: SpeedPlan, train: Any, splits: dict[str, Split], keys: list[str],
+                    device: torch.device, dataset: str = "") -> dict[str, Any]:
+    """:func:`placement_needs` of this run (``keys[0]`` trained, the rest the teacher's), with the
+    memory available to it: host RAM and free device memory, divided among the runs packed on
+    one GPU. Arrays this process already placed on ``device`` (an earlier run of the grid) need
+    no new memory."""
+    cuda = device.type == "cuda"
+    rank = {"train": 0, "val": 1, "test": 2}
+    order = sorted(splits, key=lambda k: rank.get(k, 3))
+    sizes = _split_sizes({k: splits[k] for k in order}, keys)
+    ids = {id(s) for s in splits.values()}
+    placed = sum(_nbytes(t) for (sid, _k, dev, _p), (_s, t) in BatchSource._placed.items()
+                 if sid in ids and dev == str(device))
+    per = placement_needs(sizes, train.batch_size, train.eval_batch_size, cuda,
+                          plan.teacher_cache_bytes if plan.teacher_cache else 0, placed)
+    share = max(plan.runs_per_gpu, 1)
+    return {"dataset": dataset, "device": str(device), "arrays_bytes": {k: d for k, (_n, d, _r) in sizes.items()},
+            "already_placed_bytes": placed, "host_available_bytes": host_available_bytes() // share,
+            "device_available_bytes": free_device_bytes(device) // share if cuda else None,
+            "runs_sharing": share, "per_placement": per}
+
+
+def _fits(est: dict[str, Any], placement: str, frac_dev: float = 1.0, frac_host: float = 1.0,
+          frac_cache: float | None = None) -> bool:
+    need = est["per_placement"][placement]
+    ok = need["host_bytes"] <= frac_host * est["host_available_bytes"]
+    if frac_cache is not None:  # the mapped arrays should stay in the page cache, too
+        ok = ok and need["host_bytes"] + need["page_cache_bytes"] <= frac_cache * est["host_available_bytes"]
+    if est["device_available_bytes"] is not None:
+        ok = ok and need["device_bytes"] <= frac_dev * est["device_available_bytes"]
+    return ok
+
+
+def _too_big(est: dict[str, Any], placement: str, why: str) -> BenchError:
+    need = est["per_placement"][placement]
+    short = []
+    if need["host_bytes"] > est["host_available_bytes"] or est["device_available_bytes"] is None:
+        short.append(f"{fmt_bytes(need['host_bytes'])} of host RAM with {fmt_bytes(est['host_available_bytes'])} available")
+    if est["device_available_bytes"] is not None and need["device_bytes"] > est["device_available_bytes"]:
+        short.append(f"{fmt_bytes(need['device_bytes'])} of {est['device']} memory with "
+                     f"{fmt_bytes(est['device_available_bytes'])} free")
+    per_run = f" (per run: {est['runs_sharing']} runs share the memory)" if est["runs_sharing"] > 1 else ""
+    others = [p for p in ("stream", "pinned", "device") if p != placement and _fits(est, p)]
+    if others:
+        alt = est["per_placement"][others[0]]
+        hint = (f"use --set train.data_placement={others[0]} (holds {fmt_bytes(alt['host_bytes'])} of host RAM"
+                + (", the arrays stay memory-mapped)" if alt["page_cache_bytes"] else ")"))
+    else:
+        hint = "free memory, run fewer runs at once, or prepare smaller arrays (e.g. a smaller frame_cache)"
+    arrays = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in est["arrays_bytes"].items())
+    return BenchError(f"{est['dataset'] or 'dataset'}: train.data_placement={placement}{why} needs "
+                      f"{' and '.join(short)}{per_run} (arrays read: {arrays}); {hint}")
 
 
 def choose_placement(plan: SpeedPlan, train: Any, splits: dict[str, Split], keys: list[str],
                      device: torch.device) -> SpeedPlan:
-    """``auto`` placement: on the device when every split fits in its share of free memory
-    (40 %, divided among the runs packed on the GPU), else pinned host RAM when that fits (50 % of
-    available RAM), else streaming from the memory-mapped cache."""
-    if train.speed == "off" or train.data_placement != "auto":
-        return plan
-    need = sum(split_nbytes(s, keys) for s in splits.values())
-    # arrays this process already placed there (an earlier run of the grid) need no new memory
-    ids = {id(s) for s in splits.values()}
-    need -= sum(int(t.numel() * t.element_size()) for (sid, _k, dev, _p), (_s, t) in BatchSource._placed.items()
-                if sid in ids and dev == str(device))
-    share = max(plan.runs_per_gpu, 1)
-    if need <= 0.4 * free_device_bytes(device) / share:
-        return replace(plan, data_placement="device", prefetch=False)
-    host = free_device_bytes(torch.device("cpu"))
-    if device.type == "cuda" and need <= 0.5 * host / share:
-        return replace(plan, data_placement="pinned", prefetch=True)
-    return replace(plan, data_placement="stream", prefetch=True)
+    """Resolve ``auto`` placement and check that the chosen one fits, before anything is copied.
+
+    ``auto``: on the device when the arrays fit in 40 % of its free memory (divided among the runs
+    packed on the GPU; on a CPU: 40 % of available RAM, as page cache), else pinned host RAM when
+    that fits in 50 % of available RAM, else streaming from the memory-mapped cache when the
+    batches in flight fit. An explicit placement that cannot fit, or ``auto`` with none left,
+    raises :class:`BenchError` naming the dataset, the bytes needed and available, and the way out.
+    The estimate is recorded in the plan (``memory``; the record's ``speed.memory``).
+    """
+    name = next((str(s.meta["dataset"]) for s in splits.values() if s.meta.get("dataset")), "")
+    est = memory_estimate(plan, train, splits, keys, device, name)
+    placement = plan.data_placement
+    if train.speed != "off" and train.data_placement == "auto":
+        if _fits(est, "device", frac_dev=0.4, frac_host=0.5, frac_cache=None if device.type == "cuda" else 0.4):
+            plan = replace(plan, data_placement="device", prefetch=False)
+        elif device.type == "cuda" and _fits(est, "pinned", frac_host=0.5):
+            plan = replace(plan, data_placement="pinned", prefetch=True)
+        elif _fits(est, "stream"):
+            plan = replace(plan, data_placement="stream", prefetch=True)
+        else:
+            raise _too_big(est, "stream", " (auto: no placement fits)")
+        placement = plan.data_placement
+    elif not _fits(est, placement):
+        raise _too_big(est, placement, "")
+    need = est["per_placement"][placement]
+    return replace(plan, memory={**est, "placement": placement, **need})
 
 
 def _select(split: Split, keys: list[str], fn) -> Split:
@@ -188,12 +364,21 @@ def _select(split: Split, keys: list[str], fn) -> Split:
                  dict(split.meta), {k: fn(k, v) for k, v in split.aux.items() if k.split(".")[0] in keys})
 
 
-def _move(t: torch.Tensor, device: torch.device | None, pin: bool) -> torch.Tensor:
-    t = torch.as_tensor(t)
-    if device is not None:
-        return t.to(device)
-    t = t.clone()  # read the memory map into RAM once
-    return t.pin_memory() if pin else t
+def _move(t: Any, device: torch.device | None, pin: bool) -> Any:
+    """``t`` (a tensor, possibly memory-mapped, or a lazy row view of one) copied to ``device``, or
+    into host RAM (pinned when ``pin``) when ``device`` is None, a chunk at a time: the result is
+    the only full-size allocation (no clone before pinning, no gathered copy before the upload).
+    On a CPU, device placement is the array itself: memory-mapped pages are host memory already."""
+    if device is not None and device.type == "cpu":
+        return t
+    out = torch.empty(tuple(t.shape), dtype=t.dtype, device=device or "cpu", pin_memory=pin and device is None)
+    if t.dim() == 0:
+        return out.copy_(t)
+    n = int(t.shape[0])
+    step = max(1, PLACE_CHUNK // max(_nbytes(t) // max(n, 1), 1))
+    for i in range(0, n, step):
+        out[i:i + step].copy_(torch.as_tensor(t[i:i + step]))
+    return out
 
 
 class BatchSource:
@@ -266,7 +451,7 @@ def _materialise_sub(src: Split, idx: torch.Tensor, keys: list[str], device: tor
     return _select(src, keys, take)
 
 
-def _prefetched(source: BatchSource, batches: list[torch.Tensor], depth: int = 3):
+def _prefetched(source: BatchSource, batches: list[torch.Tensor], depth: int = PREFETCH_DEPTH):
     """Gather (and copy to the GPU on a side stream) up to ``depth`` batches ahead on a thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -399,7 +584,7 @@ def decide_teacher_cache(plan: SpeedPlan, method: Any, adapter: Any, teacher_mod
     budget = (0.25 * free_device_bytes(device) / max(plan.runs_per_gpu, 1)) if device.type == "cuda" else CPU_CACHE_BUDGET
     if need > budget:
         return no(f"the cached outputs would take {need / 2**30:.2f} GiB (budget {budget / 2**30:.2f} GiB)")
-    return replace(plan, teacher_cache=True, teacher_cache_fields=sorted(fields),
+    return replace(plan, teacher_cache=True, teacher_cache_fields=sorted(fields), teacher_cache_bytes=need,
                    teacher_cache_reason=f"{', '.join(sorted(fields))} cached once per run ({need / 2**20:.1f} MiB)")
 
 
