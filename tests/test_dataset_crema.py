@@ -178,7 +178,7 @@ def test_cache_refuses_other_prep_params(tmp_path):
     root, cache = tmp_path / "raw", tmp_path / "cache"
     make_crema(root, 1)
     build_adapter("crema", overrides(root, cache)).prepare()
-    with pytest.raises(BenchError, match="different preprocessing parameters"):
+    with pytest.raises(BenchError, match="crema.frame_cache=32 was set, but the cache was prepared with frame_cache=24"):
         build_adapter("crema", overrides(root, cache, frame_cache="32")).load()
     # train-time parameters do not need a new cache
     assert len(build_adapter("crema", overrides(root, cache, image_size="16")).load()["train"]) == 6
