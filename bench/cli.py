@@ -8,22 +8,39 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .config import describe_params, parse_overrides
 from .errors import BenchError
 
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _BenchGroup(TyperGroup):
+    """Every command reports a user error (:class:`BenchError`) as one line and exit status 2, the
+    same whether it runs from the shell or from a test's CliRunner."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except BenchError as exc:
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_BenchGroup,
     add_completion=False,
     no_args_is_help=True,
     help="cmkd-bench: benchmark and compare cross-modal knowledge distillation methods.",
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 class RichReporter:
@@ -67,6 +84,9 @@ class RichReporter:
 
     def skip(self) -> None:
         self.p.advance(self.overall)
+
+    def note(self, run_id: str, message: str) -> None:
+        self.p.console.print(f"[yellow]note[/yellow] {escape(run_id)}: {escape(message)}")
 
 
 def _fail(msg: str) -> None:
@@ -141,6 +161,9 @@ def run(
                                        mem=mem, time=time_min, array_parallelism=array_parallelism, account=account,
                                        qos=qos), list(slurm_arg or []), slurm_config, wait, runs_per_gpu)
         return
+    from .runner import stop_on_sigterm
+
+    stop_on_sigterm()  # `kill` of a local grid stops like Ctrl-C: at an epoch boundary, resumable
     t0 = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
@@ -242,9 +265,11 @@ def list_(
             t.add_column(c)
         for e in METHODS.entries():
             cls = e.obj
-            ps = ", ".join(f"{n}={d}" for n, _, d, _ in describe_params(cls.Params)) or "-"
+            ps = ", ".join(f"{n}={d}" + (f" ({rng})" if rng else "")
+                           for n, _, d, _, rng in describe_params(cls.Params)) or "-"
             src = e.source + (f" [{e.source_hash}]" if e.source_hash else "")
-            t.add_row(e.name, cls.category, cls.description, ps, src)
+            # a plug-in's strings are shown as written, never read as Rich markup
+            t.add_row(*(Text(str(x)) for x in (e.name, cls.category, cls.description, ps, src)))
         console.print(t)
     elif what in ("datasets", "dataset"):
         t = Table(title="datasets")
@@ -255,7 +280,7 @@ def list_(
             ad = cls(cls.Params())
             mods = ", ".join(f"{m.name} ({m.code}, {m.kind})" for m in ad.modalities)
             dirs = ", ".join(ad.direction_name(a, b) for a, b in ad.directions())
-            t.add_row(e.name, cls.task, cls.metric, mods, dirs, cls.description)
+            t.add_row(*(Text(str(x)) for x in (e.name, cls.task, cls.metric, mods, dirs, cls.description)))
         console.print(t)
     else:
         _fail(f"bench list {what!r}: expected 'methods' or 'datasets'")
@@ -763,7 +788,7 @@ def main() -> None:
     try:
         app()
     except BenchError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}")
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
 
 

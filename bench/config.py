@@ -119,8 +119,8 @@ def params_dict(obj: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each field, for ``bench list``."""
+def describe_params(cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, help, valid range or "") for each field, for ``bench list``."""
     out = []
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -131,10 +131,8 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
         else:
             default = None
         tname = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
-        help_ = f.metadata.get("help", "")
-        if f.metadata.get("bounds"):
-            help_ += f" ({bounds_text(f.metadata['bounds'])})"
-        out.append((f.name, tname, default, help_))
+        rng = bounds_text(f.metadata["bounds"]) if f.metadata.get("bounds") else ""
+        out.append((f.name, tname, default, f.metadata.get("help", ""), rng))
     return out
 
 

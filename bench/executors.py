@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import BenchError
 from .registry import DATASETS, METHODS
-from .runner import Reporter, RunSpec, build_adapter, is_dataset_folder, load_plugins, resolve, run
+from .runner import Reporter, RunSpec, build_adapter, is_dataset_folder, load_plugins, resolve, run, send_note
 from .results import existing_ok
 
 
@@ -166,6 +166,9 @@ class QueueReporter:
         keep = ("status", "metric", "best_metric", "selected_epoch", "final_metric", "wall_time_s", "error")
         self.q.put(("end", run_id, {k: record.get(k) for k in keep}))
 
+    def note(self, run_id: str, message: str) -> None:
+        self.q.put(("note", run_id, message))
+
 
 _WORKER: dict[str, Any] = {}
 
@@ -183,6 +186,9 @@ def _init_worker(q, counter, gpus: list[str], threads: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[w % len(gpus)]  # before CUDA is initialised here
     torch.set_num_threads(max(threads, 1))
     _WORKER["q"] = q
+    from .runner import stop_on_sigterm
+
+    stop_on_sigterm()  # a SIGTERM to the group (scancel, kill) stops each worker's run at an epoch boundary
 
 
 def _worker_run(spec: RunSpec, force: bool) -> dict[str, Any]:
@@ -281,5 +287,7 @@ class PackedExecutor:
                 self.reporter.begin(run_id, rest[0])
             elif kind == "epoch":
                 self.reporter.epoch(run_id, rest[0], rest[1], rest[2])
+            elif kind == "note":
+                send_note(self.reporter, run_id, rest[0])
             else:
                 self.reporter.end(run_id, rest[0])

@@ -457,12 +457,14 @@ def to_csv(lb: Leaderboard) -> str:
     import csv
     import io
 
+    from .reportio import csv_text
+
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "category", "mean_rank", "mean_gain", "wins", "ties", "losses", "untested",
-                "negative_transfer", "cells", "grid", "rank_cells"] + [f"{d}/{m}" for d, m in lb.cells])
+                "negative_transfer", "cells", "grid", "rank_cells"] + [csv_text(f"{d}/{m}") for d, m in lb.cells])
     for r in lb.rows:
-        w.writerow([r["display"], r["category"], r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
+        w.writerow([csv_text(r["display"]), csv_text(r["category"]), r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
                     r["untested"], r["negative_transfer"], r["cells"], r["grid"], r["rank_cells"]]
                    + [("" if (s := lb.stats.get((r["method"], c))) is None or s.conflict else s.mean) for c in lb.cells])
     return buf.getvalue()

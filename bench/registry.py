@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import BenchError
+from .paths import check_component
 
 T = TypeVar("T")
 
@@ -52,8 +53,10 @@ class Registry(Generic[T]):
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             key = (name or getattr(obj, "name", None) or obj.__name__).lower()  # type: ignore[attr-defined]
-            if not key.replace("_", "").replace("-", "").isalnum():
-                raise BenchError(f"{self.kind} name {key!r} must be alphanumeric (with - or _)")
+            # names become parts of run ids and file names, and scopes of --set SCOPE.KEY (no '.')
+            check_component(key, f"{self.kind} name")
+            if "." in key:
+                raise BenchError(f"{self.kind} name {key!r} may not contain '.' (it is the scope in --set {key}.KEY=VALUE)")
             src, h = self._loading_source
             if src == "builtin" and not _defined_in_package(obj, self._builtin_package):
                 # Registered from a module that is not one of ours and not loaded through a

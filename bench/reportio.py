@@ -65,3 +65,15 @@ def write_text(out: Path, text: str, option: str = "--out") -> None:
 
 def unwritable(option: str, path: Path, exc: OSError) -> BenchError:
     return BenchError(f"{option} {path}: cannot write ({exc.strerror or exc})")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: object) -> object:
+    """A name for a CSV cell: spreadsheets run a cell that starts with ``= + - @`` as a formula
+    (``=HYPERLINK(...)`` in a method name), so such text gets a leading ``'``. Numbers pass as is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+

@@ -24,7 +24,9 @@ import fcntl
 import math
 import os
 import platform
+import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -72,7 +74,7 @@ class NullReporter:
         pass
 
 
-def _note(reporter: Any, run_id: str, message: str) -> None:
+def send_note(reporter: Any, run_id: str, message: str) -> None:
     """Tell the user something the run decided on its own (a discarded checkpoint, a kept record);
     reporters written before ``note`` existed get it on stderr."""
     fn = getattr(reporter, "note", None)
@@ -457,6 +459,8 @@ def fit(
             }, checkpoint)
         if on_epoch:
             on_epoch(epoch, row)
+        if epoch < epochs:
+            _check_stop("training", epoch)
     extra: dict[str, Any] = {}
     rep = getattr(method, "report", None)
     if callable(rep) and rep():
@@ -471,15 +475,59 @@ def fit(
 # teachers
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock (works across processes and SLURM tasks on a shared FS)."""
+def file_lock(path: Path, on_wait: Callable[[str], None] | None = None):
+    """An exclusive advisory lock (works across processes and SLURM tasks on a shared FS).
+
+    The holder writes its host and pid into the lock file, so a process that has to wait can say
+    for whom (``on_wait``) before it blocks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                on_wait(f"waiting for {holder}, which holds {path.name}")
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM (``scancel``, a scheduler pre-empting the job, ``kill``) asked this process to stop:
+    the run stops at the end of its current epoch, after that epoch's checkpoint, and writes no
+    record, exactly as after Ctrl-C; running the same command again resumes it."""
+
+
+_STOP = threading.Event()
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop training at the next epoch boundary instead of killing it mid-write or
+    (SLURM, where submitit only logs SIGTERM) letting a cancelled task train on until SIGKILL and
+    even finish the run after ``scancel``. The previous handler still runs. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):  # type: ignore[no-untyped-def]
+        _STOP.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _check_stop(what: str, epoch: int) -> None:
+    if _STOP.is_set():
+        raise StopRequested(f"SIGTERM: {what} stopped after epoch {epoch} (its checkpoint is kept)")
 
 
 def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
@@ -580,6 +628,20 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
     if previous is not None and not force:
         previous["skipped"] = True
         return previous
+    # one trainer per run: a second process (a resubmitted SLURM task while the cancelled one winds
+    # down, two grids over one folder) waits, then finds the record or resumes from the checkpoint
+    with file_lock(join_under(results / "checkpoints", f"{r.run_id}.lock"),
+                   on_wait=lambda m: send_note(reporter, r.run_id, m)):
+        if not force:
+            previous = _ok_record(record_path(results, r.run_id))
+            if previous is not None:
+                previous["skipped"] = True
+                return previous
+        return _run_locked(r, spec, reporter, force, results, previous)
+
+
+def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, results: Path,
+                previous: dict[str, Any] | None) -> dict[str, Any]:
     device = resolve_device(spec.device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -591,7 +653,7 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
 
     def note(message: str) -> None:
         notes.append(message)
-        _note(reporter, r.run_id, message)
+        send_note(reporter, r.run_id, message)
 
     needs_teacher = r.method_cls.uses_teacher
     total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError, ConfigError
-from .runner import RunSpec, resolve, run, teacher_path
+from .runner import RunSpec, resolve, run, stop_on_sigterm, teacher_path
 from .utils import atomic_write_json
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -115,6 +115,7 @@ class RunTask(_Checkpointable):
         self.spec = spec
 
     def __call__(self) -> dict[str, Any]:
+        stop_on_sigterm()  # scancel: stop at the epoch boundary, keep the checkpoint, write no record
         rec = run(self.spec, _LogReporter())
         if rec.get("status") != "ok":
             raise RuntimeError(rec.get("error") or "run failed")
@@ -131,6 +132,7 @@ class PackedRunTask(_Checkpointable):
     def __call__(self) -> list[dict[str, Any]]:
         from .executors import PackedExecutor
 
+        stop_on_sigterm()
         out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)  # the reporter logs each run's end
         for rec in out.skipped:
             print(f"[cmkd-bench] {rec['run_id']}: already done ({rec.get('best_metric')})", flush=True)
@@ -149,9 +151,11 @@ class TeacherTask(_Checkpointable):
         from .runner import get_teacher, load_splits
         from .utils import resolve_device
 
+        stop_on_sigterm()
         r = resolve(self.spec)
         splits = load_splits(r.adapter, r.train)
-        _, info = get_teacher(r, splits, resolve_device(self.spec.device))
+        _, info = get_teacher(r, splits, resolve_device(self.spec.device),
+                              on_note=lambda m: print(f"[cmkd-bench] teacher: {m}", flush=True))
         return info["checkpoint"]
 
 
@@ -165,6 +169,9 @@ class _LogReporter:
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
         print(f"[cmkd-bench] {run_id}: {record['status']} {record.get('best_metric')}", flush=True)
+
+    def note(self, run_id: str, message: str) -> None:
+        print(f"[cmkd-bench] {run_id}: {message}", flush=True)
 
 
 def _absolute(spec: RunSpec) -> RunSpec:

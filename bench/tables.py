@@ -342,11 +342,14 @@ def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> st
 
 
 def to_csv(comp: Comparison) -> str:
+    from .reportio import csv_text
+
     rows = []
     for m in comp.methods:
         for col in comp.columns:
             c = comp.cells[(m, col)]
-            rows.append({"method": comp.label_of(m), "category": comp.categories.get(m), "dataset": col[0], "student_modality": col[1],
+            rows.append({"method": csv_text(comp.label_of(m)), "category": csv_text(comp.categories.get(m)),
+                         "dataset": csv_text(col[0]), "student_modality": csv_text(col[1]),
                          "mean": c.mean, "std": c.std, "n_seeds": c.n, "conflict": c.conflict,
                          "mark": comp.marks.get((m, col), "")})
     return pd.DataFrame(rows).to_csv(index=False)

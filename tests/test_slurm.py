@@ -129,19 +129,32 @@ LONG = ["--methods", "none", "--epochs", "30", *TINY[:-2], "--set", "synthetic.w
         "--set", "synthetic.n_train=1200"]
 
 
+def _gone(job: str) -> bool:
+    """The task has no process left: squeue (running, completing, suspended) no longer lists it."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip() == ""
+
+
 def test_scancel_then_resubmit_resumes_from_checkpoint(tmp_path):
+    """Deterministic on a busy machine: the task is suspended (frozen) before it is cancelled, so it
+    cannot train on, let alone finish the run, between our look at its checkpoint and the cancel;
+    the resubmission starts only once the cancelled task has no process left."""
     res = tmp_path / "res"
     r = bench("run", "--executor", "slurm", "-r", str(res), *LONG)
     assert r.exit_code == 0, r.output
     job = _submission(res)["tasks"][0]["job_id"]
-    _wait_for(lambda: _ckpt_epochs(res) >= 2, 240, "two finished epochs")
-    subprocess.run(["scancel", job], check=True)
-    _wait_for(lambda: "CANCELLED" in bench("status", "-r", str(res)).output, 60, "CANCELLED in bench status")
+    _wait_for(lambda: _ckpt_epochs(res) >= 2, 600, "two finished epochs")
+    subprocess.run(["scontrol", "suspend", job], check=True)
     done_before = _ckpt_epochs(res)
+    subprocess.run(["scancel", job], check=True)
+    _wait_for(lambda: _gone(job), 300, "the cancelled task to end")
+    assert not list((res / "records").glob("*.json"))  # cancelled mid-run: no record
+    assert _ckpt_epochs(res) == done_before  # frozen, then killed: nothing trained after the look
+    _wait_for(lambda: "CANCELLED" in bench("status", "-r", str(res)).output, 120, "CANCELLED in bench status")
     r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *LONG)
     assert r.exit_code == 0, r.output
     rec = by_method(res)["none"]
-    assert rec["status"] == "ok" and rec["resumed_from_epoch"] >= done_before >= 2
+    assert rec["status"] == "ok" and rec["resumed_from_epoch"] == done_before >= 2
     assert rec["resumed_from_epoch"] < 30  # it really was interrupted mid-run
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))  # every epoch exactly once
 
@@ -154,8 +167,12 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
     assert r.exit_code == 0, r.output
     m = _submission(res)
     job = m["tasks"][0]["job_id"]
-    _wait_for(lambda: _ckpt_epochs(res) >= 2, 240, "two finished epochs")
+    _wait_for(lambda: _ckpt_epochs(res) >= 2, 600, "two finished epochs")
+    # frozen while signalled (the signal waits for the resume), so the task cannot finish first
+    subprocess.run(["scontrol", "suspend", job], check=True)
+    done_before = _ckpt_epochs(res)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    subprocess.run(["scontrol", "resume", job], check=True)
 
     def requeued() -> bool:
         st = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout
@@ -164,13 +181,13 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
             return True
         return False
 
-    _wait_for(requeued, 90, "the task to be requeued")
+    _wait_for(requeued, 300, "the task to be requeued")
     from bench import slurm
 
-    states = slurm.wait(m, timeout_s=300)
+    states = slurm.wait(m, timeout_s=1200)
     assert list(states.values()) == ["COMPLETED"]
     rec = by_method(res)["none"]
-    assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] >= 2
+    assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] >= done_before >= 2
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))
 
 
