@@ -163,7 +163,8 @@ def build_cache(
         pixels = _PixelCounts(plan, split) if lspec is not None and lspec.shape else None
         if pixels is not None:
             for i in range(0, start, chunk):  # rows written before an interruption
-                pixels.add(np.asarray(mms[plan.label_key][i:min(i + chunk, start)]), f"rows {i}..{min(i + chunk, start) - 1}")
+                stop = min(i + chunk, start)
+                pixels.add(np.asarray(mms[plan.label_key][i:stop]), f"rows {i}..{stop - 1}")
         if progress:
             progress(split, start, n)
         i = start

@@ -190,8 +190,9 @@ def host_available_bytes() -> int:
             avail = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
             avail = 8 * 2**30
+    v1 = "/sys/fs/cgroup/memory/memory."
     for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                             (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         try:
             limit = open(limit_f).read().strip()
             if limit != "max" and int(limit) < 2**60:
@@ -224,7 +225,8 @@ def _split_sizes(splits: dict[str, Split], keys: list[str]) -> dict[str, tuple[i
     return out
 
 
-def manifest_sizes(manifest: dict[str, Any], keys: list[str], label_key: str = "label") -> dict[str, tuple[int, int, int]]:
+def manifest_sizes(manifest: dict[str, Any], keys: list[str],
+                   label_key: str = "label") -> dict[str, tuple[int, int, int]]:
     """:func:`_split_sizes` from a cache manifest (array shapes and dtypes), without opening it."""
     import numpy as np
 
@@ -265,7 +267,8 @@ def placement_needs(sizes: dict[str, tuple[int, int, int]], batch_size: int, eva
     queued = (PREFETCH_DEPTH + 1) * one  # the prefetch queue and the batch in use
     t = teacher_cache_bytes
     if cuda:  # the queue is on the GPU; the host holds the batch being gathered and its pinned copy
-        return {"device": {"host_bytes": in_ram + min(PLACE_CHUNK, copy), "device_bytes": copy + t, "page_cache_bytes": 0},
+        return {"device": {"host_bytes": in_ram + min(PLACE_CHUNK, copy), "device_bytes": copy + t,
+                           "page_cache_bytes": 0},
                 "pinned": {"host_bytes": in_ram + copy + 2 * one, "device_bytes": t + queued, "page_cache_bytes": 0},
                 "stream": {"host_bytes": in_ram + 2 * one, "device_bytes": t + queued, "page_cache_bytes": mapped}}
     # on a CPU, device placement gathers batches straight from the arrays (nothing is copied)
@@ -311,7 +314,8 @@ def _too_big(est: dict[str, Any], placement: str, why: str) -> BenchError:
     need = est["per_placement"][placement]
     short = []
     if need["host_bytes"] > est["host_available_bytes"] or est["device_available_bytes"] is None:
-        short.append(f"{fmt_bytes(need['host_bytes'])} of host RAM with {fmt_bytes(est['host_available_bytes'])} available")
+        short.append(f"{fmt_bytes(need['host_bytes'])} of host RAM with "
+                     f"{fmt_bytes(est['host_available_bytes'])} available")
     if est["device_available_bytes"] is not None and need["device_bytes"] > est["device_available_bytes"]:
         short.append(f"{fmt_bytes(need['device_bytes'])} of {est['device']} memory with "
                      f"{fmt_bytes(est['device_available_bytes'])} free")

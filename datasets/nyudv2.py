@@ -176,7 +176,8 @@ class NYUDepthV2(PreparedDataset):
                     seen.add(it)
                     sp_.items.append(it)
             splits[split] = sp_
-        shared = sorted(set(map(self._item_name, splits["train"].items)) & set(map(self._item_name, splits["test"].items)))
+        names = {split: set(map(self._item_name, sp_.items)) for split, sp_ in splits.items()}
+        shared = sorted(names["train"] & names["test"])
         return PrepPlan(self.name, self.prep_params(), splits, sources, list(CLASSES),
                         {"layout": layout, "depth": f"{self.params.depth_mode} depth, uint16 mm",
                          "labels": "class id - 1 (0..39), void 255", "size": "{}x{}".format(*self.hw),
