@@ -247,3 +247,14 @@ def test_pixel_histogram_survives_an_interrupted_prepare(tmp_path):
         assert m["splits"][split]["class_hist"] == full["splits"][split]["class_hist"]
         assert m["splits"][split]["void_pixels"] == full["splits"][split]["void_pixels"]
         assert sum(full["splits"][split]["class_hist"]) > 0
+
+
+def test_duplicate_rows_and_train_test_overlap_are_reported(tmp_path):
+    root = tmp_path / "sg"
+    make_sagate(root)
+    (root / "train.txt").write_text("".join(f"RGB/{k}.jpg\tLabel/{k}.png\n" for k in (2, 3, 4, 5, 3)))
+    (root / "test.txt").write_text("".join(f"RGB/{k}.jpg\tLabel/{k}.png\n" for k in (0, 1, 5)))
+    m = build_adapter("nyudv2", ov(root, tmp_path / "c")).prepare()
+    tr = m["splits"]["train"]
+    assert tr["listed"] == 5 and tr["n"] == 4 and tr["skipped"]["duplicate row"] == {"count": 1, "examples": ["RGB/3.jpg"]}
+    assert m["info"]["images_in_train_and_test"] == {"count": 1, "examples": ["RGB/5.jpg"]}
