@@ -40,7 +40,7 @@ class Rows:
 
     The runner carves a validation split out of train (``Split.subset``); on a tensor that is a
     fancy index, which reads the whole memory map and copies it into anonymous RAM: both parts of
-    a VGGSound-50 train split (11 GiB at ``frame_cache=64``) were resident before the first step,
+    a VGGSound-50 train split (10.7 GiB at ``frame_cache=64``) were resident before the first step,
     whatever the placement. A view holds the index only; batches are gathered from the map as
     before, and placing it on a device copies it a chunk at a time.
     """
