@@ -1,0 +1,127 @@
+"""FD-CMKD's premise, checked against ``synthetic``'s ground truth.
+
+FD-CMKD assumes that the low-frequency components (DFT over the D entries of the pooled feature)
+of a network's feature carry the modality-general knowledge and the high-frequency components the
+modality-specific knowledge. On ``synthetic`` both kinds are known per sample: the shared latent
+``z`` and the teacher modality's own latent ``s_<teacher>``. :func:`premise_probe` fits a linear
+(ridge) probe from each band of a trained unimodal model's features to each latent and reports
+how much of it the band recovers on the test split.
+
+Two numbers per (band, latent):
+
+* ``r2``: R^2 of the latent itself. Includes the class-mean part, which any good classifier's
+  feature encodes;
+* ``r2_within``: R^2 of the latent minus its true class mean: the per-sample knowledge beyond the
+  label (the part of ``s_<teacher>`` that a student of the other modality can never observe).
+
+Controls: ``s_<other>`` (the other modality's private latent: the model never saw it, so its
+``r2_within`` must be ~0), the raw input (``input``: what a linear read-out of the modality itself
+recovers), and the same DFT split after a random permutation of the feature channels
+(``low_perm``/``high_perm``: what the split gives when channel order carries no structure).
+The premise predicts: ``low`` recovers ``z`` better than ``high``, and ``high`` recovers
+``s_<teacher>`` better than ``low``, beyond the permuted control.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.analysis import features, unimodal_model
+from bench.errors import BenchError
+from bench.methods.fdcmkd import decompose
+from bench.runner import build_adapter, build_train_config, load_splits
+
+from .synthetic import MODALITIES, generator_model
+
+BANDS = ("raw", "low", "high", "low_perm", "high_perm", "input")
+
+
+ALPHAS = tuple(10.0 ** np.arange(-2, 4.5, 0.5))
+
+
+def ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
+             alphas: tuple[float, ...] = ALPHAS) -> float:
+    """Test R^2 (pooled over the target's dimensions) of a ridge regression fitted on train.
+
+    Features are z-scored with train statistics (constant columns dropped) and the penalty is
+    chosen by leave-one-out on train, so a band with more columns cannot win by over-fitting
+    (a latent the features do not carry scores ~0, not below).
+    """
+    from sklearn.linear_model import RidgeCV
+
+    mu, sd = x_tr.mean(0), x_tr.std(0)
+    keep = sd > 1e-8 * max(float(sd.max()), 1e-30)
+    a, b = (x_tr[:, keep] - mu[keep]) / sd[keep], (x_te[:, keep] - mu[keep]) / sd[keep]
+    pred = RidgeCV(alphas=alphas).fit(a, y_tr).predict(b)
+    return float(1.0 - ((y_te - pred) ** 2).sum() / ((y_te - y_te.mean(0)) ** 2).sum())
+
+
+def _rank(x: np.ndarray) -> int:
+    """Numerical rank of the centred matrix: a band of a D-vector spans about D/2 directions."""
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    return int((s > 1e-6 * s[0]).sum()) if s.size and s[0] > 0 else 0
+
+
+def _bands(x: np.ndarray, ratio: float, perm: np.ndarray) -> dict[str, np.ndarray]:
+    """FD-CMKD's split of (N, D) features (DC removed, as with Scale on) and the permuted control."""
+    t = torch.from_numpy(x).double()
+    low, high = decompose(t, ratio, remove_dc=True)
+    plow, phigh = decompose(t[:, perm], ratio, remove_dc=True)
+    return {"raw": x, "low": low.numpy(), "high": high.numpy(), "low_perm": plow.numpy(), "high_perm": phigh.numpy()}
+
+
+def premise_probe(results: str | Path, modality: str = "audio", overrides: dict[str, dict[str, str]] | None = None,
+                  seed: int = 0, ratio: float = 0.5, tap: str = "pre",
+                  device: str = "cpu") -> list[dict[str, Any]]:
+    """Probe the cached unimodal ``modality`` model (a teacher) of ``results`` against the truth.
+
+    ``overrides`` select the ``synthetic`` configuration (``{"synthetic": {"gap": "0.5"}}``) whose
+    teacher was trained (``bench run ... --set synthetic.gap=0.5``). Returns one row per (band,
+    latent): ``{"band", "latent", "r2", "r2_within", "dims"}``; ``dims`` is the band's
+    numerical rank on train (the directions the probe can use).
+    """
+    overrides = overrides or {}
+    adapter = build_adapter("synthetic", overrides)
+    if modality not in MODALITIES:
+        raise BenchError(f"premise_probe: modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    splits = load_splits(adapter, build_train_config(adapter, overrides))
+    dev = torch.device(device)
+    model, _ = unimodal_model(Path(results), adapter, modality, seed, dev)
+    gm = generator_model(adapter.params)
+    class_means = {"z": gm.a_shared * gm.mu, **{f"s_{m}": gm.a_specific * gm.nu[m] for m in MODALITIES}}
+    other = [m for m in MODALITIES if m != modality][0]
+    latents = ("z", f"s_{modality}", f"s_{other}")
+    tr, te = splits["train"], splits["test"]
+    perm = np.random.default_rng(seed).permutation(model.feature_dim)
+    xs = {name: _bands(features(model, adapter, sp, modality, dev, tap).astype(np.float64), ratio, perm)
+          for name, sp in (("train", tr), ("test", te))}
+    for name, sp in (("train", tr), ("test", te)):
+        xs[name]["input"] = sp.inputs[modality].reshape(len(sp), -1).double().numpy()
+    rows = []
+    for band in BANDS:
+        a, b = xs["train"][band], xs["test"][band]
+        dims = _rank(a)
+        for lat in latents:
+            y_tr, y_te = (sp.aux[f"truth.{lat}"].double().numpy() for sp in (tr, te))
+            w_tr = y_tr - class_means[lat][tr.labels.numpy()]
+            w_te = y_te - class_means[lat][te.labels.numpy()]
+            rows.append({"band": band, "latent": lat, "r2": ridge_r2(a, y_tr, b, y_te),
+                         "r2_within": ridge_r2(a, w_tr, b, w_te), "dims": dims})
+    return rows
+
+
+def premise_markdown(rows: list[dict[str, Any]]) -> str:
+    """The probe rows as a Markdown table: bands as rows, ``r2 / r2_within`` per latent."""
+    lats = list(dict.fromkeys(r["latent"] for r in rows))
+    out = ["| band | dims | " + " | ".join(f"{lat}: R² / within" for lat in lats) + " |",
+           "|---|---:|" + "---:|" * len(lats)]
+    for band in dict.fromkeys(r["band"] for r in rows):
+        cells = {r["latent"]: r for r in rows if r["band"] == band}
+        dims = next(iter(cells.values()))["dims"]
+        out.append(f"| {band} | {dims} | " + " | ".join(
+            f"{cells[lat]['r2']:.2f} / {cells[lat]['r2_within']:.2f}" for lat in lats) + " |")
+    return "\n".join(out)
