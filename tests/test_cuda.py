@@ -179,18 +179,21 @@ def test_bf16_channels_last_first_step_and_accuracy(tmp_path, full_fp32):
     assert fast["loss"] == pytest.approx(ref["loss"], rel=BF16_REL), (fast["terms"], ref["terms"])
     assert fast["loss"] != ref["loss"]  # bf16 really ran
 
-    # Whole runs: 1200 test samples make one standard error of a difference of two accuracies
-    # ~100*sqrt(2 p (1-p) / n) <= 2.0 points (p = 0.5 worst case); the runs share weights and data
-    # order, so bf16 drift is bounded by what two runs differing by noise can differ: 3 SE.
+    # Whole runs are chaotic (a rounding difference grows into a different trajectory within a few
+    # epochs), so bf16 must stay within what fp32 runs differing by noise differ by, the criterion
+    # of tests/test_speed.py: 3 standard errors of a difference of two accuracies on the 1200 test
+    # samples (100*sqrt(2p(1-p)/n) <= 2.0 points) plus the spread of two fp32 seeds. (Measured on
+    # the CPU: fp32 seeds 0/1 24.8/29.1 %, bf16 27.3/27.7 %; teachers 49.6/47.8 vs 49.2/49.5 %.)
     data = {"synthetic": {"n_test": "1200"}}
-    fp32 = _ok(run(_spec(tmp_path / "fp32", "fdcmkd", {**data, "train": {"speed": "off"}})))
+    fp32 = [_ok(run(_spec(tmp_path / "fp32", "fdcmkd", {**data, "train": {"speed": "off"}}, seed=s))) for s in (0, 1)]
     bf16 = _ok(run(_spec(tmp_path / "bf16", "fdcmkd", {**data, "train": {"amp": "bf16", "channels_last": "on"}})))
     assert bf16["speed"]["amp"] == "bf16" and bf16["speed"]["channels_last"] is True
-    assert fp32["speed"]["amp"] == "off" and bf16["run_id"] == fp32["run_id"]
-    p = (fp32["final_metric"] + bf16["final_metric"]) / 200
-    bound = 3 * 100 * math.sqrt(2 * p * (1 - p) / 1200)
-    assert abs(bf16["final_metric"] - fp32["final_metric"]) <= bound, (bf16["final_metric"], fp32["final_metric"], bound)
-    assert abs(bf16["teacher"]["test_metric"] - fp32["teacher"]["test_metric"]) <= bound
+    assert fp32[0]["speed"]["amp"] == "off" and bf16["run_id"] == fp32[0]["run_id"]
+    for what, get in (("student", lambda r: r["final_metric"]), ("teacher", lambda r: r["teacher"]["test_metric"])):
+        a, b = get(bf16), get(fp32[0])
+        p = (a + b) / 200
+        bound = 3 * 100 * math.sqrt(2 * p * (1 - p) / 1200) + abs(get(fp32[0]) - get(fp32[1]))
+        assert abs(a - b) <= bound, (what, a, b, bound)
     assert all(math.isfinite(h["train_loss"]) for h in bf16["history"])
 
 
@@ -332,16 +335,20 @@ def test_fused_optimizer_step_matches_unfused(optimizer):
 
 
 def test_fused_optimizer_run_matches_unfused(tmp_path):
-    """Whole fp32 runs with fused vs foreach SGD: rounding-level differences stay rounding-level
-    (losses within 1e-3 relative, the bound the compile test uses) and flip at most two of the
-    180 test predictions."""
+    """One student epoch with fused vs foreach SGD from the same (shared) teacher: per-step rounding
+    differences (the test above) stay rounding-level over an epoch's steps: loss within 1e-3
+    relative (the bound the compile test uses), at most two of the 180 test predictions flip.
+    (Longer runs are chaotic: a 1e-7 difference can grow to percent-level losses within a few
+    epochs, so whole-run agreement is a statistical question, as for bf16.)"""
     recs = {}
     for fused in ("on", "off"):
-        recs[fused] = _ok(run(_spec(tmp_path / fused, "logit", {"train": {**FP32, "fused_optim": fused}})))
+        recs[fused] = _ok(run(_spec(tmp_path, "logit", {"train": {**FP32, "epochs": "1", "fused_optim": fused}}),
+                              force=True))
         assert recs[fused]["speed"]["fused_optim"] is (fused == "on")
-    for a, b in zip(recs["on"]["history"], recs["off"]["history"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
-        assert _samples_within(a["test_metric"], b["test_metric"], 180, 2)
+    assert recs["on"]["teacher"]["checkpoint"] == recs["off"]["teacher"]["checkpoint"]
+    (a,), (b,) = recs["on"]["history"], recs["off"]["history"]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    assert _samples_within(a["test_metric"], b["test_metric"], 180, 2)
 
 
 # --------------------------------------------------------------------------------------------
