@@ -86,15 +86,6 @@ def send_note(reporter: Any, run_id: str, message: str) -> None:
         print(f"[cmkd-bench] {run_id}: {message}", file=sys.stderr, flush=True)
 
 
-class RunFailed(RuntimeError):
-    """Raised by :func:`run` when training failed; ``record`` is the failed record (also on disk,
-    unless the disk refused it: then ``record['error']`` says so)."""
-
-    def __init__(self, record: dict[str, Any]):
-        super().__init__(record.get("error") or "run failed")
-        self.record = record
-
-
 @dataclass
 class RunSpec:
     """What to run. ``overrides`` maps a scope (``train``, a method or a dataset name) to raw

@@ -108,7 +108,7 @@ def test_prepare_resumes_after_interrupt(tmp_path):
         return orig(split, item)
 
     ad.decode = flaky
-    import bench.cache as bc
+    import bench.data.cache as bc
 
     with pytest.raises(KeyboardInterrupt):
         bc.build_cache(ad.cache_path, ad.plan(root), ad.decode, chunk=4)
