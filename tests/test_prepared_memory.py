@@ -126,7 +126,7 @@ def test_carved_views_read_like_copies(vgg_cache, monkeypatch):
     of views; placing one copies it chunk by chunk into a real tensor."""
     import torch
 
-    from bench import speed
+    from bench.train import placement as speed
     from bench.prepared import Rows
 
     cache, _size = vgg_cache
