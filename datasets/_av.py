@@ -10,7 +10,7 @@ Conventions follow OGM-GE / C2KD (``datasets.md`` section 1):
   frames in ``os.listdir`` order" instead (not reproducible across filesystems; recorded);
 * train: ``RandomResizedCrop(image_size)`` + horizontal flip per frame; eval: resize to
   ``image_size``; ImageNet normalisation; backbones from scratch;
-* audio: recipe A, B or C of :mod:`bench.audio`; network input (1, F, T);
+* audio: recipe A, B or C of :mod:`bench.data.audio`; network input (1, F, T);
 * backbones: ResNet-18 per modality, audio with a 1-channel stem, visual over frames with
   temporal average pooling (OGM-GE); 512-d features (``width=64``).
 """
@@ -26,13 +26,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bench.audio import load_mono, recipe_a, recipe_b, recipe_c_batch, recipe_c_wave
-from bench.cache import ArraySpec
+from bench.api.errors import BenchError
 from bench.data import Modality
-from bench.errors import BenchError
+from bench.data.audio import load_mono, recipe_a, recipe_b, recipe_c_batch, recipe_c_wave
+from bench.data.cache import ArraySpec
+from bench.data.prepared import PreparedDataset
+from bench.data.vision import normalize, random_resized_crop, read_image, resize, select_frames, to_float_nchw
 from bench.models import Backbone, ResNetBackbone
-from bench.prepared import PreparedDataset
-from bench.vision import normalize, random_resized_crop, read_image, resize, select_frames, to_float_nchw
 
 AUDIO_RECIPES = {
     "A": {"sr": 22050, "shape": (257, 188), "dtype": "float16"},

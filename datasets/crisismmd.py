@@ -33,14 +33,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bench.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines
-from bench.config import hp
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_dataset
 from bench.data import Modality
-from bench.errors import BenchError
+from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines
+from bench.data.prepared import PreparedDataset
+from bench.data.vision import center_crop, normalize, random_resized_crop, read_image, resize, to_float_nchw
 from bench.models import Backbone, BertBackbone, MobileNetV2Backbone
-from bench.prepared import PreparedDataset
-from bench.registry import register_dataset
-from bench.vision import center_crop, normalize, random_resized_crop, read_image, resize, to_float_nchw
 
 HEADER = ["event_name", "tweet_id", "image_id", "tweet_text", "image", "label", "label_text", "label_image",
           "label_text_image"]

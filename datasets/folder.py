@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import hp, params_dict
+from bench.api.config import hp, params_dict
+from bench.api.errors import BenchError
+from bench.api.names import check_component
+from bench.api.registry import DATASETS, register_dataset
 from bench.data import DatasetAdapter, Modality, Split
-from bench.errors import BenchError
 from bench.models import Backbone, MLPBackbone, ResNetBackbone
-from bench.paths import check_component
-from bench.registry import DATASETS, register_dataset
-from bench.utils import stable_hash
+from bench.records.provenance import stable_hash
 
 
 @dataclass
@@ -238,7 +238,7 @@ class FolderDataset(DatasetAdapter):
 
     def fingerprint(self) -> dict[str, Any]:
         self._need_meta()
-        from bench.cache import sha256_file
+        from bench.data.cache import sha256_file
 
         files = {p.name: sha256_file(p) for p in sorted(self.folder.glob("*")) if p.name in ("meta.json", "train.npz", "val.npz", "test.npz")}
         d = params_dict(self.params)

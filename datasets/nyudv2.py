@@ -31,14 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.cache import ArraySpec, PrepPlan, SplitPlan, iter_nonempty
-from bench.config import hp
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_dataset
 from bench.data import Modality, Split
-from bench.errors import BenchError
+from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, iter_nonempty
+from bench.data.prepared import PreparedDataset
+from bench.data.vision import normalize, read_gray, read_image
 from bench.models import Backbone, DeepLabV3Plus
-from bench.prepared import PreparedDataset
-from bench.registry import register_dataset
-from bench.vision import normalize, read_gray, read_image
 
 CLASSES = ["wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
            "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",

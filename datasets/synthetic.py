@@ -53,10 +53,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.config import hp
+from bench.api.config import hp
+from bench.api.registry import register_dataset
 from bench.data import DatasetAdapter, Modality, Split
 from bench.models import Backbone, ResNetBackbone
-from bench.registry import register_dataset
 
 MODALITIES = ("audio", "visual")
 AUDIO_SHAPE = (8, 16)

@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.methods.logit import logit_loss
 from bench.models import ModelOutput, to_4d
-from bench.registry import register_method
 
 
 def spatial_value(f: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 def pearson(u: torch.Tensor, v: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:

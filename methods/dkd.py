@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.methods.nkd import drop_target
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 def _binary_log_probs(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:

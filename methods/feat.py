@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.methods._connectors import ConvBNReg, common_grid, pool_to
 from bench.models import ModelOutput, to_4d
-from bench.registry import register_method
 
 
 def feat_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 def logit_loss(z_s: torch.Tensor, z_t: torch.Tensor, tau: float = 4.0) -> torch.Tensor:

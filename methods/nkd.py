@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 def drop_target(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

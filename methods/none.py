@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.method import Method, NoParams
+from bench.api.method import Method, NoParams
+from bench.api.registry import register_method
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 @register_method("none")

@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.models import ModelOutput, to_4d
-from bench.registry import register_method
 
 
 def _norm(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -38,10 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import hp
-from bench.method import Method
+from bench.api.config import hp
+from bench.api.method import Method
+from bench.api.registry import register_method
 from bench.models import ModelOutput
-from bench.registry import register_method
 
 
 def cosine_cost(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

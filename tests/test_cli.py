@@ -1,11 +1,9 @@
 """End-to-end through the ``bench`` command line (typer's runner, same process)."""
 
 import json
-import re
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app

@@ -1,6 +1,6 @@
 """The CUDA-only paths of the runner, each checked against the fp32 eager result on the same GPU.
 
-Every speed feature is on by default on CUDA (``bench.speed``), so these tests are what says the
+Every speed feature is on by default on CUDA (``bench.train.acceleration``), so these tests are what says the
 GPU numbers can be trusted: bf16 autocast + channels_last, fp16 + GradScaler (saved and resumed),
 pinned-memory prefetching on a side stream, GPU-resident data, fused optimizers, the AV adapters'
 GPU-side augmentation, the teacher-output cache, several runs packed on one GPU, ``bench speed``'s
@@ -35,15 +35,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bench.config import TrainConfig, build_params
-from bench.data import Split
-from bench.engine import Trainer, make_optimizer, probe_outputs
-from bench.method import MethodContext
-from bench.registry import METHODS
-from bench.runner import NullReporter, RunSpec, build_adapter, build_train_config, load_splits, resolve, run
-from bench.speed import BatchSource, SpeedPlan, TeacherOutputs, all_off, frozen_forward, to_channels_last
 from conftest import tiny
+
+from bench.api.config import TrainConfig, build_params
+from bench.api.method import MethodContext
+from bench.api.registry import METHODS
+from bench.data import Split
+from bench.train.acceleration import SpeedPlan, all_off, frozen_forward, to_channels_last
+from bench.train.loop import load_splits
+from bench.train.placement import BatchSource
+from bench.train.resolve import RunSpec, build_adapter, build_train_config, resolve
+from bench.train.run import NullReporter, run
+from bench.train.step import Trainer, make_optimizer, probe_outputs
+from bench.train.teacher_outputs import TeacherOutputs
 
 ON_CPU = os.environ.get("CMKD_TEST_CUDA_ON_CPU") == "1"
 DEV = "cpu" if ON_CPU else "cuda"
@@ -462,7 +466,7 @@ def test_teacher_cache_at_default_batch_sizes(tf32):
     (32). Exact on the CPU; on the GPU another batch shape may get another kernel: in full fp32 the
     outputs then differ by float32 accumulation order (bound 1e-5 of the norm); with TF32 (cuDNN's
     default) one kernel may round operands to TF32 and the other not (bound 1e-2). A warning says
-    when they are not bit-identical, since the module docstring of bench.speed claims exactness."""
+    when they are not bit-identical, since the module docstring of bench.train.teacher_outputs claims exactness."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
@@ -505,7 +509,7 @@ def test_packed_runs_on_one_gpu_equal_one_at_a_time(tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.results import load_records
+    from bench.records.store import load_records
 
     common = ["--methods", "none,logit,fdcmkd,dkd", "--datasets", "synthetic", "--directions", "a2v", "--epochs", "2",
               "--teacher-epochs", "2", "--set", "synthetic.n_train=480", "--set", "synthetic.n_test=180",
@@ -540,7 +544,7 @@ def test_bench_speed_reports_mfu_and_breakdown(tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.speedbench import device_peak_tflops
+    from bench.train.benchmark import device_peak_tflops
 
     out = tmp_path / "speed.json"
     args = ["speed", "--methods", "fdcmkd", "--dataset", "crema", "--steps", "3", "--warmup", "1", "--json", str(out),
@@ -574,7 +578,7 @@ def test_bench_speed_reports_mfu_and_breakdown(tmp_path):
             name = torch.cuda.get_device_name(0)
             assert r["device"] == name
             peak = device_peak_tflops(torch.device("cuda"))
-            assert peak is not None, f"{name} is not in bench.speedbench.PEAK_TFLOPS: MFU cannot be reported"
+            assert peak is not None, f"{name} is not in bench.train.benchmark.PEAK_TFLOPS: MFU cannot be reported"
             assert r["peak_tflops"] == peak
             s = on["settings"]
             assert (s["amp"], s["channels_last"], s["fused_optim"], s["data_placement"]) == \
@@ -600,7 +604,7 @@ def test_deterministic_reruns_are_bit_identical(tmp_path):
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         logs.append(p.stderr)
-    from bench.results import load_records
+    from bench.records.store import load_records
 
     a = {r["method"]: _ok(r) for r in load_records(tmp_path / "a")}
     b = {r["method"]: _ok(r) for r in load_records(tmp_path / "b")}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.api.errors import BenchError, ConfigError
 from bench.datasets.avdigits import PRESETS
-from bench.errors import BenchError, ConfigError
-from bench.runner import RunSpec, build_adapter, resolve, run
+from bench.train.resolve import RunSpec, build_adapter, resolve
+from bench.train.run import run
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_prepare_real_data_and_train(cache_base, tmp_path):
     assert tuple(sp["train"].inputs["audio"].shape) == (2400, 13, 32)
     assert tuple(sp["train"].inputs["visual"].shape) == (2400, 20, 20)
     # pairing is by class: every pair shares its label, images of a class are reused round-robin
-    from bench.cache import check_cache
+    from bench.data.cache import check_cache
 
     assert check_cache(cache_base / "avdigits", "avdigits") == []
     # the digit sheet was cut correctly: class-mean images differ (a mis-cut sheet mixes classes)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
 from datafixtures import write_jpg, write_lines, write_wav
+
+from bench.api.errors import BenchError
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 SMALL = {"frame_cache": "24", "image_size": "20", "width": "4"}
 TRAIN = {"batch_size": "4", "epochs": "1", "teacher_epochs": "1"}
@@ -191,7 +191,7 @@ def test_vggsound_clip_with_two_labels_is_two_samples(tmp_path):
 def test_run_reads_preparation_settings_from_the_cache(tmp_path):
     """A cache prepared with non-default settings runs given only the cache: the settings come
     from its manifest, with the same run identity as when repeated; a conflicting one is an error."""
-    from bench.runner import resolve
+    from bench.train.resolve import resolve
 
     root, cache = tmp_path / "raw", tmp_path / "cache"
     make_vgg(root)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
 from datafixtures import write_jpg, write_lines, write_wav
+
+from bench.api.errors import BenchError
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 CODES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 SMALL = {"frame_cache": "24", "image_size": "20", "width": "4"}
@@ -69,7 +70,7 @@ def test_prepare_train_and_check(tmp_path):
     assert np.abs(v[0, 0].float().mean((0, 1)).numpy() - class_colour(lab)).max() < 6
     # labels follow the C2KD dictionary, not file order
     assert splits["test"].labels.tolist() == [0, 1, 2, 3, 4, 5]
-    from bench.cache import check_cache
+    from bench.data.cache import check_cache
 
     assert check_cache(cache, "crema") == []
     # one epoch of FD-CMKD a2v through the runner
@@ -88,7 +89,7 @@ def test_check_detects_corruption(tmp_path):
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
-    from bench.cache import check_cache
+    from bench.data.cache import check_cache
 
     problems = check_cache(cache, "crema")
     assert len(problems) == 1 and "train.visual.npy" in problems[0] and "sha256" in problems[0]
@@ -211,7 +212,6 @@ def test_cli_prepare_check_and_list(tmp_path):
 def write_flv(path: Path, c: int, seconds: float = 2.5, fps: int = 30) -> None:
     """A real FLV (Sorenson H.263, as CREMA-D's VideoFlash) of a class-coloured 64x48 clip."""
     import av
-
     from datafixtures import class_colour
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def write_flv(path: Path, c: int, seconds: float = 2.5, fps: int = 30) -> None:
 
 def test_frames_extracted_from_flv_videos(tmp_path):
     pytest.importorskip("av")
-    from bench.vision import extract_frames_1fps
+    from bench.data.vision import extract_frames_1fps
 
     root, cache = tmp_path / "raw", tmp_path / "cache"
     rows = make_crema(root, 1)

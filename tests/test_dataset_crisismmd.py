@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
 from datafixtures import write_jpg, write_lines
+
+from bench.api.errors import BenchError
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 HEADER = "event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel_text\tlabel_image\tlabel_text_image"
 WORDS = ["roads", "closed", "near", "the", "coast", "flood", "help", "people", "rescue", "donate", "pray", "for",

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
+from bench.api.errors import BenchError
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 
 def make_folder(d: Path, n_train: int = 60, n_test: int = 24, **bad) -> Path:
@@ -41,7 +42,7 @@ def test_folder_runs_and_picks_encoders(tmp_path):
     assert ad.name == "toy"
     kinds = {m.name: m.kind for m in ad.modalities}
     assert kinds == {"vec": "vector", "seq": "sequence", "img": "image"}
-    from bench.models import MLPBackbone, ResNetBackbone
+    from bench.models import MLPBackbone
 
     assert isinstance(ad.build_model("vec", 3), MLPBackbone)
     assert ad.build_model("seq", 3).dim == 1 and ad.build_model("img", 3).dim == 2

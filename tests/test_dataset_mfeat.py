@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bench.api.errors import BenchError, ConfigError
 from bench.cli import app
-from bench.errors import BenchError, ConfigError
-from bench.runner import RunSpec, build_adapter, build_train_config, load_splits, run
 from bench.datasets.mfeat import VIEWS, read_view_csv
+from bench.train.loop import load_splits
+from bench.train.resolve import RunSpec, build_adapter, build_train_config
+from bench.train.run import run
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
+from bench.api.errors import BenchError
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 N, W, H = 6, 64, 48
 
@@ -154,7 +155,7 @@ def test_refused_methods_and_errors(tmp_path):
     for method in ("dml", "nkd", "c2kd"):
         rec = None
         with pytest.raises(BenchError, match="does not apply to segmentation"):
-            from bench.runner import resolve
+            from bench.train.resolve import resolve
 
             resolve(RunSpec("nyudv2", "depth", "rgb", method, 0, ov(root, tmp_path / "c"), str(tmp_path / "res")))
     from scipy.io import savemat
@@ -223,7 +224,7 @@ def test_prepare_reports_pixels_per_class(tmp_path):
 
 def test_pixel_histogram_survives_an_interrupted_prepare(tmp_path):
     """Rows written before an interruption are counted from the file when preparation resumes."""
-    from bench.cache import build_cache
+    from bench.data.cache import build_cache
 
     root = tmp_path / "raw"
     make_mat(root)

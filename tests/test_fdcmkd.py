@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.methods.fdcmkd import (band_losses, decompose, fdcmkd_loss, frequency_masks, log_compress, log_mse,
-                                  standardize)
-
+from bench.methods.fdcmkd import (
+    band_losses,
+    decompose,
+    fdcmkd_loss,
+    frequency_masks,
+    log_compress,
+    log_mse,
+    standardize,
+)
 
 
 @pytest.fixture(autouse=True)

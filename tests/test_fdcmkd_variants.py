@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from bench.methods.fdcmkd import (FDCMKDParams, LearnableCutoff, apply_spectral_masks, decompose, dft_band_masks,
-                                  haar_bands, soft_split_masks)
-from bench.runner import RunSpec, run
 from conftest import tiny
+
+from bench.methods.fdcmkd import (
+    FDCMKDParams,
+    LearnableCutoff,
+    apply_spectral_masks,
+    decompose,
+    dft_band_masks,
+    haar_bands,
+    soft_split_masks,
+)
+from bench.train.resolve import RunSpec
+from bench.train.run import run
 
 X = torch.randn(5, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 

@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from bench.cli import app
-from bench.config import TrainConfig, build_params
-from bench.errors import BenchError, ConfigError, RecordError
-from bench.results import collect, load_records, read_record, record_path
-from bench.runner import NullReporter, RunSpec, resolve, run, teacher_path, teacher_resume_path
-from bench.utils import atomic_write_json, remove_stale_temp_files
 from conftest import tiny
 from test_dataset_folder import make_folder
+from typer.testing import CliRunner
+
+from bench.api.config import TrainConfig, build_params
+from bench.api.errors import BenchError, ConfigError, RecordError
+from bench.cli import app
+from bench.records.files import atomic_write_json, remove_stale_temp_files
+from bench.records.store import collect, load_records, read_record, record_path
+from bench.train.resolve import RunSpec, resolve
+from bench.train.run import NullReporter, run
+from bench.train.teachers import teacher_path, teacher_resume_path
 
 cli = CliRunner()
 
@@ -80,7 +82,7 @@ def test_collect_refuses_run_ids_that_climb_out(tmp_path):
 
 def test_plugin_method_names_are_checked(tmp_path):
     plug = tmp_path / "p.py"
-    plug.write_text("from bench.method import Method\nfrom bench.registry import register_method\n"
+    plug.write_text("from bench.api import Method\nfrom bench.api import register_method\n"
                     "@register_method('../evil')\nclass E(Method):\n    pass\n")
     res = cli.invoke(app, ["list", "methods", "--plugin", str(plug)])
     assert res.exit_code == 2 and "'../evil'" in res.output
@@ -108,8 +110,8 @@ def test_collect_keeps_ok_record_against_same_run_id_other_config(tmp_path):
 
 FLAKY = '''
 import os
-from bench.method import Method
-from bench.registry import register_method
+from bench.api import Method
+from bench.api import register_method
 
 @register_method("flakyforce")
 class Flaky(Method):
@@ -223,7 +225,7 @@ def test_temp_file_of_a_killed_writer_is_removed(tmp_path):
     res_dir = tmp_path / "res"
     (res_dir / "records").mkdir(parents=True)
     code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from pathlib import Path\nfrom bench.utils import _atomic_target\n"
+            "from pathlib import Path\nfrom bench.records.files import _atomic_target\n"
             "with _atomic_target(Path(%r)) as tmp:\n"
             "    open(tmp, 'w').write('half a record')\n    print(tmp, flush=True)\n    time.sleep(600)\n"
             % (str(Path(__file__).resolve().parent.parent), str(res_dir / "records" / "x.json")))
@@ -461,7 +463,7 @@ def test_sigterm_stops_a_local_grid_at_an_epoch_boundary_and_it_resumes(tmp_path
 def test_a_second_process_waits_for_the_run_in_training_then_skips_it(tmp_path):
     import threading
 
-    from bench.runner import file_lock
+    from bench.train.stop import file_lock
 
     s = spec(tmp_path, "none")
     lock = tmp_path / "checkpoints" / f"{resolve(s).run_id}.lock"
@@ -472,7 +474,7 @@ def test_a_second_process_waits_for_the_run_in_training_then_skips_it(tmp_path):
         th.start()
         _wait_for(lambda: notes.notes, 120, "the second trainer to notice the first")
         assert not list((tmp_path / "records").glob("*.json"))  # it waits instead of training
-        from bench.runner import _run_locked
+        from bench.train.run import _run_locked
 
         done = _run_locked(resolve(s), s, NullReporter(), False, tmp_path, None)  # the holder finishes the run
     th.join(600)
@@ -499,8 +501,8 @@ def test_csv_outputs_do_not_carry_formulas(tmp_path):
 
 def test_plugin_strings_are_not_rich_markup(tmp_path):
     plug = tmp_path / "p.py"
-    plug.write_text("from bench.method import Method\nfrom bench.registry import register_method\n"
-                    "@register_method('markupkd')\nclass M(Method):\n    category = '[/]x[b]'\n"
+    plug.write_text("from bench.api import Method\nfrom bench.api import register_method\n"
+                    "@register_method('markupkd2')\nclass M(Method):\n    category = '[/]x[b]'\n"
                     "    description = '[i]y[/i]'\n")
     res = cli.invoke(app, ["list", "methods", "--plugin", str(plug)])
     assert res.exit_code == 0, res.output  # a closing tag without an opening one crashed Rich before

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.errors import BenchError
-from bench.leaderboard import build_leaderboard, cd_diagram
-from bench.results import collect, load_records, write_record
+from bench.api.errors import BenchError
+from bench.records.store import collect, load_records, write_record
+from bench.report.leaderboard import build_leaderboard, cd_diagram
 
 CATS = {"none": "Uni-Modal", "m1": "Logits", "m2": "Feature", "m3": "Cross-Modal", "m4": "Logits"}
 CELLS = {("A", "visual"): "a2v", ("A", "audio"): "v2a", ("B", "visual"): "t2v"}
@@ -207,8 +207,8 @@ def test_html_page_in_headless_chromium(tmp_path):
 
 PLUGIN_SRC = '''
 import torch.nn.functional as F
-from bench.method import Method
-from bench.registry import register_method
+from bench.api import Method
+from bench.api import register_method
 
 @register_method("{name}")
 class Plug(Method):

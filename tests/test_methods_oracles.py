@@ -15,7 +15,7 @@ from bench.methods.dml import dml_loss
 from bench.methods.feat import feat_loss
 from bench.methods.logit import logit_loss
 from bench.methods.nkd import nkd_loss
-from bench.methods.ofd import ofd_margin, ofd_stage_loss, ofd_loss
+from bench.methods.ofd import ofd_loss, ofd_margin, ofd_stage_loss
 from bench.methods.pkd import pkd_loss
 
 D = torch.float64

@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
-
-from bench.method import MethodContext
-from bench.models import ModelOutput, ResNetBackbone
-from bench.registry import METHODS
-from bench.runner import RunSpec, run
 from conftest import tiny
+
+from bench.api.method import MethodContext
+from bench.api.registry import METHODS
+from bench.models import ResNetBackbone
+from bench.train.resolve import RunSpec
+from bench.train.run import run
 
 ALL = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd"]
 

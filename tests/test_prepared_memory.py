@@ -1,6 +1,6 @@
 """Memory of runs on a prepared cache: what stream placement holds, and placements that cannot fit.
 
-The cache is fabricated with the real writer (:func:`bench.cache.build_cache`) in VGGSound-50's
+The cache is fabricated with the real writer (:func:`bench.data.cache.build_cache`) in VGGSound-50's
 array layout, about 1 GB (mostly 10-s int16 waveforms), so the runner reads it as a prepared
 VGGSound cache.
 """
@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cache import PrepPlan, SplitPlan, build_cache
-from bench.errors import BenchError
-from bench.runner import RunSpec, build_adapter, run
-from bench.speed import host_available_bytes
+from bench.api.errors import BenchError
+from bench.data.cache import PrepPlan, SplitPlan, build_cache
+from bench.train.placement import host_available_bytes
+from bench.train.resolve import RunSpec, build_adapter
+from bench.train.run import run
 
 N_TRAIN, N_TEST = 3000, 300
 
@@ -126,8 +127,8 @@ def test_carved_views_read_like_copies(vgg_cache, monkeypatch):
     of views; placing one copies it chunk by chunk into a real tensor."""
     import torch
 
+    from bench.data.prepared import Rows
     from bench.train import placement as speed
-    from bench.prepared import Rows
 
     cache, _size = vgg_cache
     sp = build_adapter("vggsound", {"vggsound": {"cache": str(cache)}}).load()["train"]

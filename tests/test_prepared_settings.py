@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from bench.runner import RunSpec, build_adapter, resolve, run
 from test_dataset_crisismmd import make_bert, make_crisis
+
+from bench.train.resolve import RunSpec, build_adapter, resolve
+from bench.train.run import run
 
 
 def test_crisismmd_run_uses_the_bert_dir_the_cache_was_tokenised_with(tmp_path):

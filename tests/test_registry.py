@@ -1,9 +1,9 @@
 import pytest
 
-from bench.config import parse_overrides
-from bench.errors import BenchError, ConfigError
-from bench.registry import DATASETS, METHODS, Registry
-from bench.runner import RunSpec, resolve
+from bench.api.config import parse_overrides
+from bench.api.errors import BenchError, ConfigError
+from bench.api.registry import DATASETS, METHODS, Registry
+from bench.train.resolve import RunSpec, resolve
 
 
 def test_builtin_methods_and_datasets_are_registered():
@@ -37,7 +37,7 @@ def test_same_modality_refused(tmp_path):
 
 
 def test_direction_parsing():
-    from bench.runner import build_adapter
+    from bench.train.resolve import build_adapter
 
     ad = build_adapter("synthetic", {})
     assert ad.parse_direction("a2v") == ("audio", "visual")
@@ -100,8 +100,8 @@ def test_plugin_file_registers_with_source_hash(tmp_path):
     f = tmp_path / "my_method.py"
     f.write_text(
         "import torch\n"
-        "from bench.method import Method\n"
-        "from bench.registry import register_method\n"
+        "from bench.api import Method\n"
+        "from bench.api import register_method\n"
         "@register_method('myplugkd')\n"
         "class MyKD(Method):\n"
         "    category = 'Logits'\n"

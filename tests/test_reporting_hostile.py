@@ -7,12 +7,11 @@ in headless Chromium, the tables through pdflatex/pdftotext.
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import html
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,12 +19,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_leaderboard import _browser, chromium
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.leaderboard import RANK_RULES, build_leaderboard
-from bench.results import load_records, write_record
-from test_leaderboard import _browser, chromium
+from bench.records.store import load_records, write_record
+from bench.report.leaderboard import RANK_RULES, build_leaderboard
 
 XSS_NAME = '<img src=x onerror="document.body.dataset.xss=\'name\'">'
 XSS_CAT = '<img src=x onerror="document.body.dataset.xss=\'category\'">'
@@ -160,7 +159,7 @@ def test_a_name_cannot_end_or_bend_the_data_script(tmp_path):
 
 
 def test_script_json_is_inert_and_round_trips():
-    from bench.leaderboard_html import script_json
+    from bench.report.leaderboard_page import script_json
 
     data = {"a": CLOSE_SCRIPT, "b": "x\u2028y\u2029z", "c": float("nan"), "d": ["<!--", "&amp;", ">"]}
     text = script_json(data)
@@ -169,7 +168,7 @@ def test_script_json_is_inert_and_round_trips():
 
 
 def test_page_has_a_restrictive_csp_with_the_hashes_of_its_inline_code(tmp_path):
-    from bench.leaderboard_html import CSS, JS, render_html
+    from bench.report.leaderboard_page import CSS, JS, render_html
 
     lb = build_leaderboard(load_records(hostile_results(tmp_path / "res")))
     page = render_html(lb, None)
@@ -287,7 +286,7 @@ def test_page_applies_the_same_rank_rule_when_filtering(tmp_path):
 # LaTeX
 
 def test_tex_escape_is_one_pass_and_complete():
-    from bench.tables import tex_escape
+    from bench.report.tables import tex_escape
 
     assert tex_escape("\\{}") == r"\textbackslash{}\{\}"  # the replacement's braces stay as they are
     assert tex_escape("~^") == r"\textasciitilde{}\textasciicircum{}"
@@ -327,8 +326,8 @@ needs_latex = pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.whic
 
 @needs_latex
 def test_latex_tables_with_every_special_character_compile_and_print_the_names(tmp_path):
-    from bench.leaderboard import to_latex
-    from bench.studies import standalone
+    from bench.report.leaderboard import to_latex
+    from bench.report.studies import standalone
 
     res = latex_results(tmp_path / "res")
     tex = tmp_path / "comparison.tex"
@@ -351,8 +350,8 @@ def test_latex_tables_with_every_special_character_compile_and_print_the_names(t
 def test_leaderboard_latex_statement_stays_a_comment(tmp_path):
     """The statistics statement follows the tabular as a comment and names the methods left out of
     the ranking: a line break in a name must not end the comment."""
-    from bench.leaderboard import to_latex
-    from bench.studies import standalone
+    from bench.report.leaderboard import to_latex
+    from bench.report.studies import standalone
 
     root = tmp_path / "res"
     for m, ds, v in (("none", "A", 50), ("none", "B", 50), ("k", "A", 60), ("k", "B", 60), ("x\n\\undefinedcs", "A", 55)):
@@ -437,7 +436,7 @@ def test_rich_reporter_shows_markup_in_run_ids_as_text():
     from rich.console import Console
     from rich.progress import Progress
 
-    from bench.cli import RichReporter
+    from bench.cli.runs import RichReporter
 
     buf = io.StringIO()
     con = Console(file=buf, width=200, force_terminal=False)
@@ -465,8 +464,8 @@ def test_rich_tables_show_markup_in_names_as_text(tmp_path):
 
 
 PLUGIN = '''
-from bench.method import Method
-from bench.registry import register_method
+from bench.api import Method
+from bench.api import register_method
 
 @register_method("markupkd")
 class Bad(Method):
@@ -587,7 +586,7 @@ def test_dollar_signs_in_names_are_not_mathtext(tmp_path):
     assert r.exit_code == 0, (r.output, r.exception)
     assert heat.with_suffix(".png").stat().st_size > 1000
     # the CD diagram's labels are method names
-    from bench.leaderboard import cd_diagram
+    from bench.report.leaderboard import cd_diagram
 
     root2 = tmp_path / "res2"
     for i, (ds, mod) in enumerate((("A", "visual"), ("A", "audio"), ("B", "visual"))):

@@ -3,11 +3,13 @@ import os
 
 import pytest
 import torch
-
-from bench.errors import BenchError, RecordError
-from bench.results import load_results, read_record
-from bench.runner import NullReporter, RunSpec, resolve, run, teacher_path
 from conftest import tiny
+
+from bench.api.errors import BenchError, RecordError
+from bench.records.store import load_results, read_record
+from bench.train.resolve import RunSpec, resolve
+from bench.train.run import NullReporter, run
+from bench.train.teachers import teacher_path
 
 
 def spec(tmp_path, method="logit", t="audio", s="visual", seed=0, extra=None, **kw):

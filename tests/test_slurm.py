@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.results import load_records
+from bench.records.store import load_records
 
 
 def _cluster_up() -> bool:
@@ -64,8 +64,8 @@ def test_slurm_array_equals_local(tmp_path):
 FAILING = '''
 import os
 import torch.nn.functional as F
-from bench.method import Method
-from bench.registry import register_method
+from bench.api import Method
+from bench.api import register_method
 
 @register_method("flaky")
 class Flaky(Method):
@@ -93,7 +93,7 @@ def test_failed_task_status_and_retry(tmp_path):
     r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *common)
     assert r.exit_code == 0 and "1 to run" in r.output, r.output
     assert by_method(res)["flaky"]["status"] == "ok"
-    from bench import slurm
+    from bench.launch import slurm
 
     rows = slurm.task_table(res)  # the latest attempt of each run
     assert sorted(r_["status"] for r_ in rows) == ["DONE", "DONE"]
@@ -159,20 +159,42 @@ def test_scancel_then_resubmit_resumes_from_checkpoint(tmp_path):
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))  # every epoch exactly once
 
 
+GATED = '''
+import os, time
+from bench.api import Method, register_method
+
+@register_method("gated")
+class Gated(Method):
+    """w/o KD that waits at the start of epoch 3 while {gate!r} exists: a task the test can hold
+    still, deterministically, however fast or busy the machine is."""
+    category = "Uni-Modal"
+    uses_teacher = False
+
+    def loss(self, s, t, y, epoch):
+        while epoch >= 3 and os.path.exists({gate!r}):
+            time.sleep(0.2)
+        return {{"ce": self.task_loss(s.logits, y)}}
+'''
+
+
 def test_preemption_signal_requeues_and_resumes(tmp_path):
     """scancel --signal=USR2 = what SLURM sends before a time limit / pre-emption: submitit
-    checkpoints and requeues the task, which resumes from the run's epoch checkpoint."""
+    checkpoints and requeues the task, which resumes from the run's epoch checkpoint. The task is
+    held at epoch 3 (SLURM drops a signal sent to a job it has just resumed from suspension), so
+    the signal always arrives mid-run."""
     res = tmp_path / "res"
-    r = bench("run", "--executor", "slurm", "-r", str(res), *LONG)
+    gate = tmp_path / "GATE"
+    gate.write_text("hold")
+    plug = tmp_path / "gated.py"
+    plug.write_text(GATED.format(gate=str(gate)))
+    args = ["--methods", "gated", "--plugin", str(plug), *LONG[2:]]
+    r = bench("run", "--executor", "slurm", "-r", str(res), *args)
     assert r.exit_code == 0, r.output
     m = _submission(res)
     job = m["tasks"][0]["job_id"]
     _wait_for(lambda: _ckpt_epochs(res) >= 2, 600, "two finished epochs")
-    # frozen while signalled (the signal waits for the resume), so the task cannot finish first
-    subprocess.run(["scontrol", "suspend", job], check=True)
-    done_before = _ckpt_epochs(res)
+    assert _ckpt_epochs(res) == 2  # held at the start of epoch 3
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    subprocess.run(["scontrol", "resume", job], check=True)
 
     def requeued() -> bool:
         st = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout
@@ -182,12 +204,13 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
         return False
 
     _wait_for(requeued, 300, "the task to be requeued")
-    from bench import slurm
+    gate.unlink()
+    from bench.launch import slurm
 
     states = slurm.wait(m, timeout_s=1200)
     assert list(states.values()) == ["COMPLETED"]
-    rec = by_method(res)["none"]
-    assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] >= done_before >= 2
+    rec = by_method(res)["gated"]
+    assert rec["slurm"]["restart_count"] == "1" and rec["resumed_from_epoch"] == 2
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))
 
 

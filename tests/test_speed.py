@@ -8,11 +8,14 @@ import math
 import pytest
 import torch
 
-from bench.config import TrainConfig, build_params
+from bench.api.config import TrainConfig, build_params
+from bench.api.errors import ConfigError
 from bench.data import Split
-from bench.errors import ConfigError
-from bench.runner import RunSpec, resolve, run
-from bench.speed import BatchSource, SpeedPlan, decide_teacher_cache, plan_speed
+from bench.train.acceleration import SpeedPlan, plan_speed
+from bench.train.placement import BatchSource
+from bench.train.resolve import RunSpec, resolve
+from bench.train.run import run
+from bench.train.teacher_outputs import decide_teacher_cache
 
 TINY = {"synthetic": {"n_train": "240", "n_test": "60", "width": "8"}}
 
@@ -60,7 +63,7 @@ def test_teacher_cache_refused_with_reason(tmp_path, method, why):
 
 
 def test_teacher_cache_refused_for_augmented_inputs_and_plugins():
-    from bench.registry import DATASETS, METHODS
+    from bench.api.registry import DATASETS, METHODS
 
     crema = DATASETS.get("crema")(DATASETS.get("crema").Params())
     vgg = DATASETS.get("vggsound")(DATASETS.get("vggsound").Params())
@@ -212,7 +215,7 @@ def test_packed_runs_equal_sequential_runs(tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.results import load_records
+    from bench.records.store import load_records
 
     common = ["--methods", "none,logit,fdcmkd,dkd", "--datasets", "synthetic", "--directions", "a2v", "--epochs", "2",
               "--teacher-epochs", "2", "--set", "synthetic.n_train=480", "--set", "synthetic.n_test=180",
@@ -230,7 +233,7 @@ def test_packed_runs_equal_sequential_runs(tmp_path):
 
 
 def test_placed_arrays_are_shared_and_released():
-    from bench.speed import release_placements
+    from bench.train.placement import release_placements
 
     sp = Split({"a": torch.randn(10, 3), "b": torch.randn(10, 2)}, torch.arange(10) % 2)
     plan = SpeedPlan(data_placement="device")

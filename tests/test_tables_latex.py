@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.results import write_record
+from bench.records.store import write_record
 
 FD_DEF = {"freq": True, "align": True, "scale": True, "log": True, "l1": 1.0, "l2": 1.0, "ratio": 0.5,
           "tap": "pre", "phi": "linear"}
@@ -147,8 +145,8 @@ def test_tables_compile_with_latex(results, tmp_path, kind):
 
 
 def test_sweep_expands_cartesian_grid():
-    from bench.errors import BenchError
-    from bench.executors import sweep_overrides
+    from bench.api.errors import BenchError
+    from bench.launch.grid import sweep_overrides
 
     out = sweep_overrides({"train": {"epochs": "2"}}, ["fdcmkd.l1=0.5,1", "fdcmkd.l2=1,2,4"])
     assert len(out) == 6 and {(o["fdcmkd"]["l1"], o["fdcmkd"]["l2"]) for o in out} == {

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-from bench.engine import class_index, repair_by_class
-from bench.runner import RunSpec, run
-from bench.methods.ucmkd import (cosine_cost, feature_alignment, label_alignment, label_alignment_reference,
-                                 sinkhorn_cost)
 from conftest import tiny
+
+from bench.methods.ucmkd import (
+    cosine_cost,
+    feature_alignment,
+    label_alignment,
+    label_alignment_reference,
+    sinkhorn_cost,
+)
+from bench.train.resolve import RunSpec
+from bench.train.run import run
+from bench.train.step import class_index, repair_by_class
 
 
 def np_sinkhorn(c: np.ndarray, eps: float, iters: int) -> float:

@@ -1,0 +1,95 @@
+"""The KD-method API.
+
+A method is a class with:
+
+* ``Params``: a dataclass of hyper-parameters whose defaults are the reference defaults
+  (settable with ``--set <method>.<field>=value``, recorded in every result record);
+* a pure, documented loss function ``<method>_loss`` in its module (tested against oracles);
+* :meth:`Method.setup`, which builds learnable connectors from shapes found by a dry run of
+  **each** network on its own input (teacher and student see different modalities);
+* :meth:`Method.loss`, which returns a dict of already-weighted loss terms. The runner sums
+  them, so every term is logged separately.
+
+Class attributes tell the runner how to treat the teacher: frozen in eval mode under
+``no_grad`` (default), trainable (DML's peer, C2KD's bidirectional teacher), or in train mode
+(OFD's batch statistics). Epoch numbers passed to methods are 1-based (mdistiller convention,
+which DKD's warm-up formula assumes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.models import Backbone, ModelOutput
+
+
+@dataclass
+class NoParams:
+    """This method has no hyper-parameters of its own."""
+
+
+@dataclass
+class MethodContext:
+    num_classes: int
+    epochs: int
+    task: str
+    teacher_modality: str | None
+    student_modality: str
+    device: torch.device
+    ignore_index: int | None = None
+
+
+class Method:
+    name: ClassVar[str]
+    category: ClassVar[str] = "Logits"
+    """Table-2 group: Uni-Modal | Logits | Feature | Cross-Modal."""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    uses_teacher: ClassVar[bool] = True
+    teacher_trainable: ClassVar[bool] = False
+    teacher_train_mode: ClassVar[bool] = False
+    dense_ok: ClassVar[bool] = True
+    """False where the method has no meaning on segmentation outputs; the runner refuses."""
+    dense_reason: ClassVar[str] = ""
+
+    def __init__(self, params: Any, ctx: MethodContext):
+        self.p = params
+        self.ctx = ctx
+        self.modules = nn.ModuleDict()
+        self.student: Backbone | None = None
+        self.teacher: Backbone | None = None
+
+    def setup(self, student: Backbone, teacher: Backbone | None, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
+        """Build learnable add-ons from dry-run outputs. Default: nothing."""
+        self.student, self.teacher = student, teacher
+
+    def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def teacher_cache_fields(self) -> set[str] | None:
+        """The teacher outputs :meth:`loss` reads (``logits``, ``feature``, ``pre_feature``,
+        ``feature_maps[i]``, ``preact_maps[i]``), so that a frozen teacher on an un-augmented
+        modality can be cached (see :mod:`bench.train.teacher_outputs`). ``None``: never cache (the default, so a
+        plugin method is only cached when it says what it reads)."""
+        return None
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return list(self.modules.parameters())
+
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with hard labels (pixel-wise with the void label ignored for dense tasks)."""
+        if self.ctx.ignore_index is not None:
+            return F.cross_entropy(logits, y, ignore_index=self.ctx.ignore_index)
+        return F.cross_entropy(logits, y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": self.modules.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.modules.load_state_dict(state["modules"])

@@ -1,0 +1,219 @@
+"""Decorator registries for KD methods and dataset adapters.
+
+Adding a method or a dataset means adding one file to ``methods/`` or ``datasets/`` with a
+``@register_method`` / ``@register_dataset`` decorated class: the built-in modules are
+imported on first use, so nothing else needs editing. Methods from outside the repository
+register through the ``cmkd_bench.methods`` entry point group or ``--plugin file.py``; every
+entry remembers where it came from (``source``) and, for plug-ins, a hash of its source code
+so that records made with different versions of a plug-in can be told apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from bench.api.errors import BenchError
+from bench.api.names import check_component
+
+T = TypeVar("T")
+
+
+METHOD_ENTRY_POINT_GROUP = "cmkd_bench.methods"
+
+
+DATASET_ENTRY_POINT_GROUP = "cmkd_bench.datasets"
+
+
+@dataclass
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    source: str  # "builtin", "entry-point:<dist>", "plugin:<path>"
+    source_hash: str | None = None
+
+
+class Registry(Generic[T]):
+    """A name -> class table with helpful errors."""
+
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str):
+        self.kind = kind
+        self._builtin_package = builtin_package
+        self._group = entry_point_group
+        self._entries: dict[str, Entry[T]] = {}
+        self._loaded = False
+        self._loading_source: tuple[str, str | None] = ("builtin", None)
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            key = (name or getattr(obj, "name", None) or obj.__name__).lower()  # type: ignore[attr-defined]
+            # names become parts of run ids and file names, and scopes of --set SCOPE.KEY (no '.')
+            check_component(key, f"{self.kind} name")
+            if "." in key:
+                raise BenchError(f"{self.kind} name {key!r} may not contain '.' (it is the scope in --set {key}.KEY=VALUE)")
+            src, h = self._loading_source
+            if src == "builtin" and not _defined_in_package(obj, self._builtin_package):
+                # Registered from a module that is not one of ours and not loaded through a
+                # plug-in path (e.g. a notebook or test): mark it as such.
+                src = f"runtime:{getattr(obj, '__module__', '?')}"
+                h = _hash_source_of(obj)
+            existing = self._entries.get(key)
+            if existing is not None and existing.obj is not obj:
+                raise BenchError(
+                    f"{self.kind} {key!r} is registered twice: by {existing.source} and by {src}"
+                )
+            try:
+                obj.name = key  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
+            self._entries[key] = Entry(key, obj, src, h)
+            return obj
+
+        return deco
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_builtins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self._builtin_package)
+        for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if mod.name.startswith("_"):
+                continue
+            importlib.import_module(f"{self._builtin_package}.{mod.name}")
+        for ep in _entry_points(self._group):
+            dist = getattr(ep.dist, "name", None) or ep.value
+            try:
+                self._loading_source = (f"entry-point:{dist}", None)
+                obj = ep.load()
+            except Exception as exc:  # a broken third-party plug-in must not break the tool
+                raise BenchError(f"cannot load {self.kind} plug-in entry point {ep.name!r} ({ep.value}): {exc}") from exc
+            finally:
+                self._loading_source = ("builtin", None)
+            # The entry point may be a module (whose import registered things) or a class.
+            if inspect.isclass(obj) and obj.__name__.lower() not in self._entries and getattr(obj, "name", None) not in self._entries:
+                self._loading_source = (f"entry-point:{dist}", _hash_source_of(obj))
+                try:
+                    self.register(ep.name)(obj)
+                finally:
+                    self._loading_source = ("builtin", None)
+            else:
+                for e in self._entries.values():
+                    if e.source == f"entry-point:{dist}" and e.source_hash is None:
+                        e.source_hash = _hash_source_of(e.obj)
+
+    def load_plugin_file(self, path: str | Path) -> list[str]:
+        """Import a plug-in file; returns the names it registered here (see :func:`load_plugin_file`)."""
+        return load_plugin_file(path).get(self.kind, [])
+
+    # -- lookup -------------------------------------------------------------------------------
+    def get(self, name: str) -> T:
+        return self.entry(name).obj
+
+    def entry(self, name: str) -> Entry[T]:
+        self.load_builtins()
+        key = name.lower()
+        if key not in self._entries:
+            raise BenchError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
+            )
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        self.load_builtins()
+        return list(self._entries)
+
+    def entries(self) -> Iterator[Entry[T]]:
+        self.load_builtins()
+        return iter(list(self._entries.values()))
+
+    def __contains__(self, name: str) -> bool:
+        self.load_builtins()
+        return name.lower() in self._entries
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (used by tests that register throw-away classes)."""
+        self._entries.pop(name.lower(), None)
+
+
+def _entry_points(group: str) -> list[Any]:
+    try:
+        return list(importlib.metadata.entry_points(group=group))
+    except Exception:  # pragma: no cover - broken metadata in the environment
+        return []
+
+
+def _defined_in_package(obj: Any, package: str) -> bool:
+    return getattr(obj, "__module__", "").startswith(package + ".")
+
+
+def _hash_source_of(obj: Any) -> str | None:
+    try:
+        src = inspect.getsource(inspect.getmodule(obj))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+METHODS: Registry[Any] = Registry("method", "bench.methods", METHOD_ENTRY_POINT_GROUP)
+
+
+DATASETS: Registry[Any] = Registry("dataset", "bench.datasets", DATASET_ENTRY_POINT_GROUP)
+
+
+register_method = METHODS.register
+
+
+register_dataset = DATASETS.register
+
+
+REGISTRIES: list[Registry[Any]] = [METHODS, DATASETS]
+"""Every registry a plug-in file may add to (a backbone registry joins this list)."""
+
+
+def load_plugin_file(path: str | Path) -> dict[str, list[str]]:
+    """Import a plug-in file once (``--plugin``); it may register methods, datasets, backbones or any
+    mix. Every entry remembers the file and a hash of it. Returns ``{kind: [names]}``; a file that
+    registers nothing is an error (a typo in a decorator would otherwise go unnoticed)."""
+    for reg in REGISTRIES:
+        reg.load_builtins()
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise BenchError(f"--plugin {path}: no such file")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    mod_name = f"cmkd_bench_plugin_{digest}"
+    if mod_name in sys.modules:
+        return {reg.kind: [n for n, e in reg._entries.items() if e.source == f"plugin:{p}"] for reg in REGISTRIES}
+    before = {reg.kind: set(reg._entries) for reg in REGISTRIES}
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    for reg in REGISTRIES:
+        reg._loading_source = (f"plugin:{p}", digest)
+    try:
+        spec.loader.exec_module(module)
+    except BenchError:
+        del sys.modules[mod_name]
+        raise
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise BenchError(f"--plugin {path}: importing it failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for reg in REGISTRIES:
+            reg._loading_source = ("builtin", None)
+    new = {reg.kind: sorted(set(reg._entries) - before[reg.kind]) for reg in REGISTRIES}
+    if not any(new.values()):
+        kinds = ", ".join(f"@register_{reg.kind}" for reg in REGISTRIES)
+        raise BenchError(f"--plugin {path}: the file registered nothing (use {kinds})")
+    return new
+

@@ -1,0 +1,147 @@
+"""``bench results``, ``bench table``, ``bench leaderboard``, ``bench analyze``: what the records say."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+
+from bench.api.config import parse_overrides
+from bench.api.errors import BenchError
+from bench.cli.app import app, console, err_console
+
+
+def _show(res) -> None:  # type: ignore[no-untyped-def]
+    """Print a :class:`bench.report.render.Rendered`: the table, or where it was written."""
+    if res.rich is not None:
+        console.print(res.rich)
+    for f in res.files:
+        console.print(f"wrote {escape(str(f))}")
+    for n in res.notes:
+        err_console.print(f"[yellow]{escape(n)}[/yellow]")
+    if res.written_to is not None:
+        console.print(f"wrote {escape(str(res.written_to))}")
+    elif res.text is not None:
+        sys.stdout.write(res.text)
+
+
+@app.command()
+def results(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
+    all_: bool = typer.Option(False, "--all", help="include failed runs"),
+) -> None:
+    """Show collected records, one line per run."""
+    from bench.records.store import load_results
+    from bench.report.console import records_table
+
+    df = load_results(results, status=None if all_ else "ok")
+    if df.empty:
+        console.print(f"no records in {escape(str(results))}")
+        return
+    console.print(records_table(df, results))
+
+
+@app.command()
+def table(
+    kind: str = typer.Argument("comparison", help="comparison | segmentation | ablation | threshold | sensitivity"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table to this file"),
+    fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | rich"),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets (column order)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order; comparison tables)"),
+    decimals: int = typer.Option(1, "--decimals", help="digits after the decimal point (0-10)"),
+    std: bool = typer.Option(False, "--std/--no-std", help="print ± sample std over seeds"),
+    value: str = typer.Option("best_metric", "--value", help="best_metric (val-selected) | final_metric | reference_best_metric"),
+    caption: Optional[str] = typer.Option(None, "--caption", help="caption text (plain text: LaTeX specials are escaped)"),
+    caption_latex: bool = typer.Option(False, "--caption-latex", help="take --caption as LaTeX source, unescaped"),
+    label: Optional[str] = typer.Option(None, "--label", help="LaTeX label (default tab:KIND)"),
+    booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
+    standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
+    mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells statistically tied with the best (Welch over seeds)"),
+    marks: str = typer.Option("all", "--marks", help="all: every row competes for bold/underline | kd-only: the KD methods only, "
+                                                      "w/o KD shown but not ranked (the FD-CMKD paper's convention)"),
+    pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired: which protocol's records to tabulate"),
+    alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied"),
+) -> None:
+    """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
+    threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
+    from bench.report.render import render_table
+
+    _show(render_table(results, kind, fmt=fmt, datasets=datasets, methods=methods, decimals=decimals, std=std,
+                       value=value, caption=caption, caption_latex=caption_latex, label=label, booktabs=booktabs,
+                       standalone=standalone, heatmap=heatmap, mark_tied=mark_tied, marks=marks, pairing=pairing,
+                       alpha=alpha, out=out))
+
+
+@app.command()
+def leaderboard(
+    results: Optional[List[Path]] = typer.Option(None, "--results", "-r", help="results folder(s) (default: results)"),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets to rank over"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: all present)"),
+    fmt: str = typer.Option("rich", "--format", "-f", help="rich | markdown | csv | latex | json | html"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file (a folder for --format html)"),
+    cells: bool = typer.Option(False, "--cells", help="also show mean±std per cell (~best = tied with the best, Welch)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level of the per-cell and Nemenyi tests"),
+    correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the per-cell tests"),
+    cd: Optional[Path] = typer.Option(None, "--cd", help="write the critical-difference diagram to PATH.png/.pdf"),
+    decimals: int = typer.Option(2, "--decimals", help="digits after the decimal point of gains and cells (0-10)"),
+    pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
+    rank_cells: str = typer.Option("common", "--rank-cells", help="common: rank the methods only on the cells every one "
+                                   "of them has (default) | own: each method on the cells it has"),
+) -> None:
+    """Rank methods over every (dataset, student modality) cell, with statistics."""
+    from bench.report.render import render_leaderboard
+
+    res = render_leaderboard(list(results or [Path("results")]), fmt=fmt, datasets=datasets, methods=methods, out=out,
+                             cells=cells, alpha=alpha, correction=correction, cd=cd, decimals=decimals,
+                             pairing=pairing, rank_cells=rank_cells)
+    if fmt == "html":
+        res.notes.append("open the page from the file system; no server needed")
+    _show(res)
+
+
+@app.command()
+def analyze(
+    kind: str = typer.Argument(..., help="similarity | means | tsne | cch"),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    direction: Optional[str] = typer.Option(None, "--direction", help="tsne: e.g. a2v (default: the first direction)"),
+    results: Path = typer.Option(Path("results"), "--results", "-r"),
+    out: Path = typer.Option(Path("results/analysis"), "--out", "-o", help="folder for the figure (PNG+PDF) and CSV"),
+    seed: int = typer.Option(0, "--seed"),
+    tap: str = typer.Option("pre", "--tap", help="pre (pre-ReLU pooled, FD-CMKD's) | post (classifier input)"),
+    ratio: float = typer.Option(0.5, "--ratio", help="similarity: frequency split threshold"),
+    ks: str = typer.Option("4,8,16", "--k", help="cch: PCA sizes"),
+    methods: str = typer.Option("none,feat,fdcmkd", "--methods", help="tsne: students to show"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="dataset parameters the models were trained with"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Cross-modal analyses from trained checkpoints (FD-CMKD Table 1, Fig. 1, Fig. 4; the CCH criterion)."""
+    from bench.launch.grid import split_list
+    from bench.report import analysis as A
+    from bench.report.console import cch_table
+
+    ov = parse_overrides(set_ or [])
+    if tap not in ("pre", "post"):
+        raise BenchError("--tap must be pre or post")
+    if kind == "similarity":
+        res = A.similarity(dataset, results, out, ov, seed, tap, ratio, device)
+        console.print(f"cosine similarity raw {res['values']['raw']:.4f}, low {res['values']['low']:.4f}, "
+                      f"high {res['values']['high']:.4f}")
+    elif kind == "means":
+        res = A.means(dataset, results, out, ov, seed, tap, device)
+    elif kind == "tsne":
+        res = A.tsne(dataset, direction, results, out, ov, seed, tuple(split_list(methods)), tap=tap, device=device)
+    elif kind == "cch":
+        try:
+            kk = tuple(int(x) for x in split_list(ks))
+        except ValueError:
+            raise BenchError(f"--k {ks!r}: expected comma-separated integers") from None
+        res = A.cch(dataset, results, out, ov, seed, kk, tap, device)
+        console.print(cch_table(dataset, res["rows"]))
+    else:
+        raise BenchError(f"bench analyze {kind!r}: expected similarity, means, tsne or cch")
+    console.print("wrote " + escape(", ".join(str(p) for p in [res["csv"], *res["figures"]])))

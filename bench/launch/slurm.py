@@ -1,0 +1,402 @@
+"""Fan a grid out to SLURM as job arrays through submitit; status, collection and retries.
+
+Layout under the results folder::
+
+    slurm/logs/<array job id>/...        submitit's pickles and per-task stdout/stderr logs
+    slurm/submissions/<time>-<id>.json   what was submitted: array job ids, task -> run id and spec
+
+One array task per run (dataset, direction, method, seed), or per K runs with ``--runs-per-gpu K``
+(they run side by side on the task's GPU, as the local packed executor does). Teachers come first: every distinct
+unimodal teacher the grid needs (and that is not cached yet) is trained by one task of a teacher
+array, and the run array depends on it (``afterany``: a failed teacher does not strand the runs,
+which then train it themselves under the cache's file lock, so no two tasks ever train the same
+teacher concurrently). Each task is a ``submitit.helpers.Checkpointable``: on a time limit or a
+pre-emption signal it is requeued and resumes from the run's own per-epoch checkpoint, so history
+epochs are neither repeated nor lost; a plain ``scancel`` + resubmission resumes the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.api.errors import BenchError, ConfigError
+from bench.records.files import atomic_write_json
+from bench.train.resolve import RunSpec, resolve
+from bench.train.run import run
+from bench.train.stop import stop_on_sigterm
+from bench.train.teachers import teacher_path
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE"}
+
+
+BAD = TERMINAL - {"COMPLETED"}
+
+
+CONFIG_FILE = "slurm.toml"
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    gpus_per_task: int = 0
+    cpus_per_task: int = 1
+    mem: str | None = None
+    time: int = 24 * 60
+    """Time limit in minutes."""
+    array_parallelism: int = 64
+    account: str | None = None
+    qos: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    """Further sbatch options, e.g. {"constraint": "a100", "exclude": "node12"}."""
+
+    @classmethod
+    def from_sources(cls, config: Path | None, cli: dict[str, Any], extra: list[str]) -> "SlurmOptions":
+        """Defaults < the config file's [slurm] table < command-line options."""
+        values: dict[str, Any] = {}
+        path = config if config is not None else (Path(CONFIG_FILE) if Path(CONFIG_FILE).exists() else None)
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read the SLURM config ({exc})") from None
+            table = data.get("slurm", data)
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(table) - names)
+            if unknown:
+                raise ConfigError(f"{path}: unknown [slurm] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            values.update(table)
+        values.update({k: v for k, v in cli.items() if v is not None})
+        ex = dict(values.get("extra", {}))
+        for item in extra:
+            if "=" not in item:
+                raise ConfigError(f"--slurm-arg {item!r}: expected KEY=VALUE (an sbatch option without dashes)")
+            k, v = item.split("=", 1)
+            ex[k.strip().lstrip("-").replace("-", "_")] = v.strip()
+        values["extra"] = ex
+        opts = cls(**values)
+        if opts.time < 1 or opts.cpus_per_task < 1 or opts.array_parallelism < 1 or opts.gpus_per_task < 0:
+            raise ConfigError("SLURM options: time, cpus_per_task and array_parallelism must be >= 1, gpus_per_task >= 0")
+        return opts
+
+
+def _executor(folder: Path, opts: SlurmOptions, name: str):
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+    params: dict[str, Any] = {"timeout_min": opts.time, "cpus_per_task": opts.cpus_per_task,
+                              "slurm_array_parallelism": opts.array_parallelism, "name": name,
+                              "slurm_signal_delay_s": 120 if opts.time > 10 else 20}
+    if opts.partition:
+        params["slurm_partition"] = opts.partition
+    if opts.gpus_per_task:
+        params["slurm_gpus_per_task"] = opts.gpus_per_task
+    if opts.mem:
+        params["slurm_mem"] = opts.mem
+    if opts.account:
+        params["slurm_account"] = opts.account
+    if opts.qos:
+        params["slurm_qos"] = opts.qos
+    add = dict(opts.extra)
+    ex.update_parameters(**params, slurm_additional_parameters=add)
+    return ex
+
+
+try:
+    from submitit.helpers import Checkpointable as _Checkpointable
+except ImportError:  # pragma: no cover - submitit is a dependency
+    _Checkpointable = object  # type: ignore[misc,assignment]
+
+
+class RunTask(_Checkpointable):
+    """One run as a requeueable SLURM task (resumes from the run's epoch checkpoint)."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+
+    def __call__(self) -> dict[str, Any]:
+        stop_on_sigterm()  # scancel: stop at the epoch boundary, keep the checkpoint, write no record
+        rec = run(self.spec, _LogReporter())
+        if rec.get("status") != "ok":
+            raise RuntimeError(rec.get("error") or "run failed")
+        return rec
+
+
+class PackedRunTask(_Checkpointable):
+    """Several runs as one requeueable SLURM task, run side by side on the task's GPU
+    (``--runs-per-gpu``); each resumes from its own epoch checkpoint on a requeue."""
+
+    def __init__(self, specs: list[RunSpec]):
+        self.specs = specs
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from bench.launch.packed import PackedExecutor
+
+        stop_on_sigterm()
+        out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)  # the reporter logs each run's end
+        for rec in out.skipped:
+            print(f"[cmkd-bench] {rec['run_id']}: already done ({rec.get('best_metric')})", flush=True)
+        if out.failed:
+            raise RuntimeError("; ".join(f"{r['run_id']}: {r.get('error')}" for r in out.failed))
+        return out.done + out.skipped
+
+
+class TeacherTask(_Checkpointable):
+    """Train (or find cached) the unimodal teacher one run of the grid needs."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+
+    def __call__(self) -> str:
+        from bench.train.device import resolve_device
+        from bench.train.loop import load_splits
+        from bench.train.teachers import get_teacher
+
+        stop_on_sigterm()
+        r = resolve(self.spec)
+        splits = load_splits(r.adapter, r.train)
+        _, info = get_teacher(r, splits, resolve_device(self.spec.device),
+                              on_note=lambda m: print(f"[cmkd-bench] teacher: {m}", flush=True))
+        return info["checkpoint"]
+
+
+class _LogReporter:
+    def begin(self, run_id: str, total_epochs: int) -> None:
+        print(f"[cmkd-bench] {run_id}: {total_epochs} epochs", flush=True)
+
+    def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
+        print(f"[cmkd-bench] {run_id} {phase} epoch {epoch} test={info['test_metric']:.2f} "
+              f"val={info.get('val_metric')}", flush=True)
+
+    def end(self, run_id: str, record: dict[str, Any]) -> None:
+        print(f"[cmkd-bench] {run_id}: {record['status']} {record.get('best_metric')}", flush=True)
+
+    def note(self, run_id: str, message: str) -> None:
+        print(f"[cmkd-bench] {run_id}: {message}", flush=True)
+
+
+def _absolute(spec: RunSpec) -> RunSpec:
+    return dataclasses.replace(spec, results_dir=str(Path(spec.results_dir).resolve()),
+                               plugins=[str(Path(p).resolve()) for p in spec.plugins])
+
+
+def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions, runs_per_task: int = 1) -> dict[str, Any]:
+    """Submit the teacher array (if any teacher is missing) and the run array; write a manifest.
+
+    ``runs_per_task`` > 1 packs that many runs into each array task (they share its GPU); the
+    manifest still lists every run, with the job id of the task that holds it."""
+    if not specs:
+        raise BenchError("nothing to submit")
+    results = Path(results).resolve()
+    specs = [_absolute(s) for s in specs]
+    logs = results / "slurm" / "logs"
+    teachers: dict[str, RunSpec] = {}
+    for s in specs:
+        r = resolve(s)
+        if r.method_cls.uses_teacher:
+            tp = teacher_path(r, r.config["teacher_modality"])
+            if not tp.exists():
+                teachers.setdefault(str(tp), s)
+    teacher_job = None
+    if teachers:
+        ex = _executor(logs, opts, "cmkd-teachers")
+        with ex.batch():
+            tjobs = [ex.submit(TeacherTask(s)) for s in teachers.values()]
+        teacher_job = tjobs[0].job_id.split("_")[0]
+    ex = _executor(logs, opts, "cmkd-runs")
+    if teacher_job:
+        ex.update_parameters(slurm_additional_parameters={**opts.extra, "dependency": f"afterany:{teacher_job}"})
+    if runs_per_task < 1:
+        raise BenchError("--runs-per-gpu must be >= 1")
+    groups = [specs[i:i + runs_per_task] for i in range(0, len(specs), runs_per_task)]
+    with ex.batch():
+        gjobs = [ex.submit(RunTask(g[0]) if len(g) == 1 else PackedRunTask(g)) for g in groups]
+    jobs = [j for j, g in zip(gjobs, groups) for _ in g]
+    array_job = jobs[0].job_id.split("_")[0]
+    manifest = {
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "array_job": array_job, "teacher_job": teacher_job,
+        "teachers": list(teachers), "logs": str(logs), "options": dataclasses.asdict(opts), "runs_per_task": runs_per_task,
+        "tasks": [{"task": i, "job_id": j.job_id, "run_id": resolve(s).run_id, "spec": dataclasses.asdict(s)}
+                  for i, (j, s) in enumerate(zip(jobs, specs))],
+    }
+    path = results / "slurm" / "submissions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{array_job}.json"
+    atomic_write_json(path, manifest)
+    manifest["path"] = str(path)
+    return manifest
+
+
+def manifests(results: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted((Path(results) / "slurm" / "submissions").glob("*.json")):
+        m = json.loads(p.read_text())
+        m["path"] = str(p)
+        out.append(m)
+    return out
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """Job/array-task id -> state, from sacct (accounting) falling back to squeue."""
+    ids = sorted({j for j in job_ids if j})
+    if not ids:
+        return {}
+    states: dict[str, str] = {}
+    try:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"],
+                             capture_output=True, text=True, timeout=60)
+        for line in out.stdout.splitlines():
+            if "|" in line:
+                jid, st = line.split("|", 1)
+                states[jid.strip()] = st.split()[0] if st.strip() else "UNKNOWN"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)], capture_output=True, text=True,
+                             timeout=60)
+        for line in out.stdout.splitlines():
+            if "|" in line:
+                jid, st = line.split("|", 1)
+                jid, st = jid.strip(), st.strip()
+                # live view wins, except that a cancelled task still winding down stays CANCELLED
+                if not (st == "COMPLETING" and states.get(jid) in TERMINAL):
+                    states[jid] = st
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return states
+
+
+def _expand_array_states(states: dict[str, str], tasks: list[dict[str, Any]], array_job: str) -> None:
+    # sacct may report a not-yet-started array as "123_[0-3]"
+    for key, st in list(states.items()):
+        if key.startswith(f"{array_job}_[") and key.endswith("]"):
+            for t in tasks:
+                states.setdefault(t["job_id"], st)
+
+
+def task_table(results: Path) -> list[dict[str, Any]]:
+    """One row per submitted task of the latest submission of each run: state, record, error tail."""
+    from bench.records.store import read_record, record_path
+
+    results = Path(results)
+    latest: dict[str, tuple[dict, dict]] = {}
+    for m in manifests(results):
+        for t in m["tasks"]:
+            latest[t["run_id"]] = (m, t)
+    by_array: dict[str, list[dict[str, Any]]] = {}
+    for m, t in latest.values():
+        by_array.setdefault(m["array_job"], []).append(t)
+    states: dict[str, str] = {}
+    for arr, ts in by_array.items():
+        s = sacct_states([arr] + [t["job_id"] for t in ts])
+        _expand_array_states(s, ts, arr)
+        states.update(s)
+    rows = []
+    for run_id, (m, t) in latest.items():
+        st = states.get(t["job_id"], "UNKNOWN")
+        rp = record_path(results, run_id)
+        rec = None
+        if rp.exists():
+            try:
+                rec = read_record(rp)
+            except Exception:  # noqa: BLE001
+                rec = None
+        status = st
+        if rec is not None and rec["status"] == "ok":
+            status = "DONE"
+        error = None
+        if rec is not None and rec["status"] == "failed":
+            error = (rec.get("traceback") or rec.get("error") or "")[-800:]
+        elif st in BAD:
+            error = _log_tail(Path(m["logs"]), t["job_id"]) or f"SLURM state {st}"
+        rows.append({"array_job": m["array_job"], "job_id": t["job_id"], "run_id": run_id, "slurm_state": st,
+                     "status": status, "error": error, "record": rec["status"] if rec else None, "spec": t["spec"]})
+    return rows
+
+
+def _log_tail(logs: Path, job_id: str, n: int = 800) -> str | None:
+    arr = job_id.split("_")[0]
+    cands = sorted((logs / arr).glob(f"{job_id}_*_log.err")) + sorted((logs / job_id).glob("*_log.err"))
+    for c in cands:
+        try:
+            text = c.read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            return text[-n:]
+    return None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        s = r["status"]
+        key = ("done" if s == "DONE" else "running" if s in ("RUNNING", "COMPLETING", "CONFIGURING") else
+               "pending" if s in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED") else
+               "failed" if (s in BAD or r["record"] == "failed") else "completed-no-record" if s == "COMPLETED"
+               else "unknown")
+        out.setdefault(r["array_job"], {}).setdefault(key, 0)
+        out[r["array_job"]][key] += 1
+    return out
+
+
+def wait(manifest: dict[str, Any], poll_s: float = 3.0, timeout_s: float | None = None, on_poll=None) -> dict[str, str]:
+    """Block until every task of ``manifest`` is in a terminal state; returns job id -> state."""
+    ids = [t["job_id"] for t in manifest["tasks"]]
+    t0 = time.time()
+    while True:
+        st = sacct_states([manifest["array_job"]] + ids)
+        _expand_array_states(st, manifest["tasks"], manifest["array_job"])
+        done = {j: st.get(j, "UNKNOWN") for j in ids}
+        if on_poll:
+            on_poll(done)
+        if all(s in TERMINAL for s in done.values()):
+            return done
+        if timeout_s is not None and time.time() - t0 > timeout_s:
+            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for array {manifest['array_job']}: {done}")
+        time.sleep(poll_s)
+
+
+def collect_finished(results: Path) -> dict[str, list[str]]:
+    """Write the records of finished tasks that are missing from results/records (idempotent).
+
+    Tasks normally write their own record (shared filesystem); this recovers records from
+    submitit's result pickles when they did not (e.g. a node-local results path).
+    """
+    from submitit.core.utils import JobPaths, pickle_load
+
+    from bench.records.store import existing_ok, write_record
+
+    out: dict[str, list[str]] = {"present": [], "recovered": [], "unfinished": []}
+    for m in manifests(results):
+        for t in m["tasks"]:
+            if existing_ok(results, t["run_id"]):
+                out["present"].append(t["run_id"])
+                continue
+            arr, _, idx = t["job_id"].partition("_")
+            paths = JobPaths(Path(m["logs"]) / arr, job_id=t["job_id"], task_id=0)
+            if not paths.result_pickle.exists():
+                out["unfinished"].append(t["run_id"])
+                continue
+            kind, value = pickle_load(paths.result_pickle)
+            recs = value if isinstance(value, list) else [value]  # a packed task returns its runs' records
+            mine = [r for r in recs if isinstance(r, dict) and r.get("run_id") == t["run_id"]]
+            if kind == "success" and mine and mine[0].get("status") == "ok":
+                rec = dict(mine[0])
+                rec.pop("skipped", None)
+                write_record(results, rec)
+                out["recovered"].append(t["run_id"])
+            else:
+                out["unfinished"].append(t["run_id"])
+    return out
+
+
+def retry_candidates(results: Path) -> set[str]:
+    """Run ids whose latest task failed (record failed, or a bad SLURM state without an ok record)."""
+    return {r["run_id"] for r in task_table(results) if r["status"] != "DONE" and
+            (r["record"] == "failed" or r["slurm_state"] in BAD)}

@@ -1,0 +1,294 @@
+"""Result records: one JSON file per run, written atomically, loaded into a DataFrame.
+
+Layout of a results folder::
+
+    results/
+      records/<run_id>.json       one per (dataset, direction, method, seed, config)
+      teachers/<dataset>/<modality>/<fingerprint>.pt   cached unimodal teachers
+      checkpoints/<run_id>.pt     last finished epoch of an unfinished run (for resume)
+      models/<run_id>.pt          final student weights (when --save-model)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bench.api.errors import BenchError, RecordError
+from bench.api.names import check_component
+from bench.records.files import atomic_write_json
+
+SCHEMA_VERSION = 1
+
+
+REQUIRED_FIELDS = (
+    "schema", "run_id", "status", "method", "dataset", "task", "teacher_modality", "student_modality",
+    "direction", "seed", "metric", "config", "config_hash",
+)
+
+
+OK_FIELDS = ("best_metric", "final_metric", "history")
+
+
+COLUMNS = [
+    "run_id", "status", "dataset", "task", "direction", "teacher_modality", "student_modality", "method",
+    "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
+    "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
+    "git_commit", "error", "path", "method_params", "pairing",
+]
+
+
+def records_dir(results: str | Path) -> Path:
+    return Path(results) / "records"
+
+
+def record_path(results: str | Path, run_id: str) -> Path:
+    check_component(run_id, "run id")
+    return records_dir(results) / f"{run_id}.json"
+
+
+def write_record(results: str | Path, record: dict[str, Any]) -> Path:
+    path = record_path(results, record["run_id"])
+    atomic_write_json(path, record)
+    return path
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+# field -> (check, what the field must be); None values of optional fields are allowed
+_TYPES: dict[str, tuple[Any, str]] = {
+    "schema": (_is_int, "an integer"),
+    "run_id": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "teacher_modality": (lambda v: isinstance(v, str), "a string"),
+    "student_modality": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "direction": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "metric": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "config_hash": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+}
+
+
+_OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
+    "group_hash": (lambda v: isinstance(v, str), "a string"),
+    "method_category": (lambda v: isinstance(v, str), "a string"),
+    "method_source_hash": (lambda v: isinstance(v, str), "a string"),
+    "selected_epoch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "reference_best_metric": (_is_number, "a finite number"),
+    "wall_time_s": (_is_number, "a finite number"),
+    "git_commit": (lambda v: isinstance(v, str), "a string"),
+    "teacher": (lambda v: isinstance(v, dict), "an object"),
+    "error": (lambda v: isinstance(v, str), "a string"),
+    "selection": (lambda v: v in ("val", "test"), "'val' or 'test'"),
+}
+
+
+PERCENT_METRICS = ("top1", "mIoU")
+
+
+def validate_record(rec: Any, where: str) -> dict[str, Any]:
+    """Check presence *and* types of a record's fields (a wrong type would otherwise surface as a
+    traceback without a file name, a silent NaN cell or a NaN rank); errors name ``where`` and the
+    field."""
+    if not isinstance(rec, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if k not in rec]
+    if rec.get("status") == "ok":
+        missing += [k for k in OK_FIELDS if k not in rec]
+    if missing:
+        raise RecordError(f"{where}: not a cmkd-bench result record; missing field(s): {', '.join(missing)}")
+    if rec["schema"] != SCHEMA_VERSION:
+        raise RecordError(f"{where}: record schema {rec['schema']!r}, this version reads schema {SCHEMA_VERSION}")
+    if rec["status"] not in ("ok", "failed"):
+        raise RecordError(f"{where}: field 'status' must be 'ok' or 'failed', got {rec['status']!r}")
+
+    def bad(field: str, what: str, value: Any) -> RecordError:
+        return RecordError(f"{where}: field {field!r} must be {what}, got {type(value).__name__} {value!r:.80}")
+
+    for k, (ok, what) in _TYPES.items():
+        if not ok(rec[k]):
+            raise bad(k, what, rec[k])
+    for k, (ok, what) in _OPTIONAL_TYPES.items():
+        if rec.get(k) is not None and not ok(rec[k]):
+            raise bad(k, what, rec[k])
+    try:
+        check_component(rec["run_id"], f"{where}: field 'run_id'")
+    except BenchError as exc:
+        raise RecordError(str(exc)) from None
+    for k in ("train", "method_params"):
+        if rec["config"].get(k) is not None and not isinstance(rec["config"][k], dict):
+            raise bad(f"config.{k}", "an object", rec["config"][k])
+    if rec["status"] == "ok":
+        pct = rec["metric"] in PERCENT_METRICS
+        for k in ("best_metric", "final_metric") + (("reference_best_metric",) if "reference_best_metric" in rec else ()):
+            v = rec[k]
+            if not _is_number(v) or (pct and not 0.0 <= v <= 100.0):
+                raise bad(k, "a finite number" + (" in [0, 100]" if pct else ""), v)
+        h = rec["history"]
+        if not isinstance(h, list) or not h:
+            raise bad("history", "a non-empty list of epochs", h)
+        for i, row in enumerate(h):
+            if not isinstance(row, dict) or not _is_number(row.get("test_metric")) or not _is_int(row.get("epoch")):
+                raise bad(f"history[{i}]", "an object with an integer 'epoch' and a finite 'test_metric'", row)
+    return rec
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Read and validate one record; errors name the file and the problem."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
+    return validate_record(rec, str(path))
+
+
+def existing_ok(results: str | Path, run_id: str) -> bool:
+    p = record_path(results, run_id)
+    if not p.exists():
+        return False
+    try:
+        return read_record(p)["status"] == "ok"
+    except RecordError:
+        return False
+
+
+def iter_record_files(results: str | Path) -> list[Path]:
+    root = Path(results)
+    if not root.exists():
+        raise RecordError(f"results folder {root} does not exist")
+    if not root.is_dir():
+        raise RecordError(f"results folder {root} is not a directory")
+    rd = records_dir(root)
+    # Accept both a results root (with records/) and a bare folder of record files.
+    base = rd if rd.is_dir() else root
+    return sorted(p for p in base.glob("*.json") if not p.name.startswith("."))
+
+
+def load_records(results: str | Path | Iterable[str | Path], status: str | None = None) -> list[dict[str, Any]]:
+    folders = [results] if isinstance(results, (str, Path)) else list(results)
+    out = []
+    for folder in folders:
+        for p in iter_record_files(folder):
+            rec = read_record(p)
+            rec["path"] = str(p)
+            if status is None or rec["status"] == status:
+                out.append(rec)
+    return out
+
+
+def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        rows.append({
+            "run_id": r["run_id"], "status": r["status"], "dataset": r["dataset"], "task": r["task"],
+            "direction": r["direction"], "teacher_modality": r["teacher_modality"],
+            "student_modality": r["student_modality"], "method": r["method"],
+            "method_category": r.get("method_category"), "seed": r["seed"], "metric": r["metric"],
+            "best_metric": r.get("best_metric"), "final_metric": r.get("final_metric"),
+            "reference_best_metric": r.get("reference_best_metric"), "selected_epoch": r.get("selected_epoch"),
+            "selection": r.get("selection"), "epochs": r.get("config", {}).get("train", {}).get("epochs"),
+            "teacher_metric": (r.get("teacher") or {}).get("test_metric"), "wall_time_s": r.get("wall_time_s"),
+            "device": r.get("device"), "config_hash": r["config_hash"], "group_hash": r.get("group_hash"), "git_commit": r.get("git_commit"),
+            "error": r.get("error"), "path": r.get("path"),
+            "method_params": (r.get("config") or {}).get("method_params") or {},
+            "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def load_results(results: str | Path | Iterable[str | Path] = "results", status: str | None = "ok") -> pd.DataFrame:
+    """All records under one or more results folders as a DataFrame (one row per run)."""
+    return to_frame(load_records(results, status=status))
+
+
+def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("status", "best_metric", "final_metric", "selected_epoch")
+    if any(a.get(k) != b.get(k) for k in keys):
+        return False
+    ha = [h.get("test_metric") for h in a.get("history", [])]
+    hb = [h.get("test_metric") for h in b.get("history", [])]
+    return ha == hb
+
+
+def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[str]]:
+    """Merge the records of ``sources`` into ``dest/records`` (idempotent).
+
+    Runs are identified by their config hash (which includes the seed): a record whose config hash
+    is already in ``dest`` with the same results is a duplicate and skipped; one with different
+    results is a **conflict**, reported and not copied (the destination keeps its record). A record
+    is never written over a destination record of another run (same run id, other config hash: a
+    conflict), a failed record never replaces an ok one, and an ok record replaces a failed one.
+    """
+    dest = Path(dest)
+    dest_dir = records_dir(dest)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    by_hash: dict[str, tuple[Path, dict[str, Any]]] = {}
+    by_id: dict[str, dict[str, Any]] = {}
+    for p in iter_record_files(dest):
+        try:
+            r = read_record(p)
+        except RecordError:
+            continue
+        by_hash[r["config_hash"]] = (p, r)
+        by_id[r["run_id"]] = r
+    report: dict[str, list[str]] = {"copied": [], "duplicate": [], "conflict": [], "invalid": [], "replaced_failed": []}
+
+    def put(r: dict[str, Any]) -> None:
+        write_record(dest, r)
+        by_hash[r["config_hash"]] = (record_path(dest, r["run_id"]), r)
+        by_id[r["run_id"]] = r
+
+    for src in sources:
+        for p in iter_record_files(src):
+            if p.parent.resolve() == dest_dir.resolve():
+                continue
+            try:
+                r = read_record(p)
+            except RecordError as exc:
+                report["invalid"].append(str(exc))
+                continue
+            r.pop("path", None)
+            h, rid = r["config_hash"], r["run_id"]
+            occupant = by_id.get(rid)
+            if occupant is not None and occupant["config_hash"] != h:
+                report["conflict"].append(
+                    f"{rid}: {p} (config {h}) would overwrite the destination's record of another configuration "
+                    f"({occupant['config_hash']}, {occupant['status']}); not copied")
+                continue
+            if h in by_hash:
+                q, old = by_hash[h]
+                if _same_result(old, r):
+                    report["duplicate"].append(rid)
+                    continue
+                if old["status"] == "failed" and r["status"] == "ok":
+                    put(r)
+                    report["replaced_failed"].append(rid)
+                    continue
+                if r["status"] == "failed":
+                    report["duplicate"].append(rid)  # an ok result is never replaced by a failure
+                    continue
+                report["conflict"].append(
+                    f"{rid}: {p} has {r['metric']} {r.get('best_metric')} (final {r.get('final_metric')}), "
+                    f"{q} has {old.get('best_metric')} (final {old.get('final_metric')})")
+                continue
+            put(r)
+            report["copied"].append(rid)
+    return report

@@ -1,0 +1,516 @@
+"""The leaderboard: methods ranked over every (dataset, student modality) cell, with statistics.
+
+Per method it reports the mean rank (rank 1 = best mean metric in the cell; ties share the average
+rank, ``scipy.stats.rankdata``) under one of two rules (:data:`RANK_RULES`): ``common`` (default)
+ranks the methods among each other only on the cells every ranked method has, so all ranks are
+averages over the same cells against the same opponents; ``own`` averages each method's ranks over
+the cells it has (a method that ran only its two best cells can then stand first). Then the mean gain over w/o KD in points,
+win/tie/loss counts against w/o KD from a per-cell **Welch t-test over seeds**
+(``scipy.stats.ttest_ind(equal_var=False)``; "tie" = not significant at ``alpha``; optional
+Holm/Bonferroni correction over all tested cells via statsmodels), the number of cells with
+negative transfer (mean below w/o KD), and coverage (cells present / cells in the grid).
+
+Across cells: the **Friedman test** (``scipy.stats.friedmanchisquare``) on the cells x methods
+matrix of the methods that cover every cell, the **Nemenyi** post-hoc test
+(``scikit_posthocs.posthoc_nemenyi_friedman``) and the critical difference
+``CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N))`` with ``q_alpha`` from
+``scipy.stats.studentized_range`` (Demsar 2006), drawn as a CD diagram
+(``scikit_posthocs.critical_difference_diagram``). Too few seeds for a cell test, or too few
+cells/methods for Friedman, are reported as such, never papered over.
+
+Records of one (method, cell) made with different configurations are not pooled: the cell is a
+conflict and left out. Methods registered from plug-ins are told apart by source hash when
+several versions of the same name are present (``name@hash``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.api.errors import BenchError
+from bench.report.tables import BASELINE, display_name, order_methods, welch_p
+
+RANK_RULES = {
+    "common": ("Mean rank, common-cells rule: rank 1 = best mean in a cell (ties share the average rank); "
+               "the methods with at least one usable result are ranked among each other only on the cells "
+               "that every one of them has, so every mean rank averages the same cells against the same "
+               "opponents. Cells some method lacks are left out of the ranking but still count in gain, "
+               "W/T/L and coverage."),
+    "own": ("Mean rank, own-cells rule: rank 1 = best mean in a cell (ties share the average rank), each "
+            "method's ranks averaged over the cells it has; methods with different coverage are ranked on "
+            "different cells, so read the rank together with the coverage."),
+}
+"""The rank rules in words (the CLI's --rank-cells, the page text and stats_statement)."""
+
+
+@dataclass
+class CellStat:
+    values: list[float]
+    seeds: list[int]
+    mean: float
+    std: float | None
+    records: list[dict[str, Any]]
+    conflict: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class Leaderboard:
+    methods: list[str]
+    categories: dict[str, str]
+    cells: list[tuple[str, str]]
+    stats: dict[tuple[str, tuple[str, str]], CellStat]
+    rows: list[dict[str, Any]]
+    alpha: float
+    correction: str
+    baseline: str
+    metric: str
+    verdicts: dict[tuple[str, tuple[str, str]], dict[str, Any]] = field(default_factory=dict)
+    tied_best: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    friedman: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    rank_rule: str = "common"
+    rank_used: list[tuple[str, str]] = field(default_factory=list)
+    """The cells the ranks are computed on (common rule; every cell under the own rule)."""
+    rank_left_out: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """Common rule: cells left out of the ranking -> the ranked methods that lack them."""
+    unranked: list[str] = field(default_factory=list)
+    """Methods without any usable (non-conflict) cell: listed, not ranked."""
+
+    def method_label(self, m: str) -> str:
+        base, _, h = m.partition("@")
+        return display_name(base) + (f"@{h}" if h else "")
+
+    def rank_detail(self) -> str:
+        """Which cells the ranks of this leaderboard stand on (the page's script writes the same
+        sentence for the cells and categories selected there)."""
+        n = len(self.cells)
+        if len(self.unranked) == len(self.methods):
+            return "No method has a usable cell, so nothing is ranked."
+        if self.rank_rule == "own":
+            s = "Each method is ranked on its own cells (see coverage)"
+        elif not self.rank_used:
+            s = (f"No cell of the {n} is covered by every ranked method, so no method is ranked; narrow the "
+                 f"methods (--methods) or rank on own cells (--rank-cells own)")
+        else:
+            s = f"Ranked on {len(self.rank_used)} of {n} cells (those every ranked method has)"
+            if self.rank_left_out:
+                s += "; left out of the ranking: " + ", ".join(
+                    f"{c[0]}/{c[1]} (missing: {', '.join(self.method_label(m) for m in ms)})"
+                    for c, ms in self.rank_left_out.items())
+        if self.unranked:
+            s += "; not ranked (no usable cell): " + ", ".join(self.method_label(m) for m in self.unranked)
+        return s + "."
+
+    def stats_statement(self, rank: bool = True) -> str:
+        """Every test, level and rule behind the numbers, in words (``rank=False``: without the rank
+        sentences, which the HTML page writes itself for the selected cells)."""
+        corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[self.correction]
+        s = (f"Per cell: Welch t-test over seeds vs {display_name(self.baseline)} (scipy.stats.ttest_ind, "
+             f"equal_var=False), alpha={self.alpha}, {corr} over all tested cells; tie = not significant; "
+             f"negative transfer = mean below {display_name(self.baseline)}. ")
+        if rank:
+            s = f"{RANK_RULES[self.rank_rule]} {self.rank_detail()} " + s
+        f = self.friedman
+        if f.get("statistic") is not None:
+            s += (f"Across cells: Friedman chi2={f['statistic']:.3f}, p={f['pvalue']:.3g} over N={f['n_cells']} cells x "
+                  f"k={f['k']} methods; Nemenyi post-hoc (scikit-posthocs), CD={f['cd']:.3f} at alpha={self.alpha}.")
+        else:
+            s += f"Across cells: {f.get('refused', 'Friedman test not run')}."
+        return s
+
+
+def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
+    m = rec["method"]
+    h = rec.get("method_source_hash")
+    return f"{m}@{h[:8]}" if (len(multi.get(m, ())) > 1 and h) else m
+
+
+def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
+                      methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
+                      baseline: str = BASELINE, pairing: str | None = "paired",
+                      rank_cells: str = "common") -> Leaderboard:
+    if rank_cells not in RANK_RULES:
+        raise BenchError(f"--rank-cells {rank_cells!r}: expected 'common' (rank on the cells every method has) "
+                         f"or 'own' (each method on its own cells)")
+    if correction not in ("none", "holm", "bonferroni"):
+        raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
+    if not 0 < alpha < 1:
+        raise BenchError(f"--alpha {alpha}: expected a level in (0, 1)")
+    recs = [r for r in records if r.get("status") == "ok"]
+    if pairing is not None:  # the two protocols are different benchmarks: never ranked together
+        recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
+    if datasets:
+        present = sorted({r["dataset"] for r in recs})
+        recs = [r for r in recs if r["dataset"] in datasets]
+        if not recs:
+            raise BenchError(f"--datasets {','.join(datasets)}: no ok records to rank; present: {', '.join(present) or 'none'}")
+    if not recs:
+        raise BenchError("no ok records to rank")
+    recs, hidden = _prefer_default_params(recs)
+    versions: dict[str, set] = {}
+    for r in recs:
+        versions.setdefault(r["method"], set()).add(r.get("method_source_hash"))
+    for r in recs:
+        r["_mkey"] = _method_key(r, versions)
+    if methods:
+        keep = set(methods)
+        present = sorted({r["_mkey"] for r in recs})
+        recs = [r for r in recs if r["method"] in keep or r["_mkey"] in keep]
+        if not recs:
+            raise BenchError(f"--methods {','.join(methods)}: no ok records of these methods; present: {', '.join(present)}")
+    cats = {r["_mkey"]: str(r.get("method_category") or "Cross-Modal") for r in recs}
+    mkeys = order_methods(cats.keys(), cats)
+    cells: list[tuple[str, str]] = []
+    for r in recs:
+        c = (r["dataset"], r["student_modality"])
+        if c not in cells:
+            cells.append(c)
+    metric = recs[0].get("metric", "top1")
+    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells)
+    lb.notes += hidden
+    for m in mkeys:
+        for c in cells:
+            sub = [r for r in recs if r["_mkey"] == m and (r["dataset"], r["student_modality"]) == c]
+            if not sub:
+                continue
+            uniq = {r["config_hash"]: r for r in sub}  # the same run collected twice counts once
+            groups = {r.get("group_hash") for r in uniq.values()}
+            vals = [float(r["best_metric"]) for r in uniq.values()]
+            seeds = [int(r["seed"]) for r in uniq.values()]
+            if len(groups) > 1:
+                lb.stats[(m, c)] = CellStat(vals, seeds, float("nan"), None, list(uniq.values()), conflict=True)
+                lb.notes.append(f"conflict: {lb.method_label(m)} on {c[0]}/{c[1]} has records of {len(groups)} "
+                                f"configurations; left out")
+                continue
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            lb.stats[(m, c)] = CellStat(vals, seeds, float(np.mean(vals)), std, list(uniq.values()))
+
+    def ok(m: str, c: tuple[str, str]) -> CellStat | None:
+        s = lb.stats.get((m, c))
+        return s if s is not None and not s.conflict else None
+
+    means = {(m, c): s.mean for (m, c), s in lb.stats.items() if not s.conflict}
+    ranks, lb.rank_used, lb.rank_left_out, lb.unranked = rank_cells_rule(means, mkeys, cells, rank_cells)
+    # per-cell tests against the baseline
+    tests: list[tuple[tuple[str, tuple[str, str]], float]] = []
+    for m in mkeys:
+        if m == baseline:
+            continue
+        for c in cells:
+            a, b = ok(m, c), ok(baseline, c)
+            if a is None or b is None:
+                continue
+            if a.n < 2 or b.n < 2:
+                lb.verdicts[(m, c)] = {"verdict": "untested", "p": None, "diff": a.mean - b.mean}
+                continue
+            p = welch_p(a.values, b.values)
+            tests.append(((m, c), p))
+            lb.verdicts[(m, c)] = {"verdict": None, "p": p, "diff": a.mean - b.mean}
+    if tests:
+        ps = np.array([p for _, p in tests])
+        if correction != "none":
+            from statsmodels.stats.multitest import multipletests
+
+            ps = multipletests(ps, alpha=alpha, method=correction)[1]
+        for ((m, c), _), p in zip(tests, ps):
+            v = lb.verdicts[(m, c)]
+            v["p_adj"] = float(p)
+            v["verdict"] = "tie" if p >= alpha else ("win" if v["diff"] > 0 else "loss")
+    # statistically tied with the best, per cell
+    for c in cells:
+        present = [m for m in mkeys if ok(m, c)]
+        if not present:
+            continue
+        best = max(present, key=lambda m: ok(m, c).mean)  # type: ignore[union-attr]
+        tied = []
+        for m in present:
+            if m == best:
+                continue
+            a, b = ok(m, c), ok(best, c)
+            if a.n >= 2 and b.n >= 2 and welch_p(a.values, b.values) >= alpha:  # type: ignore[union-attr]
+                tied.append(m)
+        lb.tied_best[c] = [best] + tied
+    # summary rows
+    for m in mkeys:
+        present = [c for c in cells if ok(m, c)]
+        gains = [ok(m, c).mean - ok(baseline, c).mean for c in present if ok(baseline, c)]  # type: ignore[union-attr]
+        vs = [lb.verdicts[(m, c)]["verdict"] for c in present if (m, c) in lb.verdicts]
+        lb.rows.append({
+            "method": m, "display": lb.method_label(m), "category": cats[m],
+            "mean_rank": float(np.mean(list(ranks[m].values()))) if ranks[m] else None,
+            "rank_cells": len(ranks[m]),
+            "mean_gain": float(np.mean(gains)) if (gains and m != baseline) else None,
+            "wins": vs.count("win"), "ties": vs.count("tie"), "losses": vs.count("loss"),
+            "untested": vs.count("untested"),
+            "negative_transfer": sum(1 for g in gains if g < 0) if m != baseline else None,
+            "cells": len(present), "grid": len(cells), "coverage": len(present) / len(cells),
+            "seeds": sorted({s for c in present for s in ok(m, c).seeds}),  # type: ignore[union-attr]
+            "source_hash": next((r.get("method_source_hash") for c in present for r in ok(m, c).records), None),  # type: ignore[union-attr]
+        })
+    lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
+    lb.friedman = _friedman(lb, ok)
+    return lb
+
+
+def rank_cells_rule(means: dict[tuple[str, tuple[str, str]], float], methods: list[str],
+                    cells: list[tuple[str, str]], rule: str = "common"):
+    """Per-cell ranks under a :data:`RANK_RULES` rule (the page's script is the same algorithm).
+
+    ``means`` holds the usable (non-conflict) cell means. Returns (per method: cell -> rank, the
+    cells ranked on, common rule: left-out cell -> methods lacking it, methods without a usable cell).
+    """
+    from scipy.stats import rankdata
+
+    ranked = [m for m in methods if any((m, c) in means for c in cells)]
+    unranked = [m for m in methods if m not in ranked]
+    if rule == "common":
+        used = [c for c in cells if ranked and all((m, c) in means for m in ranked)]
+        left_out = {c: [m for m in ranked if (m, c) not in means] for c in cells if c not in used}
+    else:
+        used, left_out = list(cells), {}
+    ranks: dict[str, dict[tuple[str, str], float]] = {m: {} for m in methods}
+    for c in used:
+        present = [m for m in ranked if (m, c) in means]
+        if not present:
+            continue
+        for m, r in zip(present, rankdata([-means[(m, c)] for m in present], method="average")):
+            ranks[m][c] = float(r)
+    return ranks, used, left_out, unranked
+
+
+def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A method is ranked with its default parameters when such records exist (studies and sweeps
+    of other settings stay out, as in the comparison table), otherwise with what was run."""
+    from bench.report.studies import default_params_keep
+
+    out, notes = [], []
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        by.setdefault(r["method"], []).append(r)
+    for m, rs in by.items():
+        mask = default_params_keep(m, [(r.get("config") or {}).get("method_params", {}) for r in rs])
+        out += [r for r, k in zip(rs, mask) if k]
+        if not all(mask):
+            notes.append(f"{mask.count(False)} {m} record(s) with non-default parameters not ranked")
+    return out, notes
+
+
+def _friedman(lb: Leaderboard, ok) -> dict[str, Any]:
+    from scipy.stats import friedmanchisquare, studentized_range
+
+    full = [m for m in lb.methods if all(ok(m, c) for c in lb.cells)]
+    dropped = [m for m in lb.methods if m not in full]
+    n, k = len(lb.cells), len(full)
+    out: dict[str, Any] = {"methods": full, "excluded": dropped, "n_cells": n, "k": k, "statistic": None}
+    if k < 3 or n < 2:
+        out["refused"] = (f"Friedman/Nemenyi refused: need >= 3 methods covering every cell and >= 2 cells, have "
+                          f"{k} method(s) over {n} cell(s)" + (f" ({len(dropped)} method(s) with missing cells excluded)" if dropped else ""))
+        return out
+    mat = np.array([[ok(m, c).mean for m in full] for c in lb.cells])
+    stat, p = friedmanchisquare(*mat.T)
+    q = float(studentized_range.ppf(1 - lb.alpha, k, np.inf)) / math.sqrt(2)
+    cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
+    from scipy.stats import rankdata
+
+    avg = np.mean([rankdata(-row, method="average") for row in mat], axis=0)
+    out.update({"statistic": float(stat), "pvalue": float(p), "cd": cd, "q_alpha": q, "matrix": mat.tolist(),
+                "avg_ranks": {m: float(r) for m, r in zip(full, avg)}})
+    try:
+        import scikit_posthocs as sp
+
+        nem = sp.posthoc_nemenyi_friedman(mat)
+        out["nemenyi_p"] = [[float(x) for x in row] for row in np.asarray(nem)]
+    except Exception as exc:  # noqa: BLE001 - report, do not crash the leaderboard
+        out["nemenyi_error"] = str(exc)
+    return out
+
+
+def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
+    """Write the critical-difference diagram as PNG and PDF; [] with a note when refused."""
+    f = lb.friedman
+    if f.get("statistic") is None or "nemenyi_p" not in f:
+        return []
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    from bench.report.figures import pyplot, save_figure
+
+    plt = pyplot()
+
+    labels = [lb.method_label(m).replace("$", r"\$") for m in f["methods"]]  # no mathtext from a name
+    ranks = pd.Series(f["avg_ranks"].values(), index=labels)
+    sig = pd.DataFrame(f["nemenyi_p"], index=labels, columns=labels)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.3), dpi=150)
+    sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
+    ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f});\n"
+                 f"bars join methods not significantly different", fontsize=8)  # two lines: fits the figure
+    fig.tight_layout()
+    return save_figure(fig, out_base)
+
+
+def reproduce_command(rec: dict[str, Any], seeds: list[int]) -> str:
+    """The ``bench run`` command that recreates the cell of ``rec`` (non-default settings as --set)."""
+    from bench.api.config import params_dict
+    from bench.api.registry import METHODS
+    from bench.train.resolve import build_adapter, build_train_config
+
+    cfg = rec.get("config", {})
+    sets: list[str] = []
+    ds = rec["dataset"]
+    try:
+        adapter = build_adapter(ds, {})
+        ddef = params_dict(adapter.params)
+        tdef = params_dict(build_train_config(adapter, {}))
+    except Exception:  # noqa: BLE001 - an adapter not available here: spell everything out
+        ddef, tdef = {}, {}
+    for k, v in (cfg.get("dataset", {}).get("params") or {}).items():
+        if ddef.get(k, object()) != v:
+            sets.append(f"{ds}.{k}={_fmt(v)}")
+    for k, v in (cfg.get("train") or {}).items():
+        if tdef.get(k, object()) != v:
+            sets.append(f"train.{k}={_fmt(v)}")
+    try:
+        mdef = params_dict(METHODS.get(rec["method"]).Params())
+    except Exception:  # noqa: BLE001
+        mdef = {}
+    for k, v in (cfg.get("method_params") or {}).items():
+        if mdef.get(k, object()) != v:
+            sets.append(f"{rec['method']}.{k}={_fmt(v)}")
+    parts = ["bench", "run", "--methods", rec["method"], "--datasets", ds, "--directions", rec["direction"],
+             "--seeds", ",".join(map(str, sorted(seeds)))]
+    src = rec.get("method_source") or ""
+    if src.startswith("plugin:"):
+        parts += ["--plugin", src[len("plugin:"):]]
+    for s in sets:
+        parts += ["--set", s]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+COLUMNS = [("rank", "mean rank"), ("ranked_on", "ranked on"), ("method", "method"), ("category", "category"),
+           ("gain", "gain vs w/o KD"), ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
+
+
+RIGHT = {"rank", "ranked_on", "gain", "neg", "coverage"}
+
+
+def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
+    g = r["mean_gain"]
+    return [
+        "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}",
+        "-" if r["mean_rank"] is None else f"{r['rank_cells']}/{r['grid']}", r["display"], r["category"],
+        "-" if g is None else f"{g:+.{dec}f}",
+        "-" if r["method"] == BASELINE else f"{r['wins']}/{r['ties']}/{r['losses']}" + (f" (+{r['untested']} untested)" if r["untested"] else ""),
+        "-" if r["negative_transfer"] is None else str(r["negative_transfer"]),
+        f"{r['cells']}/{r['grid']}",
+    ]
+
+
+def to_markdown(lb: Leaderboard, decimals: int = 2, cells: bool = False) -> str:
+    """Markdown table; names from the records are escaped (no HTML, links or emphasis get through)."""
+    from bench.report.tables import md_escape
+
+    head = [h for _, h in COLUMNS] + ([f"{d}/{m}" for d, m in lb.cells] if cells else [])
+    lines = ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for r in lb.rows:
+        row = _row_cells(r, decimals) + ([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else [])
+        lines.append("| " + " | ".join(md_escape(x) for x in row) + " |")
+    return ("\n".join(lines) + "\n\n" + md_escape(lb.stats_statement()) + "\n"
+            + "".join(f"\n- {md_escape(n)}" for n in lb.notes))
+
+
+def _cell_text(lb: Leaderboard, m: str, c: tuple[str, str], dec: int) -> str:
+    s = lb.stats.get((m, c))
+    if s is None:
+        return "--"
+    if s.conflict:
+        return "conflict"
+    t = f"{s.mean:.{dec}f}" + (f"±{s.std:.{dec}f}" if s.std is not None else "")
+    if m in lb.tied_best.get(c, [])[:1]:
+        t += " (best)"
+    elif m in lb.tied_best.get(c, []):
+        t += " (~best)"
+    return t
+
+
+def to_csv(lb: Leaderboard) -> str:
+    import csv
+    import io
+
+    from bench.report.output import csv_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "category", "mean_rank", "mean_gain", "wins", "ties", "losses", "untested",
+                "negative_transfer", "cells", "grid", "rank_cells"] + [csv_text(f"{d}/{m}") for d, m in lb.cells])
+    for r in lb.rows:
+        w.writerow([csv_text(r["display"]), csv_text(r["category"]), r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
+                    r["untested"], r["negative_transfer"], r["cells"], r["grid"], r["rank_cells"]]
+                   + [("" if (s := lb.stats.get((r["method"], c))) is None or s.conflict else s.mean) for c in lb.cells])
+    return buf.getvalue()
+
+
+def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
+    """A booktabs tabular; every name is escaped, the statistics statement follows as comment lines."""
+    from bench.report.tables import tex_escape
+
+    lines = [r"\begin{tabular}{rrllrrrr}", r"\toprule",
+             " & ".join(tex_escape(h) for _, h in COLUMNS) + r" \\", r"\midrule"]
+    for r in lb.rows:
+        lines.append(" & ".join(tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    comment = " ".join(lb.stats_statement().split())  # one line: a newline would end the comment
+    return "\n".join(lines) + "\n% " + comment + "\n"
+
+
+def to_json(lb: Leaderboard) -> dict[str, Any]:
+    return {
+        "metric": lb.metric, "baseline": lb.baseline, "alpha": lb.alpha, "correction": lb.correction,
+        "cells": [list(c) for c in lb.cells], "rows": lb.rows, "statistics": lb.stats_statement(),
+        "rank_rule": lb.rank_rule, "rank_cells": [list(c) for c in lb.rank_used],
+        "rank_left_out": {f"{c[0]}|{c[1]}": ms for c, ms in lb.rank_left_out.items()},
+        "friedman": {k: v for k, v in lb.friedman.items() if k != "matrix"}, "notes": lb.notes,
+        "per_cell": {f"{m}|{c[0]}|{c[1]}": {"mean": s.mean if not s.conflict else None, "std": s.std, "n": s.n,
+                                            "seeds": s.seeds, "conflict": s.conflict,
+                                            **({"vs_baseline": lb.verdicts[(m, c)]} if (m, c) in lb.verdicts else {})}
+                     for (m, c), s in lb.stats.items()},
+        "tied_with_best": {f"{c[0]}|{c[1]}": v for c, v in lb.tied_best.items()},
+    }
+
+
+def to_rich(lb: Leaderboard, decimals: int = 2, cells: bool = False):
+    """A rich Table; every string goes in as :class:`rich.text.Text`, never parsed as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=Text(f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)"), caption=Text(lb.stats_statement()),
+              caption_justify="left")
+    for k, h in COLUMNS:
+        t.add_column(h, justify="right" if k in RIGHT else "left")
+    if cells:
+        for d, m in lb.cells:
+            t.add_column(Text(f"{d}/{m}"), justify="right")
+    for r in lb.rows:
+        t.add_row(*(Text(x) for x in _row_cells(r, decimals)),
+                  *([Text(_cell_text(lb, r["method"], c, decimals)) for c in lb.cells] if cells else []))
+    return t
+
+
+def write_json(lb: Leaderboard) -> str:
+    return json.dumps(to_json(lb), indent=2, default=float)

@@ -1,0 +1,391 @@
+"""Comparison tables from result records (LaTeX, Markdown, CSV, rich).
+
+Layout of the comparison table (FD-CMKD Table 2): rows = methods grouped by category
+(Uni-Modal / Logits / Feature / Cross-Modal), columns = dataset x student modality, each cell
+the mean over seeds of the selected-epoch test metric (optionally +- sample std). Per column the
+best mean is bold and the second underlined; equal means (at the printed precision) share the
+mark, and the caption says so. ``marks="all"`` ranks every row; ``marks="kd-only"`` (the FD-CMKD
+paper's convention) ranks the KD methods only: the w/o KD row is shown but never marked. Missing cells print as "--" and are never dropped. Records of one
+cell made with different configurations (other than the seed) are not averaged together: the
+cell is flagged with a dagger and the caption names it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import pandas as pd
+
+from bench.api.errors import BenchError
+
+BASELINE = "none"
+"""The w/o KD row: the reference of gains, and unranked under ``marks="kd-only"``."""
+
+
+MARK_RULES = ("all", "kd-only")
+
+
+CATEGORY_ORDER = ["Uni-Modal", "Logits", "Feature", "Cross-Modal"]
+
+
+PAPER_ORDER = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd", "ucmkd"]
+
+
+DISPLAY = {
+    "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
+    "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
+}
+
+
+def display_name(method: str) -> str:
+    return DISPLAY.get(method, method)
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+    conflict: bool = False
+    configs: int = 1
+
+
+@dataclass
+class Comparison:
+    methods: list[str]
+    categories: dict[str, str]
+    columns: list[tuple[str, str]]  # (dataset, student modality)
+    cells: dict[tuple[str, tuple[str, str]], Cell]
+    metric: str
+    marks: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # "best" | "second"
+    ties: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    row_labels: dict[str, str] = field(default_factory=dict)
+    """Display label per row key (default: the method's display name)."""
+    lead_columns: list[str] = field(default_factory=list)
+    """Extra left columns (e.g. the ablation's check-mark switches)."""
+    lead_values: dict[str, list[str]] = field(default_factory=dict)
+    """Per row key, the LaTeX text of each lead column."""
+    title: str = "Comparison of KD methods"
+    notes: list[str] = field(default_factory=list)
+    tied: set = field(default_factory=set)
+    """(row, column) cells statistically tied with the column's best (see :func:`mark_tied`)."""
+    tied_rule: str = ""
+    marks_rule: str = "all"
+    """Which rows compete for bold/underline: "all" or "kd-only" (w/o KD shown, not ranked)."""
+
+    def label_of(self, m: str) -> str:
+        return self.row_labels.get(m, display_name(m))
+
+
+def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[str]:
+    def key(m: str) -> tuple[int, int, str]:
+        cat = categories.get(m) or "Cross-Modal"
+        ci = CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
+        pi = PAPER_ORDER.index(m) if m in PAPER_ORDER else len(PAPER_ORDER)
+        return (ci, pi, m)
+
+    return sorted(set(methods), key=key)
+
+
+def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: list[str] | None = None,
+                     datasets: list[str] | None = None, decimals: int = 1,
+                     row_labels: dict[str, str] | None = None, marks: str = "all") -> Comparison:
+    """Aggregate ok records into a :class:`Comparison` (mean/std over seeds per cell)."""
+    if marks not in MARK_RULES:
+        raise BenchError(f"--marks {marks!r}: expected 'all' (every row ranked) or 'kd-only' (w/o KD not ranked)")
+    df = df[df["status"] == "ok"] if "status" in df else df
+    if datasets:
+        df = df[df["dataset"].isin(datasets)]
+    cats = {r.method: r.method_category for r in df[["method", "method_category"]].drop_duplicates().itertuples()}
+    meths = methods or order_methods(df["method"].unique(), cats)
+    if methods:
+        for m in methods:
+            cats.setdefault(m, None)
+    col_order = []
+    ds_order = datasets or list(dict.fromkeys(df["dataset"]))
+    for d in ds_order:
+        mods = sorted(df[df["dataset"] == d]["student_modality"].unique())
+        col_order += [(d, m) for m in mods]
+    cells: dict[tuple[str, tuple[str, str]], Cell] = {}
+    conflicts = []
+    for m in meths:
+        for col in col_order:
+            sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+            if sub.empty:
+                cells[(m, col)] = Cell(None, None, 0)
+                continue
+            groups = sub["group_hash"].nunique() if "group_hash" in sub else 1
+            # One value per seed: duplicates of the same config+seed are the same run.
+            per_seed = sub.drop_duplicates(subset=["config_hash"])[value].astype(float)
+            if groups > 1:
+                cells[(m, col)] = Cell(None, None, int(len(per_seed)), conflict=True, configs=int(groups))
+                conflicts.append(f"{(row_labels or {}).get(m, display_name(m))} on {col[0]}/{col[1]} ({groups} configurations)")
+                continue
+            mean = float(per_seed.mean())
+            std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
+            cells[(m, col)] = Cell(mean, std, int(len(per_seed)))
+    metric = str(df["metric"].iloc[0]) if len(df) else "top1"
+    comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts, row_labels=dict(row_labels or {}),
+                      marks_rule=marks)
+    _mark(comp, decimals)
+    return comp
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p-value over seeds; equal constant samples -> 1, different -> 0."""
+    import math
+
+    import numpy as np
+    from scipy.stats import ttest_ind
+
+    if np.var(a) == 0 and np.var(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05) -> None:
+    """Mark cells whose seeds are not significantly different from the column's best (Welch t-test).
+
+    Cells with fewer than two seeds (or a best with fewer than two) are not tested and not marked.
+    """
+    for col in comp.columns:
+        best = [m for m in comp.methods if comp.marks.get((m, col)) == "best"]
+        if len(best) != 1:
+            continue
+        def seeds(m: str) -> list[float]:
+            sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+            return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
+        b = seeds(best[0])
+        if len(b) < 2:
+            continue
+        for m in comp.methods:
+            c = comp.cells[(m, col)]
+            if m == best[0] or c.mean is None or c.conflict:
+                continue
+            a = seeds(m)
+            if len(a) < 2:
+                continue
+            if welch_p(a, b) >= alpha:
+                comp.tied.add((m, col))
+    comp.tied_rule = (f"$^\\dagger$ = not significantly different from the best (Welch t-test over seeds, "
+                      f"alpha={alpha}, no correction)")
+
+
+def ranked_rows(comp: Comparison) -> list[str]:
+    """The rows that compete for the marks under ``comp.marks_rule``."""
+    return [m for m in comp.methods if comp.marks_rule == "all" or m != BASELINE]
+
+
+def _mark(comp: Comparison, decimals: int) -> None:
+    ranked = ranked_rows(comp)
+    for col in comp.columns:
+        vals = {m: round(c.mean, decimals) for m in ranked if (c := comp.cells[(m, col)]).mean is not None}
+        if not vals:
+            continue
+        distinct = sorted(set(vals.values()), reverse=True)
+        best = distinct[0]
+        best_ms = [m for m, v in vals.items() if v == best]
+        for m in best_ms:
+            comp.marks[(m, col)] = "best"
+        if len(best_ms) > 1:
+            comp.ties.append(f"{col[0]}/{col[1]}: best tied ({', '.join(comp.label_of(m) for m in best_ms)})")
+            continue  # a tie for first takes both marks; no second place
+        if len(distinct) > 1:
+            second_ms = [m for m, v in vals.items() if v == distinct[1]]
+            for m in second_ms:
+                comp.marks[(m, col)] = "second"
+            if len(second_ms) > 1:
+                comp.ties.append(f"{col[0]}/{col[1]}: second tied ({', '.join(comp.label_of(m) for m in second_ms)})")
+
+
+def _fmt(c: Cell, decimals: int, std: bool) -> str:
+    if c.conflict:
+        return "conflict"
+    if c.mean is None:
+        return "--"
+    s = f"{c.mean:.{decimals}f}"
+    if std and c.std is not None:
+        s += f" ± {c.std:.{decimals}f}"
+    return s
+
+
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    # the default OT1 fonts print < > | as other glyphs (¡ ¿ —): use the text commands
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+}
+
+
+def tex_escape(s: object) -> str:
+    """Plain text -> LaTeX source that prints it as written.
+
+    One pass over the characters, so the braces of a replacement (``\\textbackslash{}``) are never
+    escaped again; line breaks and other control characters become spaces (a blank line inside a
+    caption is a paragraph break, which LaTeX refuses in a moving argument).
+    """
+    return "".join(_TEX.get(ch) or (" " if ord(ch) < 32 or ch in "\u2028\u2029\x7f" else ch) for ch in str(s))
+
+
+_LABEL = re.compile(r"[A-Za-z0-9:._/+\-]+")
+
+
+def check_label(label: str) -> str:
+    """A ``\\label`` key must survive LaTeX and hyperref: letters, digits and : . _ / + - only."""
+    if not _LABEL.fullmatch(label):
+        raise BenchError(f"--label {label!r}: expected letters, digits and : . _ / + - only (e.g. tab:comparison)")
+    return label
+
+
+_MD = {"\\": "\\\\", "|": "\\|", "*": "\\*", "_": "\\_", "`": "\\`", "[": "\\[", "]": "\\]",
+       "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def md_escape(s: object) -> str:
+    """Plain text -> a Markdown table cell that shows it as written (no HTML, links or emphasis)."""
+    return "".join(_MD.get(ch) or (" " if ord(ch) < 32 else ch) for ch in str(s))
+
+
+MODALITY_SHORT = {"audio": "A", "visual": "V", "text": "T", "image": "V", "depth": "Depth", "rgb": "RGB"}
+
+
+def marks_sentence(comp: Comparison, bold: str, underline: str) -> str:
+    """The caption's statement of which rows compete for the marks (``bold``/``underline``: the
+    format's spelling of the two words)."""
+    s = f"Best in {bold}, second {underline}"
+    if BASELINE not in comp.methods:
+        return s + "."
+    if comp.marks_rule == "kd-only":
+        return s + f" among the KD methods; {display_name(BASELINE)} is shown but not ranked (the FD-CMKD paper's convention)."
+    return s + f" over every row, {display_name(BASELINE)} included."
+
+
+def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption: str | None = None,
+             label: str = "tab:comparison", booktabs: bool = True, caption_is_latex: bool = False) -> str:
+    """The table as LaTeX; every name from the records (datasets, modalities, methods, notes) and the
+    caption are escaped as plain text unless ``caption_is_latex`` (then the caption is the user's source)."""
+    ncol = len(comp.columns)
+    top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small"]
+    metric_word = "mIoU (\\%)" if comp.metric == "mIoU" else "top-1 accuracy (\\%)"
+    if caption is not None:
+        cap = caption if caption_is_latex else tex_escape(caption)
+    else:
+        cap = f"{tex_escape(comp.title)}, {metric_word} of the student (column: student modality); mean over seeds"
+    if std:
+        cap += r" $\pm$ sample std"
+    cap += ". " + marks_sentence(comp, r"\textbf{bold}", r"\underline{underlined}")
+    if comp.ties:
+        cap += " Ties (equal at the printed precision) share the mark: " + tex_escape("; ".join(comp.ties)) + "."
+    if any(c.mean is None and not c.conflict for c in comp.cells.values()):
+        cap += " -- = no result."
+    if comp.conflicts:
+        cap += " Conflict = records of different configurations for the same cell (not averaged): " + tex_escape("; ".join(comp.conflicts)) + "."
+    for n in comp.notes:
+        cap += " " + tex_escape(n)
+    if comp.tied_rule:
+        cap += " " + comp.tied_rule + "."
+    lines.append(r"\caption{" + cap + "}")
+    lines.append(r"\label{" + check_label(label) + "}")
+    nlead = len(comp.lead_columns)
+    lines.append(r"\begin{tabular}{l" + "c" * nlead + "c" * ncol + "}")
+    lines.append(top)
+    # two-level header: dataset spans its modalities
+    header1 = ["Method"] + [tex_escape(h) for h in comp.lead_columns]
+    rules = []
+    col = 2 + nlead
+    datasets = list(dict.fromkeys(d for d, _ in comp.columns))
+    for d in datasets:
+        k = sum(1 for dd, _ in comp.columns if dd == d)
+        header1.append(rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(d)}}}")
+        rules.append(rf"\cmidrule(lr){{{col}-{col + k - 1}}}" if booktabs else "")
+        col += k
+    lines.append(" & ".join(header1) + r" \\")
+    if any(rules):
+        lines.append(" ".join(r for r in rules if r))
+    header2 = [""] * (1 + nlead) + [tex_escape(MODALITY_SHORT.get(m, m)) for _, m in comp.columns]
+    lines.append(" & ".join(header2) + r" \\")
+    lines.append(mid)
+    prev_cat = None
+    for m in comp.methods:
+        cat = comp.categories.get(m)
+        if prev_cat is not None and cat != prev_cat:
+            lines.append(mid)
+        prev_cat = cat
+        row = [tex_escape(comp.label_of(m))] + list(comp.lead_values.get(m, []))
+        for colkey in comp.columns:
+            c = comp.cells[(m, colkey)]
+            txt = _fmt(c, decimals, std).replace("±", r"$\pm$")
+            mark = comp.marks.get((m, colkey))
+            if mark == "best":
+                txt = rf"\textbf{{{txt}}}"
+            elif mark == "second":
+                txt = rf"\underline{{{txt}}}"
+            if (m, colkey) in comp.tied:
+                txt += r"$^\dagger$"
+            row.append(txt)
+        lines.append(" & ".join(row) + r" \\")
+    lines.append(bot)
+    lines.append(r"\end{tabular}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> str:
+    head = ["Method"] + [md_escape(h) for h in comp.lead_columns] + [
+        f"{md_escape(d)} {md_escape(MODALITY_SHORT.get(m, m))}" for d, m in comp.columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in comp.methods:
+        row = [md_escape(comp.label_of(m))] + [("✓" if v else "") for v in comp.lead_values.get(m, [])]
+        for col in comp.columns:
+            txt = _fmt(comp.cells[(m, col)], decimals, std)
+            mark = comp.marks.get((m, col))
+            row.append(f"**{txt}**" if mark == "best" else f"<u>{txt}</u>" if mark == "second" else txt)
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(comp: Comparison) -> str:
+    from bench.report.output import csv_text
+
+    rows = []
+    for m in comp.methods:
+        for col in comp.columns:
+            c = comp.cells[(m, col)]
+            rows.append({"method": csv_text(comp.label_of(m)), "category": csv_text(comp.categories.get(m)),
+                         "dataset": csv_text(col[0]), "student_modality": csv_text(col[1]),
+                         "mean": c.mean, "std": c.std, "n_seeds": c.n, "conflict": c.conflict,
+                         "mark": comp.marks.get((m, col), "")})
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str | None = None):
+    """A rich Table; names from the records go in as :class:`rich.text.Text`, never parsed as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rule = "; w/o KD shown, not ranked" if comp.marks_rule == "kd-only" and BASELINE in comp.methods else ""
+    t = Table(title=Text(title or f"student {comp.metric} (mean over seeds; bold = best, underline = second{rule})"))
+    t.add_column("Method")
+    for h in comp.lead_columns:
+        t.add_column(Text(h))
+    for d, m in comp.columns:
+        t.add_column(Text(f"{d}\n{MODALITY_SHORT.get(m, m)}"), justify="right")
+    prev = None
+    for m in comp.methods:
+        cat = comp.categories.get(m)
+        if prev is not None and cat != prev:
+            t.add_section()
+        prev = cat
+        row = [Text(comp.label_of(m))] + [Text("✓" if v else "") for v in comp.lead_values.get(m, [])]
+        for col in comp.columns:
+            c = comp.cells[(m, col)]
+            txt = _fmt(c, decimals, std) + (f" (n={c.n})" if c.n > 1 and not c.conflict else "")
+            mark = comp.marks.get((m, col))
+            row.append(Text(txt, style="bold" if mark == "best" else "underline" if mark == "second" else ""))
+        t.add_row(*row)
+    return t

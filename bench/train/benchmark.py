@@ -1,0 +1,498 @@
+"""``bench speed``: time the training step of a method on a dataset's real input shapes.
+
+No dataset is needed: the stored arrays of the adapter (its cache layout: uint8 frames, fp16
+spectrograms, int16 waveforms...) are filled with random values of the right shapes and dtypes,
+and the step is the runner's own (:class:`bench.train.step.Trainer`). Two configurations are timed in
+the same process:
+
+* ``on``: the speed features as the runner resolves them for the device (``train.speed=auto``);
+* ``off``: everything off, as the reference code trains: fp32, eager, contiguous tensors, the
+  teacher recomputed under ``no_grad`` every step, unfused optimizer, and a ``DataLoader`` whose
+  workers decode every sample from files (wav -> resample -> STFT and jpg -> PIL ->
+  ``RandomResizedCrop``/flip/normalise for the audio-visual sets; per-sample ``.npy`` files and the
+  adapter's own transform otherwise).
+
+For each: samples/s (an un-instrumented loop), the step split into data / teacher forward /
+student forward+backward / optimizer (a second loop that synchronises between phases), peak
+memory, model FLOPs counted with ``torch.utils.flop_counter`` (what the step executes: a cached
+teacher's forward is not counted), achieved TFLOP/s and MFU against the device's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bench.api.errors import BenchError
+from bench.api.method import MethodContext
+from bench.api.registry import METHODS
+from bench.data import DatasetAdapter, Split
+from bench.data.vision import IMAGENET_MEAN, IMAGENET_STD
+from bench.train.acceleration import SpeedPlan, all_off, plan_speed, to_channels_last
+from bench.train.placement import choose_placement
+from bench.train.step import Trainer, probe_outputs
+from bench.train.teacher_outputs import decide_teacher_cache
+
+# Dense (no sparsity) peak tensor throughput in TFLOP/s for bf16/fp16, from the vendors' data sheets.
+PEAK_TFLOPS = [
+    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("GH200", 989.4),
+    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10", 125.0), ("V100", 125.0), ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0), ("T4", 65.0),
+]
+
+
+# Official split sizes (datasets.md) used by the grid estimate: train / val / test samples.
+REFERENCE_SIZES = {
+    "crema": (6698, 0, 744), "ave": (3339, 402, 402), "vggsound": (25835, 0, 2500),
+    "crisismmd": (9601, 1573, 1534), "nyudv2": (795, 0, 654), "avdigits": (2400, 0, 600),
+}
+
+
+def device_peak_tflops(device: torch.device, override: float | None = None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return peak
+    return None
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def fake_split(adapter: DatasetAdapter, n: int, seed: int = 0) -> Split:
+    """A training split of ``n`` random samples in the adapter's stored layout."""
+    g = torch.Generator().manual_seed(seed)
+    k = adapter.num_classes
+    specs = getattr(adapter, "array_specs", None)
+    if specs is None:
+        if adapter.name == "synthetic":
+            sp = adapter.load()["train"]
+            reps = -(-n // len(sp))
+            idx = torch.arange(reps * len(sp))[:n] % len(sp)
+            return sp.subset(idx)
+        raise BenchError(f"bench speed: dataset {adapter.name!r} has no declared array layout (array_specs)")
+    inputs, aux, labels = {}, {}, None
+    for key, spec in specs().items():
+        shape = (n, *spec.shape)
+        dt = np.dtype(spec.dtype)
+        if key == getattr(adapter, "label_key", "label"):
+            if len(spec.shape) == 0:
+                labels = torch.randint(0, k, (n,), generator=g)
+            else:
+                labels = torch.randint(0, k, shape, generator=g).to(getattr(torch, str(dt)))
+            continue
+        if key.endswith("nframes"):
+            t = torch.full(shape, int(getattr(adapter.params, "max_frames", 1)), dtype=torch.int16)
+        elif key.endswith("mask"):
+            t = torch.ones(shape, dtype=getattr(torch, str(dt)))
+        elif dt.kind == "u":
+            t = torch.randint(0, 256 if dt.itemsize == 1 else 4000, shape, generator=g).to(getattr(torch, str(dt)))
+        elif dt.kind == "i":
+            hi = 1000 if key.startswith("text") else 12000
+            t = torch.randint(-hi if "audio" in key else 1, hi, shape, generator=g).to(getattr(torch, str(dt)))
+        else:
+            t = torch.randn(shape, generator=g).to(getattr(torch, str(dt)))
+        (aux if "." in key else inputs)[key] = t
+    assert labels is not None
+    return Split(inputs, labels, {}, aux)
+
+
+class ReferenceFiles(torch.utils.data.Dataset):
+    """Per-sample decoding from files in DataLoader workers, as the reference code trains.
+
+    Audio-visual sets: a wav per clip (decoded, resampled, STFT of the adapter's recipe) and jpg
+    frames (PIL, torchvision ``RandomResizedCrop`` + flip + ``ToTensor`` + ``Normalize``). Other
+    sets: one ``.npy`` per sample and modality, converted by the adapter's own transform.
+    """
+
+    def __init__(self, adapter: DatasetAdapter, folder: Path, n: int, modalities: list[str], seed: int = 0):
+        self.adapter, self.folder, self.n, self.mods = adapter, folder, n, modalities
+        self.av = hasattr(adapter, "audio_recipe")
+        rng = np.random.default_rng(seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.av:
+            from torchvision import transforms
+
+            self.labels = rng.integers(0, adapter.num_classes, n)
+            self._write_av(rng)
+            self.frame_tf = transforms.Compose([
+                transforms.RandomResizedCrop(int(adapter.params.image_size)), transforms.RandomHorizontalFlip(),  # type: ignore[attr-defined]
+                transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        else:
+            sp = fake_split(adapter, n, seed)
+            for i in range(n):
+                np.save(folder / f"label-{i}.npy", sp.labels[i].numpy())
+                for m in modalities:
+                    np.save(folder / f"{m}-{i}.npy", sp.inputs[m][i].numpy())
+                    for k, v in sp.aux_for(m, torch.tensor([i])).items():
+                        np.save(folder / f"{m}.{k}-{i}.npy", v[0].numpy())
+
+    def _write_av(self, rng: np.random.Generator) -> None:
+        import wave
+
+        from PIL import Image
+
+        sr = 16000
+        secs = {"A": 2.5, "B": 10.0, "C": 10.0}[self.adapter.audio_recipe]  # type: ignore[attr-defined]
+        for i in range(self.n):
+            x = (rng.standard_normal(int(sr * secs)) * 3000).clip(-32767, 32767).astype(np.int16)
+            with wave.open(str(self.folder / f"{i}.wav"), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(sr)
+                w.writeframes(x.tobytes())
+            for f in range(int(getattr(self.adapter.params, "num_frames", 1))):
+                img = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)  # CREMA-D video frames are 480 x 360
+                Image.fromarray(img).save(self.folder / f"{i}-{f}.jpg", quality=90)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _audio(self, i: int) -> torch.Tensor:
+        from bench.data.audio import (
+            load_mono,
+            recipe_a,
+            recipe_b,
+            recipe_c_batch,
+            recipe_c_wave,
+        )
+
+        recipe = self.adapter.audio_recipe  # type: ignore[attr-defined]
+        if recipe == "A":
+            a, _ = recipe_a(load_mono(self.folder / f"{i}.wav", 22050))
+            return torch.from_numpy(a).unsqueeze(0)
+        if recipe == "B":
+            a, _ = recipe_b(load_mono(self.folder / f"{i}.wav", 16000))
+            return torch.from_numpy(a).unsqueeze(0)
+        w, _ = recipe_c_wave(load_mono(self.folder / f"{i}.wav", 16000))
+        return recipe_c_batch(torch.from_numpy(w)[None], True, None)[0]
+
+    def _visual(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        t = int(getattr(self.adapter.params, "num_frames", 1))
+        frames = [self.frame_tf(Image.open(self.folder / f"{i}-{f}.jpg").convert("RGB")) for f in range(t)]
+        return frames[0] if t == 1 else torch.stack(frames)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], Any]:
+        if self.av:
+            return {m: self._audio(i) if m == "audio" else self._visual(i) for m in self.mods}, int(self.labels[i])
+        # one sample from its files, through the adapter's own (possibly joint) transform, on the CPU
+        x = {m: torch.from_numpy(np.load(self.folder / f"{m}-{i}.npy"))[None] for m in self.mods}
+        aux = {p.name.rsplit("-", 1)[0]: torch.from_numpy(np.load(p))[None]
+               for m in self.mods for p in self.folder.glob(f"{m}.*-{i}.npy")}
+        lab = torch.from_numpy(np.load(self.folder / f"label-{i}.npy"))[None]
+        xs, y = self.adapter.batch(Split(x, lab, {}, aux), torch.arange(1), self.mods, torch.device("cpu"), True, None)
+        return {m: xs[m][0] for m in self.mods}, y[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _forever(epoch: Callable[[], Any]):
+    """Batches without end: ``epoch()`` is one pass (a DataLoader or an epoch of the batch source)."""
+    while True:
+        yield from epoch()
+
+
+class _Mode:
+    """One configuration's models, engine and batch supplier."""
+
+    def __init__(self, name: str, adapter: DatasetAdapter, method_name: str, t_mod: str, s_mod: str, train: Any,
+                 device: torch.device, plan: SpeedPlan, n: int, workers: int, tmp: Path, seed: int):
+        self.name, self.device = name, device
+        torch.manual_seed(seed)
+        mcls = METHODS.get(method_name)
+        params = mcls.Params()
+        student = adapter.build_model(s_mod, adapter.num_classes).to(device)
+        teacher = adapter.build_model(t_mod, adapter.num_classes).to(device) if mcls.uses_teacher else None
+        ctx = MethodContext(adapter.num_classes, 100, adapter.task, t_mod if teacher is not None else None, s_mod,
+                            device, adapter.ignore_index)
+        method = mcls(params, ctx)
+        split = fake_split(adapter, n, seed)
+        s_probe, t_probe = probe_outputs(adapter, split, student, teacher, s_mod, t_mod, device)
+        method.setup(student, teacher, s_probe, t_probe)
+        method.modules.to(device)
+        if teacher is not None:
+            plan = decide_teacher_cache(plan, method, adapter, t_mod, t_probe, n, device)
+        keys = [s_mod] + ([t_mod] if teacher is not None else [])
+        plan = choose_placement(plan, train, {"train": split}, keys, device)
+        t0 = time.perf_counter()
+        self.engine = Trainer(adapter=adapter, train_split=split, student=student, student_modality=s_mod,
+                              method=method, teacher=teacher, teacher_modality=t_mod, train=train, device=device,
+                              plan=plan)
+        _sync(device)
+        self.cache_build_s = time.perf_counter() - t0 if self.engine.tcache is not None else 0.0
+        self.plan = self.engine.plan
+        self.student, self.teacher, self.method = student, teacher, method
+        student.train()
+        method.modules.train()
+        if teacher is not None:
+            teacher.train(method.teacher_train_mode or method.teacher_trainable)
+        self.loader = None
+        if name == "off":
+            files = ReferenceFiles(adapter, tmp / "files", n, keys, seed)
+            self.loader = torch.utils.data.DataLoader(
+                files, batch_size=train.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+            self._it = _forever(lambda: self.loader)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            self._it = _forever(lambda: self.engine.src.iterate(self.engine.batches(gen)))
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    def close(self) -> None:
+        """Stop the DataLoader workers now, in this process (a later mode's forked workers must not
+        inherit a live iterator whose finaliser then runs in the wrong process)."""
+        if self.loader is None:
+            return
+        self._it.close()
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader = None
+
+    def next_inputs(self):
+        if self.loader is not None:
+            xs, y = next(self._it)
+            xb = {k: v.to(self.device) for k, v in xs.items()}
+            return xb, y.to(self.device), torch.arange(len(y))  # the teacher is never cached here
+        s_like, li, idx = next(self._it)
+        return self.engine.inputs(s_like, li, idx, self.gen)
+
+    def step(self, timed: Callable[[str], None] | None = None) -> None:
+        e = self.engine
+        xb, y, t_idx = self.next_inputs()
+        if timed:
+            timed("data")
+        t_out = e.teacher_out(xb, t_idx)
+        if timed:
+            timed("teacher_forward")
+        e.student_step(xb, t_out, y, 1)
+        if timed:
+            timed("student_forward_backward")
+        e.optimizer_step()
+        if timed:
+            timed("optimizer")
+
+    def count_flops(self) -> int:
+        """FLOPs one step executes (eager modules; the cached teacher's forward is not executed)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        e = self.engine
+        xb, y, t_idx = self.next_inputs()
+        with e.eager(), FlopCounterMode(display=False) as fc:
+            e.student_step(xb, e.teacher_out(xb, t_idx), y, 1)
+        e.opt.zero_grad(set_to_none=True)
+        return int(fc.get_total_flops())
+
+
+def _measure(mode: _Mode, steps: int, warmup: int, batch: int, peak: float | None) -> dict[str, Any]:
+    dev = mode.device
+    for _ in range(warmup):
+        mode.step()
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        mode.step()
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    phases = {"data": 0.0, "teacher_forward": 0.0, "student_forward_backward": 0.0, "optimizer": 0.0}
+    clock = [0.0]
+
+    def timed(name: str) -> None:
+        _sync(dev)
+        now = time.perf_counter()
+        phases[name] += now - clock[0]
+        clock[0] = now
+
+    for _ in range(steps):
+        _sync(dev)
+        clock[0] = time.perf_counter()
+        mode.step(timed)
+    flops = mode.count_flops()
+    step_s = elapsed / steps
+    tflops = flops / step_s / 1e12
+    total_ph = sum(phases.values())
+    out = {
+        "samples_per_s": batch * steps / elapsed,
+        "step_ms": 1000 * step_s,
+        "breakdown_ms": {k: 1000 * v / steps for k, v in phases.items()},
+        "breakdown_pct": {k: 100 * v / total_ph for k, v in phases.items()} if total_ph else {},
+        "flops_per_step": flops,
+        "tflops": tflops,
+        "mfu": (tflops / peak) if peak else None,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(dev) / 2**30) if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process peak RSS (whole run)",
+        "teacher_cache_build_s": mode.cache_build_s,
+        "settings": mode.plan.report(),
+    }
+    return out
+
+
+def _eval_throughput(mode: _Mode, steps: int, batch: int) -> float:
+    """Forward-only samples/s of the student (evaluation epochs)."""
+    e = mode.engine
+    mode.student.eval()
+    xb, _, _ = mode.next_inputs()
+    x = to_channels_last(xb[e.s_mod], e.plan)
+    with torch.inference_mode(), e.plan.autocast(mode.device):
+        e.student_fwd(x)
+        _sync(mode.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            e.student_fwd(x)
+        _sync(mode.device)
+    mode.student.train()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, student_modality: str, train: Any,
+              device: torch.device, *, steps: int, warmup: int, modes: tuple[str, ...] = ("on", "off"),
+              workers: int | None = None, peak_tflops: float | None = None, seed: int = 0) -> dict[str, Any]:
+    batch = train.batch_size
+    n = max(batch * 4, 64)
+    if workers is None:
+        workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+    peak = device_peak_tflops(device, peak_tflops)
+    out: dict[str, Any] = {
+        "device": device_label(device), "device_type": device.type, "torch": torch.__version__,
+        "dataset": adapter.name, "method": method, "direction": adapter.direction_name(teacher_modality, student_modality),
+        "batch_size": batch, "steps": steps, "warmup": warmup, "loader_workers": workers,
+        "input_shapes": {m.name: list(m.shape) for m in adapter.modalities},
+        "peak_tflops": peak, "peak_basis": "dense bf16/fp16 tensor-core peak of the device" if peak else None,
+        "modes": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="cmkd-speed-") as tmp:
+        for name in modes:
+            t = replace(train, speed="auto" if name == "on" else "off")
+            plan = plan_speed(t, device) if name == "on" else all_off()
+            mode = _Mode(name, adapter, method, teacher_modality, student_modality, t, device, plan, n, workers,
+                         Path(tmp) / name, seed)
+            res = _measure(mode, steps, warmup, batch, peak)
+            res["data_pipeline"] = (
+                f"DataLoader, {workers} worker(s), decoding every sample from files" if name == "off" else
+                f"{mode.plan.data_placement}{' + prefetch thread' if mode.plan.prefetch else ''}, augmentation on {device.type}")
+            res["eval_samples_per_s"] = _eval_throughput(mode, max(steps // 2, 2), batch)
+            out["modes"][name] = res
+            mode.close()
+            del mode
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if "on" in out["modes"] and "off" in out["modes"]:
+        out["speedup"] = out["modes"]["on"]["samples_per_s"] / out["modes"]["off"]["samples_per_s"]
+    return out
+
+
+def official_sizes(dataset: str, val_fraction: float = 0.1) -> tuple[int, int, int] | None:
+    """(train, val, test) samples of the official split, with the runner's validation carve-out
+    from train where the dataset has no validation split."""
+    sizes = REFERENCE_SIZES.get(dataset)
+    if sizes is None:
+        return None
+    tr, va, te = sizes
+    if va == 0:
+        va = int(round(val_fraction * tr))
+        tr -= va
+    return tr, va, te
+
+
+def epoch_seconds(res: dict[str, Any], dataset: str, val_fraction: float = 0.1) -> float | None:
+    """One epoch (train + validation/test evaluation) of the dataset's official sizes at the
+    measured throughput."""
+    sizes = official_sizes(dataset, val_fraction)
+    if sizes is None:
+        return None
+    tr, va, te = sizes
+    return tr / res["samples_per_s"] + (va + te) / res["eval_samples_per_s"]
+
+
+def grid_estimate(results: list[dict[str, Any]], dataset: str, modes: tuple[str, ...], epochs: int, teacher_epochs: int,
+                  seeds: int, val_fraction: float, batch_size: int) -> dict[str, dict[str, Any]]:
+    """Device-hours of the measured (method, direction) cells at the official split sizes, run one
+    after another; teachers from the unimodal ('none') timings of each modality when measured."""
+    sizes = official_sizes(dataset, val_fraction)
+    if sizes is None or not results:
+        return {}
+    tr = sizes[0]
+    # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t
+    nones = {r["direction"]: r for r in results if r["method"] == "none"}
+    out: dict[str, dict[str, Any]] = {}
+    for name in modes:
+        secs = [epoch_seconds(r["modes"][name], dataset, val_fraction) for r in results]
+        student_h = sum(secs) * epochs * seeds / 3600  # type: ignore[arg-type]
+        teacher_h = None
+        if nones:
+            teacher_h = sum(epoch_seconds(r["modes"][name], dataset, val_fraction) for r in nones.values()) \
+                * teacher_epochs * seeds / 3600  # type: ignore[operator]
+        steps = tr // batch_size
+        pflop = sum(r["modes"][name]["flops_per_step"] for r in results) * steps * epochs * seeds / 1e15
+        out[name] = {"student_runs_hours": student_h, "teacher_hours": teacher_h, "runs": len(results) * seeds,
+                     "epochs": epochs, "train_pflop": pflop, "train_samples": tr}
+    return out
+
+
+def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | None, steps: int | None,
+              warmup: int | None, modes: str, workers: int | None, epochs: int | None, seeds: int,
+              peak_tflops: float | None, overrides: dict[str, dict[str, str]], device: str,
+              on_start: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``bench speed``: every (direction, method) timed on the dataset's shapes, and the grid's
+    device-hours at the official split sizes. Returns the figures (also what goes to JSON)."""
+    from dataclasses import replace as dc_replace
+
+    from bench.api.registry import METHODS
+    from bench.launch.grid import split_list
+    from bench.train.device import resolve_device
+    from bench.train.resolve import build_adapter, build_train_config
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    adapter = build_adapter(dataset, overrides)
+    train = build_train_config(adapter, overrides)
+    train = dc_replace(train, batch_size=batch_size or (train.batch_size if cuda else 8))
+    mnames = METHODS.names() if methods.strip().lower() == "all" else [m.lower() for m in split_list(methods)]
+    for m in mnames:
+        METHODS.entry(m)
+    dirs = (adapter.directions() if directions.strip().lower() == "all"
+            else [adapter.parse_direction(x) for x in split_list(directions)])
+    mode_list = tuple(split_list(modes))
+    if not mode_list or any(m not in ("on", "off") for m in mode_list):
+        raise BenchError(f"--modes {modes!r}: expected on, off or on,off")
+    steps = steps or (30 if cuda else 3)
+    warmup = warmup if warmup is not None else (10 if cuda else 1)
+    results = []
+    for t_mod, s_mod in dirs:
+        for m in mnames:
+            if adapter.task != "classification" and not METHODS.get(m).dense_ok:
+                continue
+            if on_start is not None:
+                on_start(f"timing {m} {adapter.direction_name(t_mod, s_mod)} on {adapter.name} shapes ...")
+            results.append(benchmark(adapter, m, t_mod, s_mod, train, dev, steps=steps, warmup=warmup, modes=mode_list,
+                                     workers=workers, peak_tflops=peak_tflops))
+    estimate = grid_estimate(results, adapter.name, mode_list, epochs or train.epochs, train.teacher_epochs, seeds,
+                             train.val_fraction, train.batch_size)
+    return {"results": results, "grid_estimate": estimate, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "title": f"bench speed: {adapter.name} shapes, batch {train.batch_size}, "
+                     f"{results[0]['device'] if results else dev}",
+            "unit": "GPU" if cuda else "CPU", "dataset": adapter.name}

@@ -1,0 +1,284 @@
+"""The epoch loop of one model: training epochs, evaluation on validation and test after every
+epoch, epoch selection on validation (never test), per-epoch checkpoints and exact resume.
+
+Reproducibility. Each epoch reseeds the global and the batch-order RNG from (seed, epoch), so
+a run resumed from its per-epoch checkpoint continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from bench.api.config import TrainConfig
+from bench.api.errors import BenchError, ConfigError
+from bench.api.method import Method
+from bench.data import DatasetAdapter, Split, batch_indices, stratified_split
+from bench.models import Backbone, ModelOutput
+from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
+from bench.records.provenance import stable_hash
+from bench.train.acceleration import SpeedPlan, all_off, plan_speed, to_channels_last
+from bench.train.placement import BatchSource, choose_placement, release_placements
+from bench.train.step import Trainer
+from bench.train.stop import _check_stop
+
+_DATA_CACHE: dict[str, dict[str, Split]] = {}
+
+
+def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]:
+    """Adapter splits plus a carved validation split when the adapter has none (cached per process)."""
+    key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": train.split_seed})
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]
+    splits = dict(adapter.load())
+    for name in ("train", "test"):
+        if name not in splits:
+            raise BenchError(f"dataset {adapter.name!r} produced no {name!r} split")
+    mods = [m.name for m in adapter.modalities]
+    for name, sp in splits.items():
+        sp.check(f"{adapter.name}/{name}", mods, adapter.num_classes, adapter.ignore_index)
+    if "val" not in splits:
+        if train.val_fraction > 0:
+            keep, held = stratified_split(splits["train"].labels, train.val_fraction, train.split_seed)
+            splits["val"] = splits["train"].subset(held)
+            splits["train"] = splits["train"].subset(keep)
+    for name, sp in splits.items():  # an empty split would train nothing or score 0 % as a result
+        if len(sp) == 0:
+            raise BenchError(f"dataset {adapter.name!r}: the {name} split is empty"
+                             + (f" (carved with train.val_fraction={train.val_fraction} from "
+                                f"{len(splits['train'])} training samples)" if name == "val" else ""))
+    if len(_DATA_CACHE) > 4:
+        _DATA_CACHE.clear()
+    _DATA_CACHE[key] = splits
+    return splits
+
+
+def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,
+             batch_size: int, plan: SpeedPlan | None = None, fwd: Callable[..., ModelOutput] | None = None) -> float:
+    """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split`` (counts stay on the device)."""
+    plan = plan or all_off()
+    fwd = fwd if fwd is not None else model
+    was_training = model.training
+    model.eval()
+    k = adapter.num_classes
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    conf = torch.zeros(k, k, dtype=torch.long, device=device) if adapter.metric == "mIoU" else None
+    source = BatchSource(split, [modality], device, plan)
+    with torch.inference_mode(), plan.autocast(device):
+        for s_like, li, _idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
+            xs, y = adapter.batch(s_like, li, [modality], device, False, None)
+            logits = fwd(to_channels_last(xs[modality], plan)).logits.float()
+            pred = logits.argmax(1)
+            if conf is not None:
+                if pred.shape[-2:] != y.shape[-2:]:
+                    pred = nn.functional.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+                valid = y != adapter.ignore_index if adapter.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+                conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
+            else:
+                correct += (pred == y).sum()
+                total += int(y.numel())
+    model.train(was_training)
+    if conf is not None:
+        return miou_from_confusion(conf)
+    return 100.0 * int(correct) / max(total, 1)
+
+
+def miou_from_confusion(conf: torch.Tensor) -> float:
+    """Mean IoU (%) over classes present in the ground truth or the prediction."""
+    conf = conf.double()
+    tp = conf.diag()
+    denom = conf.sum(0) + conf.sum(1) - tp
+    present = denom > 0
+    if not present.any():
+        return 0.0
+    return float(100.0 * (tp[present] / denom[present]).mean())
+
+
+def lr_at(train: TrainConfig, epoch0: int, total: int) -> float:
+    """Learning rate for 0-based ``epoch0`` of ``total`` epochs (set at the start of the epoch)."""
+    if train.schedule == "constant":
+        return train.lr
+    if train.schedule == "poly":  # C2KD / re-FD-CMKD convention
+        return train.min_lr + (train.lr - train.min_lr) * (1 - epoch0 / total) ** train.poly_power
+    if train.schedule == "cosine":
+        return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1 + math.cos(math.pi * epoch0 / total))
+    factor = train.step_gamma ** sum(1 for m in train.step_milestones if epoch0 >= m)
+    return train.lr * factor
+
+
+def _epoch_seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt * 104_729) % (2**62)
+
+
+CHECKPOINT_FIELDS = ("student", "method", "optimizer", "history", "best_state", "best_key", "selected")
+
+
+def _read_resume_checkpoint(path: Path | None, device: torch.device, modules: dict[str, nn.Module], engine: Trainer,
+                            on_note: Callable[[str], None] | None) -> dict[str, Any] | None:
+    """The resume state in ``path``, checked against the modules it must fit before anything is
+    loaded into them; a file cut short by a crash or a full disk (or one that no longer fits the
+    model) is discarded, with a note, and the run starts over: resuming from it is impossible."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = load_torch_file(path, "resume checkpoint", device, required=CHECKPOINT_FIELDS)
+        for name, module in modules.items():
+            saved = state[name]
+            if name == "method":  # Method.state_dict's layout; a plug-in's own layout is not checked
+                if not (isinstance(saved, dict) and "modules" in saved):
+                    continue
+                saved = saved["modules"]
+            have = module.state_dict()
+            if saved is None or set(saved) != set(have) or any(saved[k].shape != have[k].shape for k in have):
+                raise CorruptFileError(path, "resume checkpoint", ValueError(f"its {name} weights do not fit this run's model"))
+        engine.load_state_dict(state)  # the optimizer checks its groups before changing anything
+        return state
+    except (CorruptFileError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        if not isinstance(exc, CorruptFileError):
+            exc = CorruptFileError(path, "resume checkpoint", exc)
+        path.unlink(missing_ok=True)
+        if on_note is not None:
+            on_note(f"{exc}; discarded it, training starts again from epoch 1")
+        return None
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_state: dict[str, torch.Tensor]
+    selected_epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    plan: SpeedPlan | None = None
+
+
+def fit(
+    *,
+    adapter: DatasetAdapter,
+    splits: dict[str, Split],
+    student: Backbone,
+    student_modality: str,
+    method: Method,
+    teacher: Backbone | None,
+    teacher_modality: str | None,
+    train: TrainConfig,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    salt: int = 0,
+    on_resume: Callable[[int], None] | None = None,
+    plan: SpeedPlan | None = None,
+    teacher_key: str | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
+
+    Selection: the epoch with the best validation metric (ties: the later epoch, as the
+    reference code's ``>=``), or the best test metric when ``train.selection == "test"`` (the
+    reference protocol, labelled as such in the record). ``plan``: the speed features
+    (:mod:`bench.train.acceleration`; default: resolved from ``train`` for ``device``).
+    """
+    tr, va, te = splits["train"], splits.get("val"), splits["test"]
+    if train.selection == "val" and va is None:
+        raise ConfigError("selection=val needs a validation split: set train.val_fraction > 0")
+    if train.pairing == "unpaired" and method.uses_teacher and teacher is not None and tr.labels.dim() != 1:
+        raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
+    plan = plan or plan_speed(train, device)
+    keys = [student_modality] + ([teacher_modality] if teacher_modality and method.uses_teacher else [])
+    release_placements(list(splits.values()))
+    plan = choose_placement(plan, train, splits, keys, device)  # type: ignore[arg-type]
+    engine = Trainer(adapter=adapter, train_split=tr, student=student, student_modality=student_modality,
+                     method=method, teacher=teacher, teacher_modality=teacher_modality, train=train, device=device,
+                     plan=plan, teacher_key=teacher_key)
+    plan = engine.plan
+    teacher_in_opt = engine.teacher_in_opt
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] = {}
+    best_key = -math.inf
+    selected = 0
+    start_epoch = 1
+    state = _read_resume_checkpoint(checkpoint, device, {"student": student, "method": method.modules,
+                                     **({"teacher": teacher} if teacher_in_opt else {})}, engine, on_note)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        method.load_state_dict(state["method"])
+        if teacher_in_opt and state.get("teacher") is not None:
+            teacher.load_state_dict(state["teacher"])  # type: ignore[union-attr]
+        history = state["history"]
+        best_state = state["best_state"]
+        best_key = state["best_key"]
+        selected = state["selected"]
+        start_epoch = len(history) + 1
+        if on_resume is not None and history:
+            on_resume(len(history))
+    check_each_step = device.type != "cuda"  # on CUDA a per-step check would stall the GPU
+    ev = dict(plan=plan, fwd=engine.student_fwd)
+    for epoch in range(start_epoch, epochs + 1):
+        t0 = time.perf_counter()
+        lr = lr_at(train, epoch - 1, epochs)
+        for g in engine.opt.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(_epoch_seed(seed, epoch, salt))
+        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, salt + 1))
+        student.train()
+        method.modules.train()
+        if teacher is not None:
+            teacher.train(teacher_in_opt or method.teacher_train_mode)
+        sums: dict[str, torch.Tensor] = {}
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        n_batches = 0
+        for s_like, li, idx in engine.src.iterate(engine.batches(gen)):
+            xb, y, t_idx = engine.inputs(s_like, li, idx, gen)
+            t_out = engine.teacher_out(xb, t_idx)
+            total, terms = engine.student_step(xb, t_out, y, epoch)
+            if check_each_step and not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                )
+            nonfinite |= ~torch.isfinite(total.detach())
+            engine.optimizer_step()
+            for k, v in terms.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+            n_batches += 1
+        means = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        if bool(nonfinite):
+            raise FloatingPointError(f"non-finite loss during epoch {epoch} (epoch means: "
+                                     + ", ".join(f"{k}={v:.4g}" for k, v in means.items()) + ")")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": sum(means.values()), "terms": means}
+        row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size, **ev) if va is not None else None
+        row["test_metric"] = evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        key = row["val_metric"] if train.selection == "val" else row["test_metric"]
+        if key >= best_key:  # ties -> later epoch
+            best_key = key
+            selected = epoch
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        if checkpoint is not None:
+            atomic_torch_save({
+                "student": student.state_dict(), "method": method.state_dict(),
+                "teacher": teacher.state_dict() if teacher_in_opt else None,  # type: ignore[union-attr]
+                **engine.state_dict(), "history": history, "best_state": best_state,
+                "best_key": best_key, "selected": selected,
+            }, checkpoint)
+        if on_epoch:
+            on_epoch(epoch, row)
+        if epoch < epochs:
+            _check_stop("training", epoch)
+    extra: dict[str, Any] = {}
+    rep = getattr(method, "report", None)
+    if callable(rep) and rep():
+        extra["method"] = rep()
+    if teacher_in_opt:
+        extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device,  # type: ignore[arg-type]
+                                                      train.eval_batch_size, plan=plan)
+    return FitResult(history, best_state, selected, extra, plan)
