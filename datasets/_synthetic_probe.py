@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.analysis import features, unimodal_model
-from bench.errors import BenchError
+from bench.api.errors import BenchError
 from bench.methods.fdcmkd import decompose
-from bench.runner import build_adapter, build_train_config, load_splits
+from bench.report.analysis import features, unimodal_model
+from bench.train.loop import load_splits
+from bench.train.resolve import build_adapter, build_train_config
 
 from .synthetic import MODALITIES, generator_model
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from bench.config import build_params
-from bench.errors import BenchError, ConfigError
-from bench.runner import RunSpec, build_adapter, build_train_config, load_splits, run
-from bench.datasets.synthetic import SyntheticParams, bayes_accuracies, generate
 from conftest import tiny
+
+from bench.api.config import build_params
+from bench.api.errors import BenchError, ConfigError
+from bench.datasets.synthetic import SyntheticParams, bayes_accuracies, generate
+from bench.train.loop import load_splits
+from bench.train.resolve import RunSpec, build_adapter, build_train_config
+from bench.train.run import run
 
 SMALL = dict(n_train=120, n_test=3000)
 
