@@ -65,7 +65,9 @@ def table(
     marks: str = typer.Option("all", "--marks", help="all: every row competes for bold/underline | kd-only: the KD methods only, "
                                                       "w/o KD shown but not ranked (the FD-CMKD paper's convention)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired: which protocol's records to tabulate"),
-    alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied"),
+    alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied and --vs-baseline"),
+    vs_baseline: bool = typer.Option(False, "--vs-baseline", help="▲/▼ on cells significantly better/worse than w/o KD (Welch over seeds)"),
+    correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the --vs-baseline tests"),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
     threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
@@ -74,7 +76,7 @@ def table(
     _show(render_table(results, kind, fmt=fmt, datasets=datasets, methods=methods, decimals=decimals, std=std,
                        value=value, caption=caption, caption_latex=caption_latex, label=label, booktabs=booktabs,
                        standalone=standalone, heatmap=heatmap, mark_tied=mark_tied, marks=marks, pairing=pairing,
-                       alpha=alpha, out=out))
+                       alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction))
 
 
 @app.command()

@@ -145,7 +145,7 @@ def _print_comparison(results: Path, specs: list) -> None:
     """The grid's comparison table: mean ± std over its seeds, ties with the best marked (Welch)."""
     from bench.records.store import load_results
     from bench.report.studies import prefer_defaults
-    from bench.report.tables import build_comparison, mark_tied, to_rich
+    from bench.report.tables import build_comparison, mark_tied, mark_vs_baseline, to_rich
     from bench.train.resolve import resolve
 
     names = {resolve(s).adapter.name for s in {s.dataset: s for s in specs}.values()}  # a folder's name, not its path
@@ -157,6 +157,7 @@ def _print_comparison(results: Path, specs: list) -> None:
     df, _notes = prefer_defaults(df)
     comp = build_comparison(df)
     mark_tied(comp, df)
+    mark_vs_baseline(comp, df)
     console.print(to_rich(comp))
 
 

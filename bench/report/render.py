@@ -40,7 +40,7 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
                  caption: str | None = None, caption_latex: bool = False, label: str | None = None,
                  booktabs: bool = True, standalone: bool = False, heatmap: Path | None = None,
                  mark_tied: bool = False, marks: str = "all", pairing: str = "paired", alpha: float = 0.05,
-                 out: Path | None = None) -> Rendered:
+                 out: Path | None = None, vs_baseline: bool = False, correction: str = "none") -> Rendered:
     """The paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation
     (Table 4), threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, ``heatmap``)."""
     from bench.records.store import load_results
@@ -56,6 +56,7 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
         to_rich,
     )
     from bench.report.tables import mark_tied as do_mark_tied
+    from bench.report.tables import mark_vs_baseline
 
     if kind not in TABLE_KINDS:
         raise BenchError(f"bench table {kind!r}: expected one of {', '.join(TABLE_KINDS)}")
@@ -72,6 +73,10 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
         raise BenchError(f"--marks {marks} applies to the comparison and segmentation tables (they have the w/o KD row)")
     if mark_tied and not comparison:
         raise BenchError("--mark-tied applies to the comparison and segmentation tables")
+    if vs_baseline and not comparison:
+        raise BenchError("--vs-baseline applies to the comparison and segmentation tables")
+    if correction not in ("none", "holm", "bonferroni"):
+        raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
     if methods is not None and not comparison:
         raise BenchError(f"--methods applies to the comparison and segmentation tables; the {kind} table is FD-CMKD's")
     if heatmap is not None and kind != "sensitivity":
@@ -134,6 +139,8 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
             comp.notes += notes
             if mark_tied:
                 do_mark_tied(comp, df, value, alpha)
+            if vs_baseline:
+                mark_vs_baseline(comp, df, value, alpha, correction)
             if want_seg:
                 comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
             if pairing == "unpaired":

@@ -75,6 +75,10 @@ class Comparison:
     tied_rule: str = ""
     marks_rule: str = "all"
     """Which rows compete for bold/underline: "all" or "kd-only" (w/o KD shown, not ranked)."""
+    vs_baseline: dict = field(default_factory=dict)
+    """(row, column) -> "better" | "worse" | "tie" | "untested" against w/o KD (see :func:`mark_vs_baseline`)."""
+    vs_rule: str = ""
+    """Plain-text statement of the test behind ``vs_baseline`` (empty: not marked)."""
 
     def label_of(self, m: str) -> str:
         return self.row_labels.get(m, display_name(m))
@@ -173,6 +177,50 @@ def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", al
                 comp.tied.add((m, col))
     comp.tied_rule = (f"$^\\dagger$ = not significantly different from the best (Welch t-test over seeds, "
                       f"alpha={alpha}, no correction)")
+
+
+VS_SYMBOL = {"better": "▲", "worse": "▼"}
+VS_TEX = {"better": r"$^{\uparrow}$", "worse": r"$^{\downarrow}$"}
+
+
+def mark_vs_baseline(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05,
+                     correction: str = "none") -> None:
+    """Per cell, is the method significantly better or worse than w/o KD in that column? Welch
+    t-test over seeds (two-sided), optionally Holm/Bonferroni over every tested cell of the table;
+    "tie" = not significant, "untested" = fewer than two seeds on either side. This is what says
+    whether a method helps, hurts or ties, which the best/second marks do not."""
+    if correction not in ("none", "holm", "bonferroni"):
+        raise ValueError(f"correction must be none, holm or bonferroni, got {correction!r}")
+
+    def seeds(m: str, col: tuple[str, str]) -> list[float]:
+        sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+        return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
+
+    tests = []
+    for col in comp.columns:
+        base = comp.cells.get((BASELINE, col))
+        if base is None or base.mean is None or base.conflict:
+            continue
+        b = seeds(BASELINE, col)
+        for m in comp.methods:
+            c = comp.cells[(m, col)]
+            if m == BASELINE or c.mean is None or c.conflict:
+                continue
+            a = seeds(m, col)
+            if len(a) < 2 or len(b) < 2:
+                comp.vs_baseline[(m, col)] = "untested"
+                continue
+            tests.append(((m, col), welch_p(a, b), c.mean - base.mean))
+    ps = [p for _, p, _ in tests]
+    if tests and correction != "none":
+        from statsmodels.stats.multitest import multipletests
+
+        ps = list(multipletests(ps, alpha=alpha, method=correction)[1])
+    for (key, _p, diff), p in zip(tests, ps):
+        comp.vs_baseline[key] = "tie" if p >= alpha else ("better" if diff > 0 else "worse")
+    corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[correction]
+    comp.vs_rule = (f"▲/▼ = significantly better/worse than {display_name(BASELINE)} in that column (Welch t-test over "
+                    f"seeds, alpha={alpha}, {corr} over the {len(tests)} tested cells); unmarked = not significant")
 
 
 def ranked_rows(comp: Comparison) -> list[str]:
@@ -289,6 +337,8 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         cap += " " + tex_escape(n)
     if comp.tied_rule:
         cap += " " + comp.tied_rule + "."
+    if comp.vs_rule:
+        cap += " " + tex_escape(comp.vs_rule).replace("▲/▼", r"$^{\uparrow}$/$^{\downarrow}$") + "."
     lines.append(r"\caption{" + cap + "}")
     lines.append(r"\label{" + check_label(label) + "}")
     nlead = len(comp.lead_columns)
@@ -327,6 +377,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
                 txt = rf"\underline{{{txt}}}"
             if (m, colkey) in comp.tied:
                 txt += r"$^\dagger$"
+            txt += VS_TEX.get(comp.vs_baseline.get((m, colkey), ""), "")
             row.append(txt)
         lines.append(" & ".join(row) + r" \\")
     lines.append(bot)
@@ -344,9 +395,33 @@ def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> st
         for col in comp.columns:
             txt = _fmt(comp.cells[(m, col)], decimals, std)
             mark = comp.marks.get((m, col))
-            row.append(f"**{txt}**" if mark == "best" else f"<u>{txt}</u>" if mark == "second" else txt)
+            txt = f"**{txt}**" if mark == "best" else f"<u>{txt}</u>" if mark == "second" else txt
+            row.append(txt + _plain_marks(comp, m, col))
         out.append("| " + " | ".join(row) + " |")
-    return "\n".join(out) + "\n"
+    legend = legend_lines(comp, "bold", "underlined")
+    return "\n".join(out) + "\n" + ("\n" + "\n".join(f"{md_escape(x)}  " for x in legend) + "\n" if legend else "")
+
+
+def _plain_marks(comp: Comparison, m: str, col: tuple[str, str]) -> str:
+    """† (tied with the best) and ▲/▼ (against w/o KD) for the plain-text formats."""
+    return (" †" if (m, col) in comp.tied else "") + (
+        f" {VS_SYMBOL[v]}" if (v := comp.vs_baseline.get((m, col))) in VS_SYMBOL else "")
+
+
+def legend_lines(comp: Comparison, bold: str, underline: str) -> list[str]:
+    """What the marks of a plain-text table mean (the LaTeX caption says the same)."""
+    out = [marks_sentence(comp, bold, underline)]
+    if comp.ties:
+        out.append("Ties at the printed precision share the mark: " + "; ".join(comp.ties) + ".")
+    if comp.tied_rule:
+        out.append(comp.tied_rule.replace("$^\\dagger$", "†") + ".")
+    if comp.vs_rule:
+        out.append(comp.vs_rule + ".")
+    if comp.conflicts:
+        out.append("Conflict = records of different configurations for one cell (not averaged): "
+                   + "; ".join(comp.conflicts) + ".")
+    out += comp.notes
+    return out
 
 
 def to_csv(comp: Comparison) -> str:
@@ -386,6 +461,13 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
             c = comp.cells[(m, col)]
             txt = _fmt(c, decimals, std) + (f" (n={c.n})" if c.n > 1 and not c.conflict else "")
             mark = comp.marks.get((m, col))
-            row.append(Text(txt, style="bold" if mark == "best" else "underline" if mark == "second" else ""))
+            cell = Text(txt, style="bold" if mark == "best" else "underline" if mark == "second" else "")
+            vs = comp.vs_baseline.get((m, col))
+            cell.append(_plain_marks(comp, m, col), style="green" if vs == "better" else "red" if vs == "worse" else "")
+            row.append(cell)
         t.add_row(*row)
+    legend = legend_lines(comp, "bold", "underlined")[1:]  # the title already says what bold/underline mean
+    if legend:
+        t.caption = Text("\n".join(legend))
+        t.caption_justify = "left"
     return t

@@ -1,0 +1,91 @@
+"""Issue #15's reporting pieces: help / hurt / tie against w/o KD in every comparison output, the
+default job's printed table, and the offline reproduction's outputs built from records."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.records.store import load_results, write_record
+from bench.report.tables import build_comparison, mark_tied, mark_vs_baseline, to_latex, to_markdown, to_rich
+from test_tables_latex import rec
+
+cli = CliRunner()
+
+# seeds per method on one cell: better, worse, tied and single-seed against w/o KD
+CELL = {"none": [50.0, 51.0, 52.0], "logit": [60.0, 61.0, 62.0], "feat": [40.0, 41.0, 42.0],
+        "fdcmkd": [50.5, 52.5, 49.0], "dkd": [70.0]}
+
+
+@pytest.fixture
+def results(tmp_path):
+    r = tmp_path / "res"
+    for m, vals in CELL.items():
+        for s, v in enumerate(vals):
+            write_record(r, rec(m, "toy", "visual", s, v))
+    return r
+
+
+def test_vs_baseline_marks_better_worse_tie_and_untested(results):
+    df = load_results(results)
+    comp = build_comparison(df)
+    mark_vs_baseline(comp, df)
+    col = ("toy", "visual")
+    assert {m: comp.vs_baseline.get((m, col)) for m in CELL} == {
+        "none": None, "logit": "better", "feat": "worse", "fdcmkd": "tie", "dkd": "untested"}
+    assert "over the 3 tested cells" in comp.vs_rule and "no correction" in comp.vs_rule
+    md = to_markdown(comp, std=True)
+    row = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "▲" in row["Logit"] and "▼" in row["Feat"] and not {"▲", "▼"} & set(row["FD-CMKD"] + row["DKD"])
+    assert "significantly better/worse than w/o KD" in md
+    tex = to_latex(comp, std=True)
+    assert r"$^{\uparrow}$" in tex and r"$^{\downarrow}$" in tex and "▲" not in tex
+    if shutil.which("pdflatex"):
+        from bench.report.studies import standalone
+        from bench.report.reproduce import compile_latex
+
+        assert compile_latex(standalone(tex), results.parent / "t.pdf", None) is None
+
+
+def test_correction_makes_the_test_stricter(tmp_path):
+    r = tmp_path / "res"
+    # a small but consistent gain: significant alone, not after Bonferroni over many tested cells
+    for c in range(6):
+        for s, (a, b) in enumerate([(50.0, 51.0), (50.4, 51.3), (49.8, 50.9)]):
+            write_record(r, rec("none", f"d{c}", "visual", s, a))
+            write_record(r, rec("logit", f"d{c}", "visual", s, b + (0 if c == 0 else 5)))
+    df = load_results(r)
+    plain, strict = build_comparison(df), build_comparison(df)
+    mark_vs_baseline(plain, df)
+    mark_vs_baseline(strict, df, correction="bonferroni")
+    assert plain.vs_baseline[("logit", ("d0", "visual"))] == "better"
+    assert strict.vs_baseline[("logit", ("d0", "visual"))] == "tie"
+    assert strict.vs_baseline[("logit", ("d1", "visual"))] == "better"
+
+
+def test_rich_table_of_the_default_job_shows_std_ties_and_verdicts(results):
+    df = load_results(results)
+    comp = build_comparison(df)
+    mark_tied(comp, df)
+    mark_vs_baseline(comp, df)
+    from rich.console import Console
+
+    con = Console(width=200, record=True)
+    con.print(to_rich(comp))
+    text = " ".join(con.export_text().split())
+    assert "61.0 ± 1.0 (n=3) ▲" in text and "41.0 ± 1.0 (n=3) ▼" in text
+    assert "significantly better/worse than w/o KD" in text and "not significantly different from the best" in text
+
+
+def test_bench_table_vs_baseline_option(results):
+    r = cli.invoke(app, ["table", "-r", str(results), "--format", "markdown", "--vs-baseline", "--std"])
+    assert r.exit_code == 0, r.output
+    assert "▲" in r.output and "▼" in r.output
+    r = cli.invoke(app, ["table", "ablation", "-r", str(results), "--vs-baseline"])
+    assert r.exit_code == 2 and "--vs-baseline applies to the comparison" in r.output
+    r = cli.invoke(app, ["table", "-r", str(results), "--vs-baseline", "--correction", "sidak"])
+    assert r.exit_code == 2 and "--correction 'sidak'" in r.output
