@@ -89,3 +89,37 @@ def test_bench_table_vs_baseline_option(results):
     assert r.exit_code == 2 and "--vs-baseline applies to the comparison" in r.output
     r = cli.invoke(app, ["table", "-r", str(results), "--vs-baseline", "--correction", "sidak"])
     assert r.exit_code == 2 and "--correction 'sidak'" in r.output
+
+
+def test_reproduce_offline_builds_every_output_from_a_real_grid(tmp_path):
+    """The offline reproduction at toy scale (one benchmark, one direction, 2 seeds, 1 epoch): the
+    grid runs, and every output is built from its records (tables, studies, leaderboard page and
+    its screenshot, protocol gap, unimodal accuracies); a second call runs nothing."""
+    import json
+
+    from bench.launch.grid import pending
+    from bench.launch.local import LocalExecutor
+    from bench.report.reproduce import Benchmark, build_outputs, offline_specs
+
+    tiny = (Benchmark("synthetic", "synthetic", {"synthetic": {"n_train": "240", "n_test": "120"}}),)
+    res, out = tmp_path / "res", tmp_path / "docs"
+    specs = offline_specs(res, seeds="0,1", device="cpu", epochs=1, teacher_epochs=1, benchmarks=tiny,
+                          methods="none,logit,fdcmkd", directions="a2v")
+    assert len(specs) == 3 * 2 + 16 * 2  # comparison + 16 study points (ablation 6, threshold 2, l1 x l2 8) per seed
+    outcome = LocalExecutor().run(specs)
+    assert not outcome.failed and pending(specs) == []
+    summary = build_outputs(res, out, benchmarks=tiny)
+    for name in ("comparison.md", "comparison.tex", "comparison_vs_baseline.md", "ablation.md", "threshold.md",
+                 "sensitivity.md", "leaderboard.md", "leaderboard/index.html", "protocol_gap.md", "unimodal.md",
+                 "summary.json"):
+        assert (out / name).exists(), name
+    assert "▲" in (out / "comparison_vs_baseline.md").read_text() or "unmarked" in (out / "comparison_vs_baseline.md").read_text()
+    gap = summary["protocol_gap"][0]
+    assert gap["dataset"] == "synthetic" and gap["runs"] == 6 and gap["mean_gap"] >= 0  # best test epoch >= selected
+    assert {r["modality"] for r in summary["unimodal"]} == {"visual"}
+    assert json.loads((out / "summary.json").read_text())["friedman"]["n_cells"] == 1
+    if shutil.which("pdflatex") and shutil.which("pdftoppm"):
+        assert (out / "comparison.pdf").exists() and (out / "comparison.png").exists()
+        assert (out / "sensitivity_heatmap.png").exists()
+    if shutil.which("chromium"):
+        assert (out / "leaderboard.png").stat().st_size > 10_000
