@@ -28,7 +28,7 @@ wall = end - start
 print(f"wall {wall:.1f} s for {runs} runs + {teachers} teachers (including process start-up): "
       f"{runs / wall:.3f} runs/s, {wall / max(runs, 1):.2f} s per run")
 EOF
-"$BENCH" table comparison -r "$out" --format markdown --std --mark-tied
+"$BENCH" table comparison -r "$out" --format markdown --std --mark-tied --vs-baseline
 "$BENCH" leaderboard -r "$out" --cells --format markdown
 [ "${KEEP:-0}" = 1 ] && echo "results kept in $out"
 exit 0
