@@ -94,7 +94,7 @@ def premise_probe(results: str | Path, modality: str = "audio", overrides: dict[
     model, _ = unimodal_model(Path(results), adapter, modality, seed, dev)
     gm = generator_model(adapter.params)
     class_means = {"z": gm.a_shared * gm.mu, **{f"s_{m}": gm.a_specific * gm.nu[m] for m in MODALITIES}}
-    other = [m for m in MODALITIES if m != modality][0]
+    other = next(m for m in MODALITIES if m != modality)
     latents = ("z", f"s_{modality}", f"s_{other}")
     tr, te = splits["train"], splits["test"]
     perm = np.random.default_rng(seed).permutation(model.feature_dim)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from bench.train.loop import load_splits
 from bench.train.resolve import RunSpec, build_adapter, build_train_config
 from bench.train.run import run
 
-SMALL = dict(n_train=120, n_test=3000)
+SMALL = {"n_train": 120, "n_test": 3000}
 
 
 def test_same_data_seed_gives_the_same_arrays():
@@ -74,7 +76,7 @@ def test_gap_moves_class_information_from_shared_to_specific():
     assert b[1.0]["z"] < 20 and b[1.0]["s_audio"] > 85 and b[1.0]["s_visual"] > 85
     z = [b[g]["z"] for g in sorted(b)]
     sa = [b[g]["s_audio"] for g in sorted(b)]
-    assert all(x > y + 3 for x, y in zip(z, z[1:])) and all(x < y - 3 for x, y in zip(sa, sa[1:]))
+    assert all(x > y + 3 for x, y in pairwise(z)) and all(x < y - 3 for x, y in pairwise(sa))
     joint = [b[g]["z+s_audio"] for g in b]
     assert max(joint) - min(joint) < 3
     # symmetric design: gap g and 1 - g give the shared and a private latent the same information
