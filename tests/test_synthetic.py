@@ -103,7 +103,7 @@ def test_premise_probe_on_a_tiny_teacher(tmp_path):
     ground truth; the control latent (visual's private one, never seen by audio) gives R^2 ~ 0
     beyond its class mean, the raw input gives the ceiling, and the DFT bands have the ranks of
     FD-CMKD's split (bins 1..8 -> 16 directions, bins 9..16 -> 15 with Nyquist)."""
-    from bench.datasets._synthetic_probe import premise_markdown, premise_probe
+    from bench.report.premise import premise_markdown, premise_probe
 
     ov = tiny({"train": {"epochs": "1"}})
     rec = run(RunSpec("synthetic", "audio", "visual", "logit", 0, ov, str(tmp_path), "cpu"))
@@ -121,3 +121,17 @@ def test_premise_probe_on_a_tiny_teacher(tmp_path):
     assert md.splitlines()[0].startswith("| band | dims | z: R² / within | s_audio")
     with pytest.raises(BenchError, match="no trained visual model"):
         premise_probe(tmp_path, "visual", overrides={"synthetic": ov["synthetic"]})
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    args = [f"--set=synthetic.{k}={v}" for k, v in ov["synthetic"].items()]
+    r = CliRunner().invoke(app, ["analyze", "premise", "-d", "synthetic", "--direction", "a2v", "-r", str(tmp_path),
+                                 "-o", str(tmp_path / "an"), *args])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "an" / "premise_synthetic_audio_seed0.csv").exists() and "z: R² / within" in r.output
+    from test_dataset_folder import make_folder
+
+    folder = make_folder(tmp_path / "toy")
+    r = CliRunner().invoke(app, ["analyze", "premise", "-d", str(folder), "-r", str(tmp_path), "-o", str(tmp_path / "an")])
+    assert r.exit_code == 2 and "carries no ground truth" in " ".join(r.output.split())

@@ -108,7 +108,7 @@ def leaderboard(
 
 @app.command()
 def analyze(
-    kind: str = typer.Argument(..., help="similarity | means | tsne | cch"),
+    kind: str = typer.Argument(..., help="similarity | means | tsne | cch | premise"),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     direction: Optional[str] = typer.Option(None, "--direction", help="tsne: e.g. a2v (default: the first direction)"),
     results: Path = typer.Option(Path("results"), "--results", "-r"),
@@ -121,7 +121,8 @@ def analyze(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="dataset parameters the models were trained with"),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
-    """Cross-modal analyses from trained checkpoints (FD-CMKD Table 1, Fig. 1, Fig. 4; the CCH criterion)."""
+    """Cross-modal analyses from trained checkpoints (FD-CMKD Table 1, Fig. 1, Fig. 4; the CCH criterion;
+    FD-CMKD's premise probed against the ground truth of datasets that carry it, e.g. synthetic)."""
     from bench.launch.grid import split_list
     from bench.report import analysis as A
     from bench.report.console import cch_table
@@ -144,8 +145,13 @@ def analyze(
             raise BenchError(f"--k {ks!r}: expected comma-separated integers") from None
         res = A.cch(dataset, results, out, ov, seed, kk, tap, device)
         console.print(cch_table(dataset, res["rows"]))
+    elif kind == "premise":
+        from bench.report.premise import premise
+
+        res = premise(dataset, results, out, ov, seed, ratio, tap, device, direction)
+        console.print(res["markdown"], markup=False, highlight=False)
     else:
-        raise BenchError(f"bench analyze {kind!r}: expected similarity, means, tsne or cch")
+        raise BenchError(f"bench analyze {kind!r}: expected similarity, means, tsne, cch or premise")
     console.print("wrote " + escape(", ".join(str(p) for p in [res["csv"], *res["figures"]])))
 
 

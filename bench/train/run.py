@@ -86,6 +86,15 @@ def send_note(reporter: Any, run_id: str, message: str) -> None:
         print(f"[cmkd-bench] {run_id}: {message}", file=sys.stderr, flush=True)
 
 
+def send_start(reporter: Any, run_id: str, context: dict[str, Any]) -> None:
+    """Before ``begin``, tell a reporter that wants it (``start``: the trackers) what the run is:
+    the record's identity fields, ``results_dir``, and ``resuming`` (its epoch checkpoint exists),
+    which a tracker needs to name, tag and continue its own run. Optional for reporters."""
+    fn = getattr(reporter, "start", None)
+    if callable(fn):
+        fn(run_id, context)
+
+
 def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) -> dict[str, Any]:
     """Execute one run and write its record. Returns the record (status ok or failed).
 
@@ -132,6 +141,7 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
 
     needs_teacher = r.method_cls.uses_teacher
     total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
+    send_start(reporter, r.run_id, dict(base, results_dir=str(results), resuming=ckpt.exists()))
     reporter.begin(r.run_id, total_epochs)
     try:
         splits = load_splits(r.adapter, r.train)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.datasets._synthetic_probe import premise_probe
+from bench.report.premise import premise_probe
 from bench.datasets.synthetic import SyntheticParams, bayes_accuracies, generate
 from bench.report.figures import pyplot
 

@@ -1,9 +1,10 @@
-"""FD-CMKD's premise, checked against ``synthetic``'s ground truth.
+"""FD-CMKD's premise, checked against a dataset's ground truth (``bench analyze premise``).
 
 FD-CMKD assumes that the low-frequency components (DFT over the D entries of the pooled feature)
 of a network's feature carry the modality-general knowledge and the high-frequency components the
-modality-specific knowledge. On ``synthetic`` both kinds are known per sample: the shared latent
-``z`` and the teacher modality's own latent ``s_<teacher>``. :func:`premise_probe` fits a linear
+modality-specific knowledge. On a dataset whose splits carry their latent causes as
+``truth.<name>`` side arrays (``synthetic`` does: the shared latent ``z`` and each modality's own
+latent ``s_<modality>``) both kinds are known per sample. :func:`premise_probe` fits a linear
 (ridge) probe from each band of a trained unimodal model's features to each latent and reports
 how much of it the band recovers on the test split.
 
@@ -11,8 +12,8 @@ Two numbers per (band, latent):
 
 * ``r2``: R^2 of the latent itself. Includes the class-mean part, which any good classifier's
   feature encodes;
-* ``r2_within``: R^2 of the latent minus its true class mean: the per-sample knowledge beyond the
-  label (the part of ``s_<teacher>`` that a student of the other modality can never observe).
+* ``r2_within``: R^2 of the latent minus its class mean (estimated on train): the per-sample
+  knowledge beyond the label (the part of ``s_<teacher>`` that a student of the other modality can never observe).
 
 Controls: ``s_<other>`` (the other modality's private latent: the model never saw it, so its
 ``r2_within`` must be ~0), the raw input (``input``: what a linear read-out of the modality itself
@@ -35,8 +36,6 @@ from bench.methods.fdcmkd import decompose
 from bench.report.analysis import features, unimodal_model
 from bench.train.loop import load_splits
 from bench.train.resolve import build_adapter, build_train_config
-
-from .synthetic import MODALITIES, generator_model
 
 BANDS = ("raw", "low", "high", "low_perm", "high_perm", "input")
 
@@ -76,27 +75,32 @@ def _bands(x: np.ndarray, ratio: float, perm: np.ndarray) -> dict[str, np.ndarra
 
 
 def premise_probe(results: str | Path, modality: str = "audio", overrides: dict[str, dict[str, str]] | None = None,
-                  seed: int = 0, ratio: float = 0.5, tap: str = "pre",
-                  device: str = "cpu") -> list[dict[str, Any]]:
+                  seed: int = 0, ratio: float = 0.5, tap: str = "pre", device: str = "cpu",
+                  dataset: str = "synthetic") -> list[dict[str, Any]]:
     """Probe the cached unimodal ``modality`` model (a teacher) of ``results`` against the truth.
 
-    ``overrides`` select the ``synthetic`` configuration (``{"synthetic": {"gap": "0.5"}}``) whose
+    ``overrides`` select the dataset configuration (``{"synthetic": {"gap": "0.5"}}``) whose
     teacher was trained (``bench run ... --set synthetic.gap=0.5``). Returns one row per (band,
     latent): ``{"band", "latent", "r2", "r2_within", "dims"}``; ``dims`` is the band's
     numerical rank on train (the directions the probe can use).
     """
     overrides = overrides or {}
-    adapter = build_adapter("synthetic", overrides)
-    if modality not in MODALITIES:
-        raise BenchError(f"premise_probe: modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    adapter = build_adapter(dataset, overrides)
+    modality = adapter.modality(modality).name
     splits = load_splits(adapter, build_train_config(adapter, overrides))
+    tr, te = splits["train"], splits["test"]
+    names = sorted(k[len("truth."):] for k in tr.aux if k.startswith("truth."))
+    if not names:
+        raise BenchError(f"dataset {adapter.name!r} carries no ground truth (truth.* side arrays): "
+                         f"the premise probe needs the latent causes of every sample (synthetic has them)")
+    # the model's own latents first, then the shared ones, then the other modalities' (controls)
+    order = {f"s_{modality}": 1}
+    latents = sorted(names, key=lambda n: (order.get(n, 0 if not n.startswith("s_") else 2), n))
     dev = torch.device(device)
     model, _ = unimodal_model(Path(results), adapter, modality, seed, dev)
-    gm = generator_model(adapter.params)
-    class_means = {"z": gm.a_shared * gm.mu, **{f"s_{m}": gm.a_specific * gm.nu[m] for m in MODALITIES}}
-    other = next(m for m in MODALITIES if m != modality)
-    latents = ("z", f"s_{modality}", f"s_{other}")
-    tr, te = splits["train"], splits["test"]
+    y = tr.labels.numpy()
+    class_means = {lat: np.stack([tr.aux[f"truth.{lat}"].double().numpy()[y == c].mean(0)
+                                  for c in range(adapter.num_classes)]) for lat in latents}
     perm = np.random.default_rng(seed).permutation(model.feature_dim)
     xs = {name: _bands(features(model, adapter, sp, modality, dev, tap).astype(np.float64), ratio, perm)
           for name, sp in (("train", tr), ("test", te))}
@@ -126,3 +130,25 @@ def premise_markdown(rows: list[dict[str, Any]]) -> str:
         out.append(f"| {band} | {dims} | " + " | ".join(
             f"{cells[lat]['r2']:.2f} / {cells[lat]['r2_within']:.2f}" for lat in lats) + " |")
     return "\n".join(out)
+
+
+def premise(dataset: str, results: Path, out: Path, overrides: dict[str, dict[str, str]], seed: int = 0,
+            ratio: float = 0.5, tap: str = "pre", device: str = "cpu", direction: str | None = None) -> dict[str, Any]:
+    """``bench analyze premise``: the probe of the teacher of ``direction`` (default: the first
+    direction), written as CSV and Markdown under ``out``."""
+    import csv
+
+    from bench.api.names import check_component
+
+    adapter = build_adapter(dataset, overrides)
+    t_mod, _s = adapter.parse_direction(direction) if direction else adapter.directions()[0]
+    rows = premise_probe(results, t_mod, overrides, seed, ratio, tap, device, dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"premise_{check_component(adapter.name, 'dataset name')}_{t_mod}_seed{seed}"
+    with open(out / f"{stem}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    md = premise_markdown(rows)
+    (out / f"{stem}.md").write_text(md + "\n")
+    return {"rows": rows, "markdown": md, "csv": out / f"{stem}.csv", "figures": [out / f"{stem}.md"]}
