@@ -8,6 +8,7 @@ from bench.api.errors import BenchError
 from bench.launch.local import GridOutcome, attempt
 from bench.train.resolve import RunSpec
 from bench.train.run import Reporter, send_note
+from bench.train.trackers import with_trackers
 
 
 class QueueReporter:
@@ -51,10 +52,13 @@ def _init_worker(q, counter, gpus: list[str], threads: int) -> None:
     stop_on_sigterm()  # a SIGTERM to the group (scancel, kill) stops each worker's run at an epoch boundary
 
 
-def _worker_run(spec: RunSpec, force: bool) -> dict[str, Any]:
+def _worker_run(spec: RunSpec, force: bool, trackers: list[str] | None = None) -> dict[str, Any]:
+    """One run in a worker. Trackers log from here, where the run's full epoch rows are (the queue
+    carries only what the progress display needs), and close their runs if the worker is stopped."""
     rep = QueueReporter(_WORKER["q"]) if _WORKER.get("q") is not None else None
     try:
-        return attempt(spec, rep, force)[0]
+        with with_trackers(rep, trackers) as r:
+            return attempt(spec, r, force)[0]
     except BenchError as exc:  # sent back as data: the parent raises it
         return {"status": "error", "error": str(exc), "run_id": None}
 
@@ -82,12 +86,15 @@ class PackedExecutor:
     run slot. Runs that need the same teacher wait for one another on the teacher cache's file lock
     instead of training it twice; memory budgets of each run are divided by ``runs_per_gpu``."""
 
-    def __init__(self, runs_per_gpu: int, reporter: Reporter | None = None, fail_fast: bool = False):
+    def __init__(self, runs_per_gpu: int, reporter: Reporter | None = None, fail_fast: bool = False,
+                 trackers: list[str] | None = None):
         if runs_per_gpu < 1:
             raise BenchError("--runs-per-gpu must be >= 1")
         self.k = runs_per_gpu
         self.reporter = reporter
         self.fail_fast = fail_fast
+        self.trackers = list(trackers or [])
+        """``--log``: the trackers each worker logs its runs to (bench.train.trackers)."""
 
     def run(self, specs: list[RunSpec], force: bool = False) -> GridOutcome:
         import dataclasses
@@ -117,7 +124,7 @@ class PackedExecutor:
                                      device="cuda" if (gpus and s.device.startswith("cuda")) else s.device) for s in specs]
         with ProcessPoolExecutor(max_workers=min(slots, len(specs)), mp_context=ctx, initializer=_init_worker,
                                  initargs=(q, counter, gpus, threads)) as pool:
-            futs = {pool.submit(_worker_run, s, force): s for s in specs}
+            futs = {pool.submit(_worker_run, s, force, self.trackers): s for s in specs}
             pending_f = set(futs)
             while pending_f:
                 done, pending_f = wait(pending_f, timeout=0.2, return_when=FIRST_COMPLETED)

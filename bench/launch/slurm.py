@@ -32,6 +32,7 @@ from bench.train.resolve import RunSpec, resolve
 from bench.train.run import run
 from bench.train.stop import stop_on_sigterm
 from bench.train.teachers import teacher_path
+from bench.train.trackers import parse_trackers, with_trackers
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE"}
@@ -56,6 +57,8 @@ class SlurmOptions:
     qos: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     """Further sbatch options, e.g. {"constraint": "a100", "exclude": "node12"}."""
+    log: list[str] = field(default_factory=list)
+    """Trackers every task logs its runs to (``--log``; tensorboard, mlflow, wandb)."""
 
     @classmethod
     def from_sources(cls, config: Path | None, cli: dict[str, Any], extra: list[str]) -> "SlurmOptions":
@@ -81,6 +84,8 @@ class SlurmOptions:
             k, v = item.split("=", 1)
             ex[k.strip().lstrip("-").replace("-", "_")] = v.strip()
         values["extra"] = ex
+        where = "--log" if cli.get("log") is not None else f"{path}: [slurm] log"
+        values["log"] = parse_trackers(values.get("log"), where)
         opts = cls(**values)
         if opts.time < 1 or opts.cpus_per_task < 1 or opts.array_parallelism < 1 or opts.gpus_per_task < 0:
             raise ConfigError("SLURM options: time, cpus_per_task and array_parallelism must be >= 1, gpus_per_task >= 0")
@@ -118,12 +123,14 @@ except ImportError:  # pragma: no cover - submitit is a dependency
 class RunTask(_Checkpointable):
     """One run as a requeueable SLURM task (resumes from the run's epoch checkpoint)."""
 
-    def __init__(self, spec: RunSpec):
+    def __init__(self, spec: RunSpec, trackers: list[str] | None = None):
         self.spec = spec
+        self.trackers = list(trackers or [])
 
     def __call__(self) -> dict[str, Any]:
         stop_on_sigterm()  # scancel: stop at the epoch boundary, keep the checkpoint, write no record
-        rec = run(self.spec, _LogReporter())
+        with with_trackers(_LogReporter(), getattr(self, "trackers", [])) as rep:  # a requeue resumes them
+            rec = run(self.spec, rep)
         if rec.get("status") != "ok":
             raise RuntimeError(rec.get("error") or "run failed")
         return rec
@@ -133,14 +140,16 @@ class PackedRunTask(_Checkpointable):
     """Several runs as one requeueable SLURM task, run side by side on the task's GPU
     (``--runs-per-gpu``); each resumes from its own epoch checkpoint on a requeue."""
 
-    def __init__(self, specs: list[RunSpec]):
+    def __init__(self, specs: list[RunSpec], trackers: list[str] | None = None):
         self.specs = specs
+        self.trackers = list(trackers or [])
 
     def __call__(self) -> list[dict[str, Any]]:
         from bench.launch.packed import PackedExecutor
 
         stop_on_sigterm()
-        out = PackedExecutor(len(self.specs), _LogReporter()).run(self.specs)  # the reporter logs each run's end
+        out = PackedExecutor(len(self.specs), _LogReporter(),  # the reporter logs each run's end
+                             trackers=getattr(self, "trackers", [])).run(self.specs)
         for rec in out.skipped:
             print(f"[cmkd-bench] {rec['run_id']}: already done ({rec.get('best_metric')})", flush=True)
         if out.failed:
@@ -217,7 +226,7 @@ def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions, runs_per_tas
         raise BenchError("--runs-per-gpu must be >= 1")
     groups = [specs[i:i + runs_per_task] for i in range(0, len(specs), runs_per_task)]
     with ex.batch():
-        gjobs = [ex.submit(RunTask(g[0]) if len(g) == 1 else PackedRunTask(g)) for g in groups]
+        gjobs = [ex.submit(RunTask(g[0], opts.log) if len(g) == 1 else PackedRunTask(g, opts.log)) for g in groups]
     jobs = [j for j, g in zip(gjobs, groups) for _ in g]
     array_job = jobs[0].job_id.split("_")[0]
     manifest = {
