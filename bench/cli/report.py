@@ -107,6 +107,33 @@ def leaderboard(
 
 
 @app.command()
+def curves(
+    results: Optional[List[Path]] = typer.Option(None, "--results", "-r", help="results folder(s) (default: results)"),
+    out: Path = typer.Option(Path("results/curves"), "--out", "-o", help="folder for the figures (PNG + PDF each)"),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: all present)"),
+    directions: Optional[str] = typer.Option(None, "--directions", help="comma-separated directions, e.g. a2v"),
+    value: str = typer.Option("best_metric", "--value", help="best_metric | final_metric | reference_best_metric: "
+                              "the number in the legend, and dots where each seed's value is read"),
+    pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
+) -> None:
+    """Training curves from the records (no tracker needed): one figure per (dataset, direction), one
+    line per method, mean ± std over seeds; validation and test metric, total loss, each loss term."""
+    from bench.launch.grid import split_list
+    from bench.report.curves import curves as draw_curves
+
+    def opt(v: Optional[str]) -> Optional[list[str]]:
+        return split_list(v) if v else None
+
+    paths, notes = draw_curves(list(results or [Path("results")]), out, datasets=opt(datasets), methods=opt(methods),
+                               directions=opt(directions), value=value, pairing=pairing)
+    for n in notes:
+        err_console.print(f"[yellow]{escape(n)}[/yellow]")
+    for p in paths:
+        console.print(f"wrote {escape(str(p))}")
+
+
+@app.command()
 def analyze(
     kind: str = typer.Argument(..., help="similarity | means | tsne | cch | premise"),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),

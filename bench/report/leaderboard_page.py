@@ -101,6 +101,9 @@ code{background:#f3f5f9;padding:2px 4px;border-radius:4px;font-size:12px;word-br
 .stats{font-size:12px;color:#3b4458;background:#f8f9fc;border:1px solid #e4e7ee;border-radius:6px;padding:8px 10px;margin:12px 0}
 img.cd{max-width:100%;border:1px solid #e4e7ee;border-radius:6px}
 table.cells td,table.cells th{font-size:12px;padding:3px 6px}
+.curves{display:flex;flex-wrap:wrap;gap:10px 18px;margin:8px 0 4px}
+.curves figure{margin:0} .curves figcaption{font-size:12px;color:#3b4458;margin-bottom:2px}
+.curves img{border:1px solid #e4e7ee;border-radius:4px;margin-right:4px}
 """
 
 
@@ -201,6 +204,8 @@ for(const [name, key] of [['ds','dataset'],['mod','modality'],['cat','category']
   const off = h.getAll('no'+key); // e.g. #nodataset=B: start with a filter unticked (tests drive this)
   document.querySelectorAll('input[name="'+name+'"]').forEach(i=>{ if(off.includes(i.value)) i.checked = false; });
 }
+const o = document.getElementById(h.get('open') || ''); // #open=m-0: that method's detail, opened (tests, links)
+if(o && o.tagName === 'DETAILS'){ o.open = true; o.scrollIntoView(); }
 render();
 """
 
@@ -252,7 +257,7 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
             + (f' <small>source {esc(str(m["source_hash"]))}</small>' if m.get("source_hash") else "")
             + f'</summary><p>hyper-parameters: <code>{hp}</code></p><table class="cells"><tr><th class="l">cell</th>'
             f'<th>{esc(data["metric"])} (mean ± std)</th><th>seeds</th><th>vs w/o KD</th><th class="l">commit</th>'
-            f'<th class="l">reproduce</th></tr>{"".join(rows)}</table></details>')
+            f'<th class="l">reproduce</th></tr>{"".join(rows)}</table>{_curves_html(lb, m["key"], esc)}</details>')
     csp = (f"default-src 'none'; script-src {csp_hash(JS)}; style-src {csp_hash(CSS)}; img-src data:; "
            f"base-uri 'none'; form-action 'none'")
     return f"""<!doctype html>
@@ -279,6 +284,27 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
 <script>{JS}</script>
 </body></html>
 """
+
+
+def _curves_html(lb: Leaderboard, method: str, esc) -> str:  # type: ignore[no-untyped-def]
+    """Per cell of ``method``: its training curves from the records' histories (mean ± std over
+    seeds, with w/o KD and the teacher for reference), as data: SVG images (no script, CSP-safe)."""
+    from bench.report.curves import cell_svgs, svg_data_uri
+
+    blocks = []
+    for c in lb.cells:
+        s = lb.stats.get((method, c))
+        if s is None or s.conflict or not any(r.get("history") for r in s.records):
+            continue
+        base = lb.stats.get((lb.baseline, c))
+        ref = base.records if (base is not None and not base.conflict and method != lb.baseline) else None
+        label = f"{c[0]}/{c[1]} ({s.records[0].get('direction')})"
+        imgs = "".join(f'<img alt="{esc(title + ", " + label)}" src="{svg_data_uri(svg)}">'
+                       for title, svg in cell_svgs(s.records, ref, lb.metric, lb.method_label(lb.baseline)))
+        blocks.append(f"<figure><figcaption>{esc(label)}</figcaption>{imgs}</figure>")
+    if not blocks:
+        return ""
+    return f'<p>Training curves (from the records, mean ± std over seeds):</p><div class="curves">{"".join(blocks)}</div>'
 
 
 def write_site(lb: Leaderboard, out: Path) -> Path:
