@@ -93,7 +93,7 @@ def test_bench_curves_writes_a_png_and_pdf_per_cell_with_the_values_in_the_legen
     blue = (np.abs(img - [31, 119, 180]).sum(axis=2) < 40).sum()  # the first method's colour is drawn
     assert blue > 200
     if shutil.which("pdftotext"):
-        text = subprocess.run(["pdftotext", str(out / "curves_A_a2v.pdf"), "-"], capture_output=True, text=True).stdout
+        text = subprocess.run(["pdftotext", str(out / "curves_A_a2v.pdf"), "-"], capture_output=True, text=True, check=True).stdout
         # logit's selected epochs (val = test - 1, best at the last epoch): 60, 61, 62 -> 61.00 ± 1.00
         assert "Logit: best_metric 61.00 ± 1.00 (n=3)" in text, text
         assert "loss term: kd" in text and "teacher (audio) 81.0" in text
@@ -157,7 +157,7 @@ def test_leaderboard_page_shows_curves_in_headless_chromium(tmp_path):
     anchor = re.search(r'<details id="(m-\d+)"><summary>Logit', page).group(1)
     out = _browser(["--virtual-time-budget=3000", "--dump-dom", f"{url}#open={anchor}"])
     assert out.returncode == 0, out.stderr[-500:]
-    opened = re.search(rf'<details id="{anchor}" open="">(.*?)</details>', out.stdout, re.S)
+    opened = re.search(rf'<details id="{anchor}" open="">(.*?)</details>', out.stdout, re.DOTALL)
     assert opened, "the method's detail did not open"
     assert len(re.findall(r'<img alt="[^"]*" src="data:image/svg\+xml;base64,', opened.group(1))) == 2
 

@@ -180,9 +180,8 @@ class _StopAt(NullReporter):
 def test_a_resumed_run_appends_to_the_same_tracker_runs(tmp_path):
     s = spec(tmp_path, "none", epochs=4)
     rid = resolve(s).run_id
-    with pytest.raises(KeyboardInterrupt):
-        with TrackingReporter(_StopAt(2), ALL) as rep:
-            run(s, rep)
+    with pytest.raises(KeyboardInterrupt), TrackingReporter(_StopAt(2), ALL) as rep:
+        run(s, rep)
     first = json.loads(state_path(tmp_path, rid).read_text())
     runs, client = mlflow_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "KILLED"  # closed on the way out, not left running
@@ -276,7 +275,7 @@ def test_cli_and_packed_runs_log_without_changing_the_run_identity(tmp_path):
 def _cluster_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
-    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False)
     return r.returncode == 0 and any(s.startswith(("idle", "mixed", "alloc")) for s in r.stdout.split())
 
 

@@ -275,8 +275,9 @@ def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height:
                                                     ln["series"].mean - np.nan_to_num(ln["series"].std)])]
     ys += [y for y, _ in hlines or []]
     ys = [y for y in ys if math.isfinite(y)]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-             f'font-family="sans-serif" font-size="10"><rect width="{width}" height="{height}" fill="#ffffff"/>',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">'
+              f'<rect width="{width}" height="{height}" fill="#ffffff"/>'),
              f'<text x="{left}" y="12" font-size="11" font-weight="bold" fill="#1d2433">{esc(title)}</text>']
     if not xs or not ys:
         parts.append(f'<text x="{left}" y="{top + 20}" fill="#5b6475">no history</text></svg>')
@@ -299,7 +300,7 @@ def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height:
                      f'<text x="{left - 4}" y="{Y(t) + 3:.1f}" text-anchor="end" fill="#5b6475">{t:g}</text>')
     for t in _ticks(x0, x1, 5):
         if abs(t - round(t)) < 1e-9:
-            parts.append(f'<text x="{X(t):.1f}" y="{top + ph + 13}" text-anchor="middle" fill="#5b6475">{int(round(t))}</text>')
+            parts.append(f'<text x="{X(t):.1f}" y="{top + ph + 13}" text-anchor="middle" fill="#5b6475">{round(t)}</text>')
     parts.append(f'<text x="{left + pw}" y="{height - 2}" text-anchor="end" fill="#5b6475">epoch</text>')
     for y, label in hlines or []:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#444" '

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from bench.api.errors import ConfigError
 from bench.api.names import join_under
@@ -162,7 +162,6 @@ class TensorBoardTracker:
         w.flush()  # an interrupted run keeps every epoch it reported
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
-        h = self.runs[run_id]
         try:
             if record.get("status") == "ok":
                 last = int(record["history"][-1]["epoch"]) if record.get("history") else 0
@@ -332,10 +331,10 @@ class TrackingReporter:
         self.names = list(trackers)
         self.live: dict[str, list[Any]] = {}
 
-    def __enter__(self) -> "TrackingReporter":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def start(self, run_id: str, context: dict[str, Any]) -> None:
@@ -376,7 +375,7 @@ class TrackingReporter:
                 self._dropped(run_id, tracker.name, exc)
                 try:
                     tracker.close(run_id, "FAILED")
-                except Exception:  # noqa: BLE001 - already reported
+                except Exception:  # noqa: BLE001, S110 - already reported
                     pass
 
     def begin(self, run_id: str, total_epochs: int) -> None:
@@ -400,7 +399,7 @@ class TrackingReporter:
             for tracker in trackers:
                 try:
                     tracker.close(run_id, "KILLED")
-                except Exception:  # noqa: BLE001 - closing is best effort on the way out
+                except Exception:  # noqa: BLE001, S110 - closing is best effort on the way out
                     pass
         self.live.clear()
 
@@ -420,5 +419,5 @@ class _Plain:
     def __enter__(self) -> Reporter | None:
         return self.reporter
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         pass
