@@ -32,7 +32,8 @@ from bench.data.audio import load_mono, recipe_a, recipe_b, recipe_c_batch, reci
 from bench.data.cache import ArraySpec
 from bench.data.prepared import PreparedDataset
 from bench.data.vision import normalize, random_resized_crop, read_image, resize, select_frames, to_float_nchw
-from bench.models import Backbone, ResNetBackbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 AUDIO_RECIPES = {
     "A": {"sr": 22050, "shape": (257, 188), "dtype": "float16"},
@@ -182,9 +183,13 @@ class AVDataset(PreparedDataset):
         # frames: random crop, flip and frame choice; audio: only recipe C (random 5-s crop)
         return modality != "audio" or self.audio_recipe == "C"
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """ResNet-18 per modality (OGM-GE / C2KD): 1-channel spectrograms; frames averaged over time."""
         w = self.params.width
-        widths = (w, 2 * w, 4 * w, 8 * w)
+        common = {"dim": 2, "widths": (w, 2 * w, 4 * w, 8 * w), "blocks": (2, 2, 2, 2), "stem": "imagenet"}
         if modality == "audio":
-            return ResNetBackbone(2, 1, num_classes, widths, (2, 2, 2, 2), "imagenet")
-        return ResNetBackbone(2, 3, num_classes, widths, (2, 2, 2, 2), "imagenet", frames=self.params.num_frames)
+            return "resnet", {**common, "in_channels": 1, "frames": 1}
+        return "resnet", {**common, "in_channels": 3, "frames": self.params.num_frames}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)

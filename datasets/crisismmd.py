@@ -40,7 +40,8 @@ from bench.data import Modality
 from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines
 from bench.data.prepared import PreparedDataset
 from bench.data.vision import center_crop, normalize, random_resized_crop, read_image, resize, to_float_nchw
-from bench.models import Backbone, BertBackbone, MobileNetV2Backbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 HEADER = ["event_name", "tweet_id", "image_id", "tweet_text", "image", "label", "label_text", "label_image",
           "label_text_image"]
@@ -188,9 +189,13 @@ class CrisisMMD(PreparedDataset):
     def augments(self, modality: str) -> bool:
         return modality != "text"  # token ids are used as they are; images get a random crop
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """BERT from ``bert_dir`` on the tokens (``freeze_text``: the frozen protocol); MobileNetV2 on images."""
         if modality == "text":
-            if not self.params.bert_dir:
-                raise BenchError("crisismmd: set --set crisismmd.bert_dir=/path/to/local/bert (no hub download)")
-            return BertBackbone(self.params.bert_dir, num_classes, self.params.freeze_text)
-        return MobileNetV2Backbone(num_classes, self.params.image_weights)
+            return "bert", {"dir": self.params.bert_dir, "freeze": self.params.freeze_text}
+        return "mobilenetv2", {"weights": self.params.image_weights}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        if modality == "text" and not self.params.bert_dir:
+            raise BenchError("crisismmd: set --set crisismmd.bert_dir=/path/to/local/bert (no hub download)")
+        return build_default(self, modality, num_classes)

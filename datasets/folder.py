@@ -31,7 +31,8 @@ from bench.api.errors import BenchError
 from bench.api.names import check_component
 from bench.api.registry import DATASETS, register_dataset
 from bench.data import DatasetAdapter, Modality, Split
-from bench.models import Backbone, MLPBackbone, ResNetBackbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 from bench.records.provenance import stable_hash
 
 
@@ -225,16 +226,18 @@ class FolderDataset(DatasetAdapter):
     def augments(self, modality: str) -> bool:
         return False  # standardised only
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """By the stored shape: an MLP for vectors, a small 1-D ResNet for sequences, a 2-D one for images."""
         self._need_meta()
         shape, w = self._shapes[modality], self.params.width
         kind = _kind(shape)
         if kind == "vector":
-            return MLPBackbone(shape[0], num_classes, (4 * w, 4 * w))
-        if kind == "sequence":
-            return ResNetBackbone(1, shape[0], num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
-        cin = shape[0] if len(shape) == 3 else 1
-        return ResNetBackbone(2, cin, num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
+            return "mlp", {"in_features": shape[0], "widths": (4 * w, 4 * w)}
+        dim, cin = (1, shape[0]) if kind == "sequence" else (2, shape[0] if len(shape) == 3 else 1)
+        return "resnet", {"dim": dim, "in_channels": cin, "widths": (w, 2 * w, 4 * w), "blocks": (1, 1, 1), "stem": "small"}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)
 
     def fingerprint(self) -> dict[str, Any]:
         self._need_meta()

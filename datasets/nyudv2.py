@@ -38,7 +38,8 @@ from bench.data import Modality, Split
 from bench.data.cache import ArraySpec, PrepPlan, SplitPlan, iter_nonempty
 from bench.data.prepared import PreparedDataset
 from bench.data.vision import normalize, read_gray, read_image
-from bench.models import Backbone, DeepLabV3Plus
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 CLASSES = ["wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
            "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
@@ -290,6 +291,11 @@ class NYUDepthV2(PreparedDataset):
             ys.append(geo(y[b][None], True, float(VOID))[0].long())
         return {m: torch.stack(v) for m, v in outs.items()}, torch.stack(ys)
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """DeepLabV3+ on a ResNet-18-style encoder for both modalities (depth as a 3-channel HHA-like image)."""
         p = self.params
-        return DeepLabV3Plus(3, num_classes, p.width, p.aspp_channels, pretrained=p.pretrained)
+        return "deeplabv3plus", {"in_channels": 3, "width": p.width, "aspp_channels": p.aspp_channels,
+                                 "pretrained": p.pretrained}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)

@@ -49,6 +49,7 @@ initialisation and batch order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ import torch
 from bench.api.config import hp
 from bench.api.registry import register_dataset
 from bench.data import DatasetAdapter, Modality, Split
-from bench.models import Backbone, ResNetBackbone
+from bench.models import Backbone
+from bench.models.registry import build_default
 
 MODALITIES = ("audio", "visual")
 AUDIO_SHAPE = (8, 16)
@@ -280,8 +282,11 @@ class Synthetic(DatasetAdapter):
     def augments(self, modality: str) -> bool:
         return False  # arrays are used as generated
 
-    def build_model(self, modality: str, num_classes: int) -> Backbone:
+    def default_backbone(self, modality: str) -> tuple[str, dict[str, Any]]:
+        """Small ResNets: 1-D over the audio sequence's channels, 2-D over the visual image."""
         w = self.params.width
-        if modality == "audio":
-            return ResNetBackbone(1, AUDIO_SHAPE[0], num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
-        return ResNetBackbone(2, VISUAL_SHAPE[0], num_classes, (w, 2 * w, 4 * w), (1, 1, 1), "small")
+        dim, cin = (1, AUDIO_SHAPE[0]) if modality == "audio" else (2, VISUAL_SHAPE[0])
+        return "resnet", {"dim": dim, "in_channels": cin, "widths": (w, 2 * w, 4 * w), "blocks": (1, 1, 1), "stem": "small"}
+
+    def build_model(self, modality: str, num_classes: int) -> Backbone:
+        return build_default(self, modality, num_classes)

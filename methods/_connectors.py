@@ -14,7 +14,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.models import to_4d
+from bench.api.errors import BenchError
+from bench.models import ModelOutput, to_4d
+
+
+def need_stage(probe: ModelOutput, index: int, role: str, setting: str, preact: bool = False) -> None:
+    """Refuse (before training) a stage index the network does not have: backbones of other
+    families have other numbers of stage maps (a 1-stage MLP, 12 transformer layers)."""
+    maps = probe.preact_maps if preact else probe.feature_maps
+    n = len(maps)
+    if not -n <= index < n:
+        raise BenchError(f"{setting}={index} reads stage map {index}, but the {role} network has {n} stage "
+                         f"map{'s' if n != 1 else ''}" + (f" (valid: {-n}..{n - 1})" if n else ""))
+
+
+def need_maps(probe: ModelOutput, role: str, method: str, preact: bool = False) -> None:
+    """Refuse a network without stage maps for a method that distils them."""
+    if not (probe.preact_maps if preact else probe.feature_maps):
+        raise BenchError(f"{method} distils {'pre-activation ' if preact else ''}stage maps, but the {role} network "
+                         f"returns none")
 
 
 def common_grid(s_shape: torch.Size | tuple, t_shape: torch.Size | tuple) -> tuple[int, int]:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.methods._connectors import need_maps
 from bench.methods.logit import logit_loss
 from bench.models import ModelOutput, to_4d
 
@@ -102,6 +103,8 @@ class AFD(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None
+        need_maps(s_probe, "student", "afd")
+        need_maps(t_probe, "teacher", "afd")
         sc = [to_4d(f).shape[1] for f in s_probe.feature_maps]
         tc = [to_4d(f).shape[1] for f in t_probe.feature_maps]
         self.t_sizes = [tuple(to_4d(f).shape[-2:]) for f in t_probe.feature_maps]

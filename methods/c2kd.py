@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.methods._connectors import need_stage
 from bench.models import ModelOutput, to_4d
 
 
@@ -124,6 +125,8 @@ class C2KD(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None
+        need_stage(s_probe, self.p.proxy_stage, "student", "c2kd.proxy_stage")
+        need_stage(t_probe, self.p.proxy_stage, "teacher", "c2kd.proxy_stage")
         c = self.ctx.num_classes
         self.modules["stu"] = Proxy(to_4d(s_probe.feature_maps[self.p.proxy_stage]).shape[1], c)
         self.modules["tea"] = Proxy(to_4d(t_probe.feature_maps[self.p.proxy_stage]).shape[1], c)

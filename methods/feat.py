@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
-from bench.methods._connectors import ConvBNReg, common_grid, pool_to
+from bench.methods._connectors import ConvBNReg, common_grid, need_stage, pool_to
 from bench.models import ModelOutput, to_4d
 
 
@@ -77,6 +77,8 @@ class Feat(Method):
             vs, vt = self._vec(s_probe), self._vec(t_probe)
             self.modules["reg"] = VectorReg(vs.shape[1], vt.shape[1], relu=self.p.tap == "post")
         else:
+            need_stage(s_probe, self.p.stage, "student", "feat.stage")
+            need_stage(t_probe, self.p.stage, "teacher", "feat.stage")
             fs, ft = to_4d(s_probe.feature_maps[self.p.stage]), to_4d(t_probe.feature_maps[self.p.stage])
             self.grid = common_grid(fs.shape, ft.shape)
             self.modules["reg"] = ConvBNReg(fs.shape[1], ft.shape[1], relu=True)

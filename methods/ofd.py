@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.methods._connectors import need_maps
 from bench.models import ModelOutput, to_4d
 
 
@@ -99,6 +100,8 @@ class OFD(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None and teacher is not None
+        need_maps(s_probe, "student", "ofd", preact=True)
+        need_maps(t_probe, "teacher", "ofd", preact=True)
         ns, nt = len(s_probe.preact_maps), len(t_probe.preact_maps)
         k = min(ns, nt)
         self.pairs = [(ns - k + i, nt - k + i) for i in range(k)]

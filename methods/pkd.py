@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.methods._connectors import need_maps
 from bench.models import ModelOutput, to_4d
 
 
@@ -83,6 +84,8 @@ class PKD(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None
+        need_maps(s_probe, "student", "pkd")
+        need_maps(t_probe, "teacher", "pkd")
         self.pairs = self._pairs(s_probe, t_probe)
         self.modules["adapters"] = nn.ModuleList(
             nn.Conv2d(to_4d(s_probe.feature_maps[i]).shape[1], to_4d(t_probe.feature_maps[j]).shape[1], 1)

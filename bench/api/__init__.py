@@ -7,7 +7,8 @@ sub-module here never pulls in the rest. The modules behind the names:
 
 * ``bench.api.method``: :class:`Method`, :class:`MethodContext`, :class:`NoParams`
 * ``bench.api.config``: :func:`hp` (typed, range-checked hyper-parameters), :class:`TrainConfig`
-* ``bench.api.registry``: :func:`register_method`, :func:`register_dataset`
+* ``bench.api.registry``: :func:`register_method`, :func:`register_dataset`, :func:`register_backbone`
+* ``bench.models.registry``: :class:`BackboneFactory`, :class:`InputSpec` (what a backbone is built for)
 * ``bench.api.errors``: :class:`BenchError` and its subclasses
 * ``bench.api.names``: :func:`check_component` (names that become file names)
 * ``bench.data``: :class:`DatasetAdapter`, :class:`Modality`, :class:`Split`, :class:`PreparedDataset`
@@ -23,7 +24,9 @@ _WHERE = {
     "Method": "bench.api.method", "MethodContext": "bench.api.method", "NoParams": "bench.api.method",
     "hp": "bench.api.config", "TrainConfig": "bench.api.config", "params_dict": "bench.api.config",
     "register_method": "bench.api.registry", "register_dataset": "bench.api.registry",
+    "register_backbone": "bench.api.registry", "BACKBONES": "bench.api.registry",
     "METHODS": "bench.api.registry", "DATASETS": "bench.api.registry",
+    "BackboneFactory": "bench.models.registry", "InputSpec": "bench.models.registry",
     "BenchError": "bench.api.errors", "ConfigError": "bench.api.errors", "RecordError": "bench.api.errors",
     "check_component": "bench.api.names",
     "DatasetAdapter": "bench.data.adapter", "Modality": "bench.data.adapter", "Split": "bench.data.adapter",

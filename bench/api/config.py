@@ -228,6 +228,14 @@ class TrainConfig:
     compile: bool = hp(False, "torch.compile the student and the frozen teacher")
     fused_optim: str = hp("auto", "auto (fused on CUDA) | on | off")
     teacher_cache: str = hp("auto", "auto | on | off: compute a frozen teacher's outputs once per run where its input is not augmented")
+    # networks (bench.models.registry): parameters of the chosen backbones go in scopes teacher.* / student.*
+    teacher_backbone: str = hp("default", "teacher network: default (the dataset's) or a name from `bench list backbones` "
+                                          "(its parameters: --set teacher.KEY=VALUE)")
+    student_backbone: str = hp("default", "student network: default or a registered backbone (--set student.KEY=VALUE)")
+    teacher_checkpoint: str = hp("", "a trained teacher (results/teachers/*.pt, or a state dict) used instead of "
+                                     "training one; its sha256 is part of the run's identity")
+    teacher_finetune_epochs: int = hp(0, "with teacher_checkpoint: epochs of fine-tuning it first (0: used frozen, as it is)",
+                                      ge=0)
 
     def validate(self) -> None:
         if self.min_lr > self.lr and self.schedule in ("poly", "cosine"):
@@ -247,6 +255,22 @@ class TrainConfig:
 
 SPEED_KEYS = ("speed", "amp", "channels_last", "data_placement", "compile", "fused_optim", "teacher_cache")
 """``train.*`` keys that only change how fast a run goes; kept out of the config hash."""
+
+
+LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs")
+"""``train.*`` keys added after records existed: hashed only when not at their default, so every
+configuration from before keeps its config hash and run id."""
+
+
+UNHASHED_KEYS = SPEED_KEYS + ("teacher_checkpoint",)
+"""Never hashed: the speed keys, and the teacher checkpoint's path (the file's sha256 is, where it is set)."""
+
+
+def hashed_train(train: Any) -> dict[str, Any]:
+    """The ``train`` settings that make up a run's identity (the one place that decides it)."""
+    defaults = {f.name: f.default for f in fields(train)}
+    return {k: v for k, v in params_dict(train).items()
+            if k not in UNHASHED_KEYS and not (k in LATER_KEYS and v == defaults[k])}
 
 
 _AUTO_ON_OFF = ("auto", "on", "off")

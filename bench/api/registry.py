@@ -1,9 +1,11 @@
-"""Decorator registries for KD methods and dataset adapters.
+"""Decorator registries for KD methods, dataset adapters and backbones.
 
 Adding a method or a dataset means adding one file to ``methods/`` or ``datasets/`` with a
 ``@register_method`` / ``@register_dataset`` decorated class: the built-in modules are
-imported on first use, so nothing else needs editing. Methods from outside the repository
-register through the ``cmkd_bench.methods`` entry point group or ``--plugin file.py``; every
+imported on first use, so nothing else needs editing; backbones register the same way with
+``@register_backbone`` (built-ins in ``bench/models/``). Plug-ins from outside the repository
+register through the ``cmkd_bench.methods`` / ``cmkd_bench.datasets`` / ``cmkd_bench.backbones``
+entry point groups or ``--plugin file.py``; every
 entry remembers where it came from (``source``) and, for plug-ins, a hash of its source code
 so that records made with different versions of a plug-in can be told apart.
 """
@@ -31,6 +33,9 @@ METHOD_ENTRY_POINT_GROUP = "cmkd_bench.methods"
 
 
 DATASET_ENTRY_POINT_GROUP = "cmkd_bench.datasets"
+
+
+BACKBONE_ENTRY_POINT_GROUP = "cmkd_bench.backbones"
 
 
 @dataclass
@@ -176,8 +181,16 @@ register_method = METHODS.register
 register_dataset = DATASETS.register
 
 
-REGISTRIES: list[Registry[Any]] = [METHODS, DATASETS]
-"""Every registry a plug-in file may add to (a backbone registry joins this list)."""
+BACKBONES: Registry[Any] = Registry("backbone", "bench.models", BACKBONE_ENTRY_POINT_GROUP)
+"""Networks by name (``train.teacher_backbone`` / ``train.student_backbone``): factories with a
+``Params`` dataclass and ``build(params, spec, num_classes)`` (see :mod:`bench.models.registry`)."""
+
+
+register_backbone = BACKBONES.register
+
+
+REGISTRIES: list[Registry[Any]] = [METHODS, DATASETS, BACKBONES]
+"""Every registry a plug-in file may add to."""
 
 
 def load_plugin_file(path: str | Path) -> dict[str, list[str]]:

@@ -17,11 +17,12 @@ from bench.cli.app import app, console, err_console, print_all
 
 @app.command("list")
 def list_(
-    what: str = typer.Argument("methods", help="methods | datasets"),
-    plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods"),
+    what: str = typer.Argument("methods", help="methods | datasets | backbones"),
+    plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods, datasets or backbones"),
 ) -> None:
-    """List registered methods (with parameters, defaults and valid ranges) or datasets (with modalities)."""
-    from bench.report.console import dataset_catalog, method_catalog
+    """List registered methods (with parameters, defaults and valid ranges), datasets (with
+    modalities) or backbones (with source, parameters and each dataset's default networks)."""
+    from bench.report.console import backbone_catalog, dataset_catalog, method_catalog
     from bench.train.resolve import load_plugins
 
     load_plugins(list(plugin or []))
@@ -29,8 +30,10 @@ def list_(
         console.print(method_catalog())
     elif what in ("datasets", "dataset"):
         console.print(dataset_catalog())
+    elif what in ("backbones", "backbone"):
+        print_all(backbone_catalog())
     else:
-        raise BenchError(f"bench list {what!r}: expected 'methods' or 'datasets'")
+        raise BenchError(f"bench list {what!r}: expected 'methods', 'datasets' or 'backbones'")
 
 
 @app.command()

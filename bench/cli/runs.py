@@ -67,6 +67,7 @@ def run(
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="student epochs (default: the dataset's)"),
     teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="teacher epochs (default: the dataset's)"),
+    teacher_checkpoint: Optional[Path] = typer.Option(None, "--teacher-checkpoint", help="use this trained teacher (results/teachers/*.pt or a state dict) instead of training one; = --set train.teacher_checkpoint=PATH"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override a hyper-parameter: SCOPE.KEY=VALUE (dkd.beta=8, train.lr=0.1, synthetic.n_train=1000)"),
     executor: str = typer.Option("local", "--executor", help="local (in this process) | slurm (job arrays via submitit)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
@@ -101,6 +102,8 @@ def run(
         overrides.setdefault("train", {})["epochs"] = str(epochs)
     if teacher_epochs is not None:
         overrides.setdefault("train", {})["teacher_epochs"] = str(teacher_epochs)
+    if teacher_checkpoint is not None:
+        overrides.setdefault("train", {})["teacher_checkpoint"] = str(teacher_checkpoint)
     if executor not in ("local", "slurm"):
         raise BenchError(f"--executor {executor!r}: valid executors: local, slurm")
     specs, todo = plan_grid(methods, datasets, directions, seeds, overrides=overrides, sweeps=list(sweep or []),

@@ -48,6 +48,54 @@ def dataset_catalog() -> Table:
     return t
 
 
+def backbone_catalog() -> list[Any]:
+    """``bench list backbones``: every registered backbone (library and version, inputs, tasks,
+    parameters, source), then what each dataset builds by default per modality."""
+    import importlib.metadata
+
+    from bench.api.config import describe_params
+    from bench.api.registry import BACKBONES, DATASETS
+    from bench.models.registry import factory_attr, factory_description
+
+    t = Table(title="backbones (--set train.teacher_backbone=NAME / train.student_backbone=NAME; "
+                    "parameters: --set teacher.KEY=V / student.KEY=V)")
+    for c in ("name", "library", "inputs", "tasks", "description", "parameters (defaults)", "source"):
+        t.add_column(c)
+    for e in sorted(BACKBONES.entries(), key=lambda e: e.source != "builtin" or e.obj.__module__ != "bench.models.zoo"):
+        lib = factory_attr(e.obj, "library") or "cmkd-bench"
+        try:
+            lib += " " + importlib.metadata.version(lib) if lib != "cmkd-bench" else ""
+        except importlib.metadata.PackageNotFoundError:
+            lib += " (not installed)"
+        ps = ", ".join(f"{n}={d}" + (f" ({rng})" if rng else "")
+                       for n, _, d, _, rng in describe_params(factory_attr(e.obj, "Params"))) or "-"
+        _row(t, e.name, lib, ", ".join(factory_attr(e.obj, "layouts") or ("any",)),
+             ", ".join(factory_attr(e.obj, "tasks") or ("any",)), factory_description(e.obj), ps,
+             e.source + (f" [{e.source_hash}]" if e.source_hash else ""))
+    d = Table(title="dataset defaults (train.*_backbone=default; --set teacher.KEY=V changes one parameter of it)")
+    for c in ("dataset", "modality", "default backbone"):
+        d.add_column(c)
+    for e in DATASETS.entries():
+        try:
+            ad = e.obj(e.obj.Params())
+            mods = ad.modalities
+        except Exception:  # noqa: BLE001 - a plug-in adapter that needs settings to describe itself
+            continue
+        for m in mods:
+            fn = getattr(ad, "default_backbone", None)
+            try:
+                text = _default_text(*fn(m.name)) if callable(fn) else "its own build_model"
+            except Exception:  # noqa: BLE001 - e.g. a folder dataset without its folder
+                text = "(depends on the dataset's files)"
+            _row(d, e.name, f"{m.name} ({m.kind})", text)
+    return [t, d]
+
+
+def _default_text(name: str, params: dict[str, Any]) -> str:
+    ps = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in params.items())
+    return f"{name}({ps})"
+
+
 def prepare_report(m: dict[str, Any], cache: Path, seconds: float, adapter: Any = None) -> list[Any]:
     """The prepared splits (rows listed, used, skipped and why, class histogram or pixels per class
     for dense labels), the cache's size, and what one GPU run holds per data placement."""

@@ -37,6 +37,7 @@ from bench.api.method import MethodContext
 from bench.api.registry import METHODS
 from bench.data import DatasetAdapter, Split
 from bench.data.vision import IMAGENET_MEAN, IMAGENET_STD
+from bench.models.registry import BackboneChoice, build_for
 from bench.train.acceleration import SpeedPlan, all_off, plan_speed, to_channels_last
 from bench.train.placement import choose_placement
 from bench.train.step import Trainer, probe_outputs
@@ -217,17 +218,18 @@ class _Mode:
     """One configuration's models, engine and batch supplier."""
 
     def __init__(self, name: str, adapter: DatasetAdapter, method_name: str, t_mod: str, s_mod: str, train: Any,
-                 device: torch.device, plan: SpeedPlan, n: int, workers: int, tmp: Path, seed: int):
+                 device: torch.device, plan: SpeedPlan, n: int, workers: int, tmp: Path, seed: int,
+                 backbones: dict[str, BackboneChoice]):
         self.name, self.device = name, device
         torch.manual_seed(seed)
         mcls = METHODS.get(method_name)
         params = mcls.Params()
-        student = adapter.build_model(s_mod, adapter.num_classes).to(device)
-        teacher = adapter.build_model(t_mod, adapter.num_classes).to(device) if mcls.uses_teacher else None
+        split = fake_split(adapter, n, seed)
+        student = build_for(adapter, backbones["student"], s_mod, split, device)
+        teacher = build_for(adapter, backbones["teacher"], t_mod, split, device) if mcls.uses_teacher else None
         ctx = MethodContext(adapter.num_classes, 100, adapter.task, t_mod if teacher is not None else None, s_mod,
                             device, adapter.ignore_index)
         method = mcls(params, ctx)
-        split = fake_split(adapter, n, seed)
         s_probe, t_probe = probe_outputs(adapter, split, student, teacher, s_mod, t_mod, device)
         method.setup(student, teacher, s_probe, t_probe)
         method.modules.to(device)
@@ -370,8 +372,11 @@ def _eval_throughput(mode: _Mode, steps: int, batch: int) -> float:
 
 def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, student_modality: str, train: Any,
               device: torch.device, *, steps: int, warmup: int, modes: tuple[str, ...] = ("on", "off"),
-              workers: int | None = None, peak_tflops: float | None = None, seed: int = 0) -> dict[str, Any]:
+              workers: int | None = None, peak_tflops: float | None = None, seed: int = 0,
+              backbones: dict[str, BackboneChoice] | None = None) -> dict[str, Any]:
+    """One (method, direction) timed in each mode; ``backbones``: the two networks (default: the dataset's)."""
     batch = train.batch_size
+    backbones = backbones or {role: BackboneChoice(role, "default") for role in ("teacher", "student")}
     n = max(batch * 4, 64)
     if workers is None:
         workers = max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -382,6 +387,7 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
         "batch_size": batch, "steps": steps, "warmup": warmup, "loader_workers": workers,
         "input_shapes": {m.name: list(m.shape) for m in adapter.modalities},
         "peak_tflops": peak, "peak_basis": "dense bf16/fp16 tensor-core peak of the device" if peak else None,
+        "backbones": {role: c.describe() for role, c in backbones.items()},
         "modes": {},
     }
     with tempfile.TemporaryDirectory(prefix="cmkd-speed-") as tmp:
@@ -389,7 +395,7 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
             t = replace(train, speed="auto" if name == "on" else "off")
             plan = plan_speed(t, device) if name == "on" else all_off()
             mode = _Mode(name, adapter, method, teacher_modality, student_modality, t, device, plan, n, workers,
-                         Path(tmp) / name, seed)
+                         Path(tmp) / name, seed, backbones)
             res = _measure(mode, steps, warmup, batch, peak)
             res["data_pipeline"] = (
                 f"DataLoader, {workers} worker(s), decoding every sample from files" if name == "off" else
@@ -436,14 +442,17 @@ def grid_estimate(results: list[dict[str, Any]], dataset: str, modes: tuple[str,
     if sizes is None or not results:
         return {}
     tr = sizes[0]
-    # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t
-    nones = {r["direction"]: r for r in results if r["method"] == "none"}
+    # the teacher of direction t2s is the unimodal model of t: the 'none' run whose student is t, or the
+    # chosen teacher network's own timing (role "teacher")
+    own = [r for r in results if r.get("role") == "teacher"]
+    results = [r for r in results if r.get("role") != "teacher"]
+    nones = {r["direction"]: r for r in own} or {r["direction"]: r for r in results if r["method"] == "none"}
     out: dict[str, dict[str, Any]] = {}
     for name in modes:
         secs = [epoch_seconds(r["modes"][name], dataset, val_fraction) for r in results]
         student_h = sum(secs) * epochs * seeds / 3600  # type: ignore[arg-type]
-        teacher_h = None
-        if nones:
+        teacher_h = None if teacher_epochs else 0.0  # 0 epochs: a given teacher, used as it is
+        if nones and teacher_epochs:
             teacher_h = sum(epoch_seconds(r["modes"][name], dataset, val_fraction) for r in nones.values()) \
                 * teacher_epochs * seeds / 3600  # type: ignore[operator]
         steps = tr // batch_size
@@ -451,6 +460,11 @@ def grid_estimate(results: list[dict[str, Any]], dataset: str, modes: tuple[str,
         out[name] = {"student_runs_hours": student_h, "teacher_hours": teacher_h, "runs": len(results) * seeds,
                      "epochs": epochs, "train_pflop": pflop, "train_samples": tr}
     return out
+
+
+def teacher_train_epochs(train: Any) -> int:
+    """Teacher epochs a run trains: none for a given teacher used as it is, its fine-tuning otherwise."""
+    return train.teacher_finetune_epochs if train.teacher_checkpoint else train.teacher_epochs
 
 
 def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | None, steps: int | None,
@@ -464,7 +478,7 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
     from bench.api.registry import METHODS
     from bench.launch.grid import split_list
     from bench.train.device import resolve_device
-    from bench.train.resolve import build_adapter, build_train_config
+    from bench.train.resolve import build_adapter, build_train_config, resolve_backbone
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -481,16 +495,24 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
         raise BenchError(f"--modes {modes!r}: expected on, off or on,off")
     steps = steps or (30 if cuda else 3)
     warmup = warmup if warmup is not None else (10 if cuda else 1)
-    results = []
+    results, timed_teachers = [], set()
+    kw = dict(steps=steps, warmup=warmup, modes=mode_list, workers=workers, peak_tflops=peak_tflops)
     for t_mod, s_mod in dirs:
+        bb = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"), overrides.get(role, {}))
+              for role, mod in (("teacher", t_mod), ("student", s_mod))}
         for m in mnames:
             if adapter.task != "classification" and not METHODS.get(m).dense_ok:
                 continue
             if on_start is not None:
                 on_start(f"timing {m} {adapter.direction_name(t_mod, s_mod)} on {adapter.name} shapes ...")
-            results.append(benchmark(adapter, m, t_mod, s_mod, train, dev, steps=steps, warmup=warmup, modes=mode_list,
-                                     workers=workers, peak_tflops=peak_tflops))
-    estimate = grid_estimate(results, adapter.name, mode_list, epochs or train.epochs, train.teacher_epochs, seeds,
+            results.append(benchmark(adapter, m, t_mod, s_mod, train, dev, backbones=bb, **kw))  # type: ignore[arg-type]
+        if not (bb["teacher"].default and bb["student"].default) and t_mod not in timed_teachers \
+                and teacher_train_epochs(train):  # the chosen teacher's own training step, for the estimate
+            timed_teachers.add(t_mod)
+            row = benchmark(adapter, "none", s_mod, t_mod, train, dev, **kw,  # type: ignore[arg-type]
+                            backbones={"teacher": bb["student"], "student": bb["teacher"]})
+            results.append(dict(row, role="teacher", method="teacher"))
+    estimate = grid_estimate(results, adapter.name, mode_list, epochs or train.epochs, teacher_train_epochs(train), seeds,
                              train.val_fraction, train.batch_size)
     return {"results": results, "grid_estimate": estimate, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "title": f"bench speed: {adapter.name} shapes, batch {train.batch_size}, "

@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.api.config import SPEED_KEYS, TrainConfig, build_params, params_dict
+from bench.api.config import TrainConfig, build_params, hashed_train, params_dict
 from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
 from bench.api.names import check_component
-from bench.api.registry import DATASETS, METHODS
+from bench.api.registry import BACKBONES, DATASETS, METHODS
 from bench.data import DatasetAdapter
+from bench.models.registry import BackboneChoice, backbone_params, check_fits, spec_of
 from bench.records.provenance import stable_hash
+
+ROLES = ("teacher", "student")
+"""Scopes of the backbone parameters: ``--set teacher.KEY=V`` / ``--set student.KEY=V``."""
 
 
 @dataclass
@@ -49,6 +53,17 @@ class Resolved:
     group_hash: str
     method_source: str
     method_source_hash: str | None
+    backbones: dict[str, BackboneChoice] = field(default_factory=dict)
+    """The teacher's and the student's network (``default``: the dataset's own)."""
+    teacher_checkpoint: TeacherCheckpoint | None = None
+
+
+@dataclass(frozen=True)
+class TeacherCheckpoint:
+    """A user's trained teacher (``train.teacher_checkpoint``): the file and its content hash."""
+
+    path: str
+    sha256: str
 
 
 def load_plugins(paths: list[str]) -> None:
@@ -89,11 +104,13 @@ def resolve(spec: RunSpec) -> Resolved:
     adapter = build_adapter(spec.dataset, spec.overrides)
     mentry = METHODS.entry(spec.method)
     method_cls = mentry.obj
-    known_scopes = {"train", adapter.name, "folder" if is_dataset_folder(spec.dataset) else adapter.name} | set(METHODS.names())
+    known_scopes = ({"train", adapter.name, "folder" if is_dataset_folder(spec.dataset) else adapter.name, *ROLES}
+                    | set(METHODS.names()))
     for scope in spec.overrides:
         if scope not in known_scopes:
             raise ConfigError(
-                f"--set {scope}.…: unknown scope {scope!r}; use 'train', the dataset name or a method name"
+                f"--set {scope}.…: unknown scope {scope!r}; use 'train', the dataset name, a method name, "
+                f"or 'teacher' / 'student' (backbone parameters)"
             )
     mparams = build_params(method_cls.Params, spec.overrides.get(method_cls.name, {}), method_cls.name)
     train = build_train_config(adapter, spec.overrides)
@@ -111,22 +128,84 @@ def resolve(spec: RunSpec) -> Resolved:
         check_component(m, f"dataset {adapter.name!r}: modality name")
     direction = adapter.direction_name(t, s)
     config = {
-        "dataset": adapter.fingerprint(),
+        "dataset": adapter.fingerprint(),  # settles preparation settings read from a cache (before the backbones)
         "teacher_modality": t,
         "student_modality": s,
         "method": method_cls.name,
         "method_params": params_dict(mparams),
         "method_source_hash": mentry.source_hash,
-        "train": {k: v for k, v in params_dict(train).items() if k not in SPEED_KEYS},
+        "train": hashed_train(train),
         "seed": spec.seed,
     }
+    uses_teacher = method_cls.uses_teacher
+    backbones = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"),
+                                        spec.overrides.get(role, {}) if uses_teacher or role == "student" else {})
+                 for role, mod in (("teacher", t), ("student", s))}
+    ckpt = resolve_teacher_checkpoint(train)
+    if not uses_teacher:  # a run without a teacher is the same run whatever teacher was configured
+        for k in ("teacher_backbone", "teacher_finetune_epochs"):
+            config["train"].pop(k, None)
+        backbones["teacher"] = resolve_backbone(adapter, "teacher", t, "default", {})
+        ckpt = None
+    identity = {role: c.identity() for role, c in backbones.items() if not c.default}
+    if identity:  # only where a network is not the dataset's default: earlier hashes stay as they were
+        config["backbones"] = identity
+    if ckpt is not None:
+        config["teacher_checkpoint"] = {"sha256": ckpt.sha256}
     chash = stable_hash(config, 10)
     # Identity of the *cell configuration* (everything but the seed): seeds of one cell share it,
     # so tables can average over seeds and flag cells whose records disagree on anything else.
     group_hash = stable_hash({k: v for k, v in config.items() if k != "seed"}, 10)
     run_id = check_component(f"{adapter.name}_{direction}_{method_cls.name}_s{spec.seed}_{chash[:8]}", "run id")
     return Resolved(spec, adapter, method_cls, mparams, train, direction, run_id, config, chash, group_hash,
-                    mentry.source, mentry.source_hash)
+                    mentry.source, mentry.source_hash, backbones, ckpt)
+
+
+def resolve_backbone(adapter: DatasetAdapter, role: str, modality: str, name: str,
+                     values: dict[str, str]) -> BackboneChoice:
+    """One role's network: ``default`` is the adapter's (``default_backbone``: a registered backbone
+    and its parameters, which ``--set ROLE.KEY`` may change; or its own ``build_model``), any
+    other name a registered backbone with its parameters. Checked against the modality's declared
+    kind and the task here, before anything is read or trained."""
+    name = name.strip().lower()
+    declared = getattr(adapter, "default_backbone", None)
+    if name == "default":
+        if not callable(declared):
+            if values:
+                raise ConfigError(f"--set {role}.{next(iter(values))}: dataset {adapter.name!r} builds its {modality} "
+                                  f"network itself and has no backbone parameters; choose a backbone with "
+                                  f"--set train.{role}_backbone=NAME (bench list backbones)")
+            return BackboneChoice(role, "default", None, True, "adapter build_model")
+        fam, base = declared(modality)
+        params = backbone_params(fam, {**base, **values}, role)
+        is_default = params_dict(params) == params_dict(backbone_params(fam, base, role))
+        return BackboneChoice(role, fam, params, is_default, BACKBONES.entry(fam).source)
+    entry = BACKBONES.entry(name)
+    params = backbone_params(entry.name, values, role)
+    check_fits(entry.name, spec_of(adapter, modality), role)
+    return BackboneChoice(role, entry.name, params, False, entry.source)
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def resolve_teacher_checkpoint(train: TrainConfig) -> TeacherCheckpoint | None:
+    """The checkpoint file (absolute path) and its sha256, computed once per file version."""
+    if not train.teacher_checkpoint:
+        if train.teacher_finetune_epochs:
+            raise ConfigError("train.teacher_finetune_epochs fine-tunes a given teacher: set train.teacher_checkpoint "
+                              "(or --teacher-checkpoint PATH) too")
+        return None
+    p = Path(train.teacher_checkpoint).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"train.teacher_checkpoint={train.teacher_checkpoint}: no such file")
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        from bench.data.cache import sha256_file
+
+        _SHA_CACHE[key] = sha256_file(p)
+    return TeacherCheckpoint(str(p), _SHA_CACHE[key])
 
 
 def run_id_of(spec: RunSpec) -> str:

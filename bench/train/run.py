@@ -50,7 +50,7 @@ from bench.train.resolve import Resolved, RunSpec, resolve
 from bench.train.step import probe_outputs
 from bench.train.stop import file_lock
 from bench.train.teacher_outputs import decide_teacher_cache
-from bench.train.teachers import get_teacher, teacher_path
+from bench.train.teachers import backbone_record, build_network, check_pair, get_teacher, teacher_epochs_to_train
 
 
 class Reporter(Protocol):
@@ -140,11 +140,13 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
         send_note(reporter, r.run_id, message)
 
     needs_teacher = r.method_cls.uses_teacher
-    total_epochs = r.train.epochs + (r.train.teacher_epochs if needs_teacher and not teacher_path(r, r.config["teacher_modality"]).exists() else 0)
+    total_epochs = r.train.epochs + teacher_epochs_to_train(r)
+    base["backbones"] = backbone_record(r)
     send_start(reporter, r.run_id, dict(base, results_dir=str(results), resuming=ckpt.exists()))
     reporter.begin(r.run_id, total_epochs)
     try:
         splits = load_splits(r.adapter, r.train)
+        check_pair(r, splits, device)  # a method that cannot connect the two networks refuses before training
         teacher, tinfo = None, None
         if needs_teacher:
             teacher, tinfo = get_teacher(r, splits, device,
@@ -152,7 +154,8 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
                                          on_note=note)
         seed_everything(spec.seed, r.train.deterministic)
         s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
-        student = r.adapter.build_model(s_mod, r.adapter.num_classes).to(device)
+        student = build_network(r, "student", splits, device)
+        base["backbones"] = backbone_record(r, student, teacher)
         ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
                             s_mod, device, r.adapter.ignore_index)
         method = r.method_cls(r.method_params, ctx)

@@ -1,6 +1,14 @@
-"""Unimodal teachers: trained once per (dataset, modality, seed, schedule), cached as a checkpoint
-under ``results/teachers/`` and shared by every run that needs them (a file lock makes concurrent
-processes wait instead of training twice)."""
+"""The networks of a run and its teacher.
+
+Teacher and student are built by one function (:func:`build_network`) from the backbones the
+configuration chose (:mod:`bench.models.registry`); :func:`check_pair` sets the method up on fresh
+networks before anything trains, so a method that cannot connect the pair refuses with a reason.
+
+Unimodal teachers are trained once per (dataset, modality, seed, schedule, backbone), cached as
+a checkpoint under ``results/teachers/`` and shared by every run that needs them (a file lock makes
+concurrent processes wait instead of training twice). A user's trained teacher
+(``train.teacher_checkpoint``) is used frozen, or fine-tuned for ``train.teacher_finetune_epochs``
+epochs (cached like a trained one, keyed by the file's sha256)."""
 
 from __future__ import annotations
 
@@ -11,27 +19,36 @@ from typing import Any, Callable
 import torch
 
 from bench.api.config import params_dict
+from bench.api.errors import BenchError
 from bench.api.method import Method, MethodContext
 from bench.api.names import join_under
 from bench.data import Split
 from bench.models import Backbone
+from bench.models.registry import build_for, first_mismatch, load_weights_file
 from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
 from bench.records.provenance import stable_hash
 from bench.train.device import seed_everything
-from bench.train.loop import fit
+from bench.train.loop import evaluate, fit
 from bench.train.resolve import Resolved
+from bench.train.step import probe_outputs
 from bench.train.stop import file_lock
 
 
 def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
     t = params_dict(r.train)
-    return {
+    fp = {
         "dataset": r.adapter.fingerprint(), "modality": modality, "seed": r.spec.seed,
         "epochs": r.train.teacher_epochs,
         "train": {k: t[k] for k in ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
                                      "min_lr", "poly_power", "step_milestones", "step_gamma", "grad_clip",
                                      "val_fraction", "split_seed", "selection")},
     }
+    choice = r.backbones.get("teacher")
+    if choice is not None and not choice.default:  # default teachers keep their file names
+        fp["backbone"] = choice.identity()
+    if r.teacher_checkpoint is not None:  # a fine-tuned user teacher
+        fp.update(epochs=r.train.teacher_finetune_epochs, init_sha256=r.teacher_checkpoint.sha256)
+    return fp
 
 
 def teacher_path(r: Resolved, modality: str) -> Path:
@@ -44,6 +61,74 @@ def teacher_resume_path(path: Path) -> Path:
     return path.with_name(path.stem + ".resume.pt")
 
 
+def teacher_epochs_to_train(r: Resolved) -> int:
+    """Teacher epochs this run still has to train (0: cached, or a checkpoint used as it is)."""
+    if not r.method_cls.uses_teacher:
+        return 0
+    if r.teacher_checkpoint is not None:
+        n = r.train.teacher_finetune_epochs
+    else:
+        n = r.train.teacher_epochs
+    return 0 if n == 0 or teacher_path(r, r.config["teacher_modality"]).exists() else n
+
+
+def build_network(r: Resolved, role: str, splits: dict[str, Split], device: torch.device) -> Backbone:
+    """The ``role`` ("teacher" | "student") network of run ``r`` on ``device``: the dataset's own
+    (``adapter.build_model``, exactly as before backbones could be chosen) or the chosen backbone,
+    built for the modality's input as measured on two prepared training samples."""
+    return build_for(r.adapter, r.backbones[role], r.config[f"{role}_modality"], splits["train"], device)
+
+
+def check_pair(r: Resolved, splits: dict[str, Split], device: torch.device) -> None:
+    """Set the method up on freshly built networks before anything trains: a method that cannot
+    connect this teacher to this student (a stage index one of them lacks, ...) refuses now, with
+    the reason, instead of after the teacher has trained."""
+    if not r.method_cls.uses_teacher:
+        return
+    s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
+    student, teacher = build_network(r, "student", splits, device), build_network(r, "teacher", splits, device)
+    s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
+    ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod, s_mod, device,
+                        r.adapter.ignore_index)
+    method = r.method_cls(r.method_params, ctx)
+    try:
+        method.setup(student, teacher, s_probe, t_probe)
+    except Exception as exc:
+        t_c, s_c = r.backbones["teacher"], r.backbones["student"]
+        why = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        raise BenchError(f"method {r.method_cls.name!r} cannot distil teacher {t_c.describe()} on {t_mod} "
+                         f"({_maps(t_probe)}) into student {s_c.describe()} on {s_mod} ({_maps(s_probe)}): "
+                         f"{why}") from exc
+
+
+def _maps(out: Any) -> str:
+    chans = [int(m.shape[1]) for m in out.feature_maps]
+    return f"{len(chans)} stage map{'s' if len(chans) != 1 else ''}, channels {chans}"
+
+
+def backbone_record(r: Resolved, student: Backbone | None = None, teacher: Backbone | None = None) -> dict[str, Any]:
+    """What the record says about the two networks (name, parameters, default or not, size)."""
+    out: dict[str, Any] = {}
+    roles = (("teacher", teacher), ("student", student)) if r.method_cls.uses_teacher else (("student", student),)
+    for role, net in roles:
+        c = r.backbones[role]
+        out[role] = {**c.identity(), "default": c.default, "source": c.source,
+                     **({"parameters": sum(p.numel() for p in net.parameters())} if net is not None else {})}
+    return out
+
+
+def load_teacher_checkpoint(r: Resolved, model: Backbone) -> None:
+    """Load the user's teacher into ``model`` or raise naming the file and the first offending key."""
+    ck = r.teacher_checkpoint
+    assert ck is not None
+    state = load_weights_file(ck.path, "train.teacher_checkpoint")
+    problem = first_mismatch(model.state_dict(), state)
+    if problem is not None:
+        raise BenchError(f"teacher checkpoint {ck.path} does not fit the teacher backbone "
+                         f"{r.backbones['teacher'].describe()} on {r.config['teacher_modality']}: {problem}")
+    model.load_state_dict(state)
+
+
 def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
                 on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
                 on_note: Callable[[str], None] | None = None) -> tuple[Backbone, dict[str, Any]]:
@@ -53,10 +138,12 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
     training it; a cached teacher file that cannot be read back is moved aside (``.corrupt``) and
     the teacher trained again, with a note."""
     modality = r.config["teacher_modality"]
+    if r.teacher_checkpoint is not None and r.train.teacher_finetune_epochs == 0:
+        return _frozen_checkpoint_teacher(r, splits, device)
     path = teacher_path(r, modality)
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
-            model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
+            model = build_network(r, "teacher", splits, device)
             try:
                 state = load_torch_file(path, "cached teacher", device, required=("model", "info"))
                 model.load_state_dict(state["model"])
@@ -69,29 +156,51 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
                 if on_note is not None:
                     on_note(f"{exc}; moved it to {aside.name} and trained the teacher again")
         seed_everything(r.spec.seed, r.train.deterministic)
-        model = r.adapter.build_model(modality, r.adapter.num_classes).to(device)
-        ce = _plain_ce_method(r, modality, device)
+        model = build_network(r, "teacher", splits, device)
+        epochs = r.train.teacher_epochs
+        if r.teacher_checkpoint is not None:
+            load_teacher_checkpoint(r, model)
+            epochs = r.train.teacher_finetune_epochs
+        ce = _plain_ce_method(r, modality, device, epochs)
         resumed: list[int] = []
         res = fit(adapter=r.adapter, splits=splits, student=model, student_modality=modality, method=ce,
-                  teacher=None, teacher_modality=None, train=r.train, epochs=r.train.teacher_epochs,
+                  teacher=None, teacher_modality=None, train=r.train, epochs=epochs,
                   seed=r.spec.seed, device=device, on_epoch=on_epoch, salt=17,
                   checkpoint=teacher_resume_path(path), on_resume=resumed.append, on_note=on_note)
         model.load_state_dict(res.best_state)
         sel = res.history[res.selected_epoch - 1]
         info = {
-            "modality": modality, "epochs": r.train.teacher_epochs, "selected_epoch": res.selected_epoch,
+            "modality": modality, "epochs": epochs, "selected_epoch": res.selected_epoch,
             "selection": r.train.selection, "val_metric": sel["val_metric"], "test_metric": sel["test_metric"],
             "final_test_metric": res.history[-1]["test_metric"], "fingerprint": teacher_fingerprint(r, modality),
             **({"resumed_from_epoch": resumed[0]} if resumed else {}),
+            **({"finetuned_from": r.teacher_checkpoint.path, "finetuned_from_sha256": r.teacher_checkpoint.sha256}
+               if r.teacher_checkpoint is not None else {}),
         }
         atomic_torch_save({"model": model.state_dict(), "info": info, "history": res.history}, path)
         teacher_resume_path(path).unlink(missing_ok=True)
         return model, dict(info, cached=False, checkpoint=str(path))
 
 
-def _plain_ce_method(r: Resolved, modality: str, device: torch.device) -> Method:
+def _frozen_checkpoint_teacher(r: Resolved, splits: dict[str, Split],
+                               device: torch.device) -> tuple[Backbone, dict[str, Any]]:
+    """The user's teacher as it is: loaded, evaluated once on validation and test (its metrics go
+    into the record, comparable with a teacher this package trained), never trained."""
+    ck = r.teacher_checkpoint
+    assert ck is not None
+    modality = r.config["teacher_modality"]
+    model = build_network(r, "teacher", splits, device)
+    load_teacher_checkpoint(r, model)
+    bs = r.train.eval_batch_size
+    val = evaluate(model, r.adapter, splits["val"], modality, device, bs) if "val" in splits else None
+    info = {"modality": modality, "epochs": 0, "source": "checkpoint", "checkpoint": ck.path, "sha256": ck.sha256,
+            "val_metric": val, "test_metric": evaluate(model, r.adapter, splits["test"], modality, device, bs),
+            "cached": True}
+    return model, info
+
+
+def _plain_ce_method(r: Resolved, modality: str, device: torch.device, epochs: int) -> Method:
     from bench.methods.none import NoKD
 
-    ctx = MethodContext(r.adapter.num_classes, r.train.teacher_epochs, r.adapter.task, None, modality, device,
-                        r.adapter.ignore_index)
+    ctx = MethodContext(r.adapter.num_classes, epochs, r.adapter.task, None, modality, device, r.adapter.ignore_index)
     return NoKD(NoKD.Params(), ctx)

@@ -1,0 +1,170 @@
+"""torchvision classification CNNs as backbones (``torchvision``), built with ``weights=None`` and,
+optionally, a local state dict (nothing is downloaded).
+
+The network's convolutional trunk (``features`` / ``layers`` where the model has one, else its
+children up to the pooling and classifier, with a RegNet's ``trunk_output`` stages unfolded) runs
+module by module; a stage map is the last output at each spatial resolution (found once, on a
+224 x 224 probe), the deepest ``stages`` of them are kept, and the pooled vector is the global
+average of the trunk's output. A (C, L) sequence is read as a 1-channel C x L image, frame stacks
+are folded into the batch and averaged. The first convolution is rebuilt for the input's
+channels (3-channel weights summed or tiled to fit). Vision transformers and the Inception
+family are refused here: ``timm`` or ``hf`` serve them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.api.config import hp
+from bench.api.errors import BenchError
+from bench.api.registry import register_backbone
+from bench.models.output import Backbone, ModelOutput
+from bench.models.registry import (
+    BackboneFactory,
+    InputSpec,
+    adapt_input_conv,
+    first_mismatch,
+    load_weights_file,
+    parse_kwargs,
+)
+
+HEADS = ("avgpool", "fc", "classifier", "heads", "dropout", "head")
+
+REFUSED = ("vit_", "swin", "maxvit", "googlenet", "inception")
+
+
+@register_backbone("torchvision")
+class TorchvisionFactory(BackboneFactory):
+    description = "torchvision classification CNNs (ResNet, ResNeXt, RegNet, MobileNet, EfficientNet, ConvNeXt, VGG, ...)"
+    library = "torchvision"
+    layouts = ("sequence", "image", "video")
+
+    @dataclass
+    class Params:
+        model: str = hp("resnet18", "torchvision.models name, e.g. resnet34, mobilenet_v3_small, efficientnet_b0")
+        weights: str = hp("", "local torchvision state dict (.pth / .safetensors); empty: random init")
+        stages: int = hp(4, "stage maps: the deepest N resolutions of the trunk", ge=1)
+        kwargs: str = hp("", "extra builder arguments KEY=VALUE;..., e.g. width_mult=0.5 (mobilenet_v2)")
+
+    @classmethod
+    def build(cls, p: Any, spec: InputSpec, num_classes: int) -> Backbone:
+        import torchvision.models as tvm
+
+        names = tvm.list_models(module=tvm)
+        if p.model not in names:
+            raise BenchError(f"torchvision has no classification model {p.model!r}; valid: {', '.join(names)}")
+        if p.model.startswith(REFUSED):
+            raise BenchError(f"torchvision model {p.model!r} has no convolutional trunk this wrapper can read; "
+                             "use --set ...backbone=timm (vision transformers, Inception) instead")
+        try:
+            net = tvm.get_model(p.model, weights=None, **parse_kwargs(p.kwargs, "torchvision.kwargs"))
+        except TypeError as exc:
+            raise BenchError(f"torchvision model {p.model!r} does not take torchvision.kwargs={p.kwargs!r}: {exc}") from exc
+        trunk = _trunk(net)
+        if p.weights:
+            _load_trunk_weights(net, trunk, p.weights)
+        in_chans = 1 if spec.layout == "sequence" else spec.channels
+        modules = nn.ModuleList(m for _, m in trunk)
+        _fit_first_conv(modules, in_chans)
+        return TorchvisionBackbone(modules, spec, num_classes, p.stages, in_chans)
+
+
+def _trunk(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(state-dict prefix, module) of the trunk, in forward order."""
+    for attr in ("features", "layers"):
+        m = getattr(net, attr, None)
+        if isinstance(m, nn.Sequential):
+            out = [(f"{attr}.{n}", c) for n, c in m.named_children()]
+            return out + ([("relu", nn.ReLU())] if type(net).__name__ == "DenseNet" else [])
+    out = []
+    for n, c in net.named_children():
+        if n in HEADS:
+            continue
+        if n == "trunk_output" and isinstance(c, nn.Sequential):
+            out += [(f"{n}.{k}", b) for k, b in c.named_children()]
+        else:
+            out.append((n, c))
+    return out
+
+
+def _load_trunk_weights(net: nn.Module, trunk: list[tuple[str, nn.Module]], path: str) -> None:
+    state = load_weights_file(path, "torchvision.weights")
+    prefixes = tuple(n + "." for n, _ in trunk)
+    want = {k: v for k, v in net.state_dict().items() if k.startswith(prefixes)}
+    got = {k: v for k, v in state.items() if k.startswith(prefixes) or k not in net.state_dict()}
+    got = {k: v for k, v in got.items() if not k.startswith(tuple(h + "." for h in HEADS))}
+    problem = first_mismatch(want, got)
+    if problem is not None:
+        raise BenchError(f"torchvision.weights {path} does not fit torchvision model {type(net).__name__}: {problem}")
+    net.load_state_dict(got, strict=False)
+
+
+def _fit_first_conv(trunk: nn.ModuleList, in_chans: int) -> None:
+    """Rebuild the first convolution for ``in_chans`` inputs, keeping (adapted) weights."""
+    for name, conv in trunk.named_modules():
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        if conv.in_channels != in_chans:
+            new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                            1, conv.bias is not None)
+            with torch.no_grad():
+                new.weight.copy_(adapt_input_conv(conv.weight, in_chans))
+                if conv.bias is not None:
+                    new.bias.copy_(conv.bias)
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(trunk.get_submodule(parent_name) if parent_name else trunk, leaf, new)
+        return
+
+
+class TorchvisionBackbone(Backbone):
+    """A torchvision trunk behind the ModelOutput contract (see the module docstring)."""
+
+    def __init__(self, trunk: nn.ModuleList, spec: InputSpec, num_classes: int, stages: int, in_chans: int):
+        super().__init__()
+        self.trunk = trunk
+        self.sequence = spec.layout == "sequence"
+        self.frames = spec.frames
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            sizes, h = [], torch.zeros(1, in_chans, 224, 224)
+            for m in self.trunk:
+                h = m(h)
+                sizes.append(tuple(h.shape[-2:]) if h.dim() == 4 else ())
+            ends = [i for i in range(len(sizes)) if i == len(sizes) - 1 or sizes[i + 1] != sizes[i]]
+            self.taps = set(ends[-stages:])
+            try:
+                maps, pooled = self._encode(self._to_image(torch.zeros(2, *spec.shape)))
+            except (RuntimeError, ValueError) as exc:
+                raise BenchError(f"this torchvision model cannot take {spec.describe()}: {exc}") from exc
+            self.train(was)
+        self.stage_channels = [int(m.shape[1]) for m in maps]
+        self.feature_dim = int(pooled.shape[1])
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def _to_image(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sequence:
+            return x.float().unsqueeze(1)
+        return x.flatten(0, 1) if self.frames > 1 else x
+
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        maps = []
+        for i, m in enumerate(self.trunk):
+            x = m(x)
+            if i in self.taps:
+                maps.append(x)
+        return maps, F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        b = x.shape[0]
+        maps, pooled = self._encode(self._to_image(x))
+        if self.frames > 1:
+            maps = [m.view(b, self.frames, *m.shape[1:]).mean(1) for m in maps]
+            pooled = pooled.view(b, self.frames, -1).mean(1)
+        return ModelOutput(self.classifier(pooled), pooled, pooled, maps, maps)
