@@ -262,29 +262,56 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
-def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height: int = 190,
-              hlines: list[tuple[float, str]] | None = None) -> str:
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis: the decades inside [lo, hi], or 1-2-5 steps when it spans one decade."""
+    out = [10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) if lo <= 10.0 ** k <= hi]
+    if len(out) < 2:
+        out = sorted(m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                     for m in (1, 2, 5) if lo <= m * 10.0 ** k <= hi)
+    return out
+
+
+def _legend(lines: list[dict[str, Any]], x0: int, width: int, esc) -> tuple[list[str], int]:  # type: ignore[no-untyped-def]
+    """Legend entries left to right, wrapped onto further rows; returns the parts and the rows' height."""
+    parts, x, y = [], x0, 22
+    for ln in lines:
+        w = 24 + 6 * len(str(ln["label"]))
+        if x > x0 and x + w > width - 4:
+            x, y = x0, y + 13
+        dash = f' stroke-dasharray="{ln["dash"]}"' if ln.get("dash") else ""
+        parts.append(f'<line x1="{x}" x2="{x + 14}" y1="{y}" y2="{y}" stroke="{ln["color"]}" stroke-width="2"{dash}/>'
+                     f'<text x="{x + 17}" y="{y + 3}" fill="#1d2433">{esc(ln["label"])}</text>')
+        x += w
+    return parts, y - 22 + 13
+
+
+def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 420, height: int = 230,
+              hlines: list[tuple[float, str]] | None = None, log: bool = False) -> str:
     """A small line chart as an SVG document. ``lines``: dicts with ``series`` (:class:`Series`),
-    ``label``, ``color`` and optional ``dash``; ``hlines``: (y, label) reference lines. Every
-    text is XML-escaped; only presentation attributes are used (no style attribute, no script)."""
+    ``label``, ``color`` and optional ``dash``; ``hlines``: (y, label) reference lines; ``log``: a
+    log y axis (used when every value is positive). Every text is XML-escaped; only presentation
+    attributes are used (no style attribute, no script)."""
     esc = html.escape
-    left, right, top, bottom = 44, 8, 30, 24
+    legend, legend_h = _legend(lines, 44, width, esc)
+    left, right, top, bottom = 44, 8, 18 + legend_h, 24
+    height += legend_h - 13
     pw, ph = width - left - right, height - top - bottom
     xs = [x for ln in lines for x in ln["series"].epochs]
     ys = [y for ln in lines for y in np.concatenate([ln["series"].mean, ln["series"].mean + np.nan_to_num(ln["series"].std),
                                                     ln["series"].mean - np.nan_to_num(ln["series"].std)])]
     ys += [y for y, _ in hlines or []]
-    ys = [y for y in ys if math.isfinite(y)]
+    ys = [y for y in ys if math.isfinite(y) and (y > 0 or not log)]
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
               f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">'
               f'<rect width="{width}" height="{height}" fill="#ffffff"/>'),
-             f'<text x="{left}" y="12" font-size="11" font-weight="bold" fill="#1d2433">{esc(title)}</text>']
+             f'<text x="{left}" y="12" font-size="11" font-weight="bold" fill="#1d2433">{esc(title)}</text>', *legend]
     if not xs or not ys:
         parts.append(f'<text x="{left}" y="{top + 20}" fill="#5b6475">no history</text></svg>')
         return "".join(parts)
     x0, x1 = min(xs), max(xs)
     x1 = x1 if x1 > x0 else x0 + 1
-    y0, y1 = min(ys), max(ys)
+    f = math.log10 if log else (lambda v: v)
+    y0, y1 = f(min(ys)), f(max(ys))
     pad = (y1 - y0) * 0.06 or abs(y0) * 0.05 or 1.0
     y0, y1 = y0 - pad, y1 + pad
 
@@ -292,10 +319,11 @@ def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height:
         return left + (x - x0) / (x1 - x0) * pw
 
     def Y(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * ph
+        v = f(max(y, 1e-300)) if log else y
+        return top + (1 - (v - y0) / (y1 - y0)) * ph
 
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#c9ced8"/>')
-    for t in _ticks(y0, y1):
+    for t in (_log_ticks(10 ** y0, 10 ** y1) if log else _ticks(y0, y1)):
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{Y(t):.1f}" y2="{Y(t):.1f}" stroke="#eef0f4"/>'
                      f'<text x="{left - 4}" y="{Y(t) + 3:.1f}" text-anchor="end" fill="#5b6475">{t:g}</text>')
     for t in _ticks(x0, x1, 5):
@@ -308,7 +336,7 @@ def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height:
                      f'fill="#444">{esc(label)}</text>')
     for ln in lines:
         s: Series = ln["series"]
-        ok = ~np.isnan(s.std)
+        ok = ~np.isnan(s.std) & ((s.mean - s.std > 0) if log else True)
         if ok.sum() > 1:
             up = [f"{X(x):.1f},{Y(y):.1f}" for x, y in zip(s.epochs[ok], (s.mean + s.std)[ok])]
             dn = [f"{X(x):.1f},{Y(y):.1f}" for x, y in zip(s.epochs[ok][::-1], (s.mean - s.std)[ok][::-1])]
@@ -318,12 +346,6 @@ def svg_panel(lines: list[dict[str, Any]], title: str, width: int = 330, height:
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{ln["color"]}" stroke-width="1.6"{dash}/>')
         if len(s.epochs) == 1:
             parts.append(f'<circle cx="{X(s.epochs[0]):.1f}" cy="{Y(s.mean[0]):.1f}" r="2.5" fill="{ln["color"]}"/>')
-    lx = left
-    for ln in lines:  # legend on one line under the title
-        dash = f' stroke-dasharray="{ln["dash"]}"' if ln.get("dash") else ""
-        parts.append(f'<line x1="{lx}" x2="{lx + 14}" y1="22" y2="22" stroke="{ln["color"]}" stroke-width="2"{dash}/>'
-                     f'<text x="{lx + 17}" y="25" fill="#1d2433">{esc(ln["label"])}</text>')
-        lx += 24 + 6 * len(str(ln["label"]))
     parts.append("</svg>")
     return "".join(parts)
 
@@ -355,5 +377,8 @@ def cell_svgs(records: list[dict[str, Any]], baseline: list[dict[str, Any]] | No
         if s is not None:
             loss_lines.append({"series": s, "label": term, "color": COLORS[(i + 1) % len(COLORS)]})
     if loss_lines:
-        out.append(("loss terms per epoch", svg_panel(loss_lines, "training loss terms (mean ± std)")))
+        vals = np.concatenate([ln["series"].mean for ln in loss_lines])
+        log = bool((vals > 0).all() and vals.max() / vals.min() > 30)  # terms of very different sizes
+        out.append(("loss terms per epoch", svg_panel(loss_lines, "training loss terms (mean ± std)"
+                                                      + (", log scale" if log else ""), log=log)))
     return out
