@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods._connectors import need_maps
 from bench.methods.logit import logit_loss
 from bench.models import ModelOutput, to_4d
@@ -99,6 +100,8 @@ class AFD(Method):
     description = "AFD (Ji et al. 2021): attention-selected matching of all teacher/student stages"
     reference = "clovaai/attention-feature-distillation distill/AFD.py, main.py"
     Params = AFDParams
+    # AFD main.py: beta 200, KD alpha 0.9 (0 = AFD alone)
+    search_space = {"beta": Real(10.0, 1000.0, log=True), "alpha": Real(0.0, 1.0)}
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)

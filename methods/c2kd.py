@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods._connectors import need_stage
 from bench.models import ModelOutput, to_4d
 
@@ -118,6 +119,8 @@ class C2KD(Method):
     description = "C2KD (Huo et al. 2024): bidirectional proxy distillation with OFSD non-target KL"
     reference = "huofushuo/C2KD */utils/helper.py, module.py"
     Params = C2KDParams
+    # C2KD: Kendall threshold 0 in every dataset folder; negative keeps more samples, positive fewer
+    search_space = {"krc": Real(-0.5, 0.5)}
     teacher_trainable = True
     dense_ok = False
     dense_reason = "its proxies and Kendall selection are defined on image-level logits (no dense reference code)"

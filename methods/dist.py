@@ -17,6 +17,7 @@ import torch
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -58,6 +59,8 @@ class DIST(Method):
     description = "DIST (Huang et al. 2022): inter- and intra-class Pearson correlation of predictions"
     reference = "hunto/image_classification_sota lib/models/losses/dist_kd.py"
     Params = DISTParams
+    # official: tau 1 (ImageNet) / 4 (CIFAR), KD weight 2 in every config
+    search_space = {"tau": Real(1.0, 4.0, log=True), "kd_weight": Real(0.5, 8.0, log=True)}
 
     def teacher_cache_fields(self) -> set[str]:
         return {"logits"}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods.nkd import drop_target
 from bench.models import ModelOutput
 
@@ -91,6 +92,8 @@ class DKD(Method):
     description = "DKD (Zhao et al. 2022): alpha*TCKD + beta*NCKD with a warm-up ramp"
     reference = "megvii-research/mdistiller mdistiller/distillers/DKD.py"
     Params = DKDParams
+    # mdistiller configs: beta 0.5 (ImageNet R34-R18) to 8 (CIFAR default), tau 1 (ImageNet) / 4 (CIFAR)
+    search_space = {"beta": Real(0.5, 10.0), "tau": Real(1.0, 8.0, log=True)}
 
     def teacher_cache_fields(self) -> set[str]:
         return {"logits"}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -49,6 +50,8 @@ class DML(Method):
     description = "DML (Zhang et al. 2018): student and a teacher-modality peer learn from each other"
     reference = "YingZhangDUT/Deep-Mutual-Learning; AberHu/Knowledge-Distillation-Zoo train_dml.py"
     Params = DMLParams
+    # the PyTorch port's lambda 1; a decade either side
+    search_space = {"lambda_": Real(0.1, 10.0, log=True)}
     teacher_trainable = True
     dense_ok = False
     dense_reason = "not part of the paper's segmentation comparison (no dense reference)"

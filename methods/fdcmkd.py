@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -244,6 +245,8 @@ class FDCMKD(Method):
     description = "FD-CMKD: DFT low/high split, MSE (low) + logMSE (high), Std, shared classifiers"
     reference = "Liu et al., AAAI 2026, Eqs. 1-11; re-FD-CMKD for unstated details"
     Params = FDCMKDParams
+    # FD-CMKD Fig. 5 sweeps lambda_1 x lambda_2 (grid unknown; defaults 1), Table 7 the split ratio
+    search_space = {"l1": Real(0.1, 10.0, log=True), "l2": Real(0.1, 10.0, log=True), "ratio": Real(0.25, 0.75)}
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)

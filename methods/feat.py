@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods._connectors import ConvBNReg, common_grid, need_stage, pool_to
 from bench.models import ModelOutput, to_4d
 
@@ -69,6 +70,8 @@ class Feat(Method):
     description = "Feat / FitNet (Romero et al. 2015): MSE to the teacher feature through a regressor"
     reference = "mdistiller FitNet.py + _common.ConvReg (cross-modal connector: see module docstring)"
     Params = FeatParams
+    # mdistiller FitNet weight 100 is tuned for CIFAR maps; feature scales differ across modalities
+    search_space = {"feat_weight": Real(0.01, 100.0, log=True)}
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)

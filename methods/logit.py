@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -50,6 +51,8 @@ class LogitKD(Method):
     description = "Logit KD (Hinton et al. 2015): tau^2-scaled KL between softened logits"
     reference = "mdistiller KD.py (CIFAR defaults tau=4, CE 0.1, KD 0.9)"
     Params = LogitParams
+    # mdistiller: tau 4 / CE 0.1 (CIFAR), tau 1 / CE 0.5 (ImageNet); AFD's KD: CE 1 with KD 0.9
+    search_space = {"tau": Real(1.0, 8.0, log=True), "ce_weight": Real(0.1, 1.0, log=True)}
 
     def teacher_cache_fields(self) -> set[str]:
         return {"logits"}

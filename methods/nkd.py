@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -57,6 +58,8 @@ class NKD(Method):
     description = "NKD (Yang et al. 2023): target CE weighted by teacher + normalised non-target CE"
     reference = "yzd-v/cls_KD mmcls/models/dis_losses/nkd.py"
     Params = NKDParams
+    # NKD: lambda 1 / gamma 1.5 (ImageNet), lambda 3 / gamma 3.5 (CIFAR-100)
+    search_space = {"temp": Real(1.0, 4.0), "gamma": Real(0.5, 4.0)}
     dense_ok = False
     dense_reason = "the reference is defined for image-level labels; no dense variant exists"
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods._connectors import need_maps
 from bench.models import ModelOutput, to_4d
 
@@ -95,6 +96,8 @@ class OFD(Method):
     description = "OFD (Heo et al. 2019): partial L2 on pre-ReLU maps with BN-derived margins"
     reference = "clovaai/overhaul-distillation distiller.py; mdistiller OFD.py"
     Params = OFDParams
+    # mdistiller OFD: 1e-3 (CIFAR), 1e-4 (ImageNet); mmrazor 0.25-1 per stage / 1000
+    search_space = {"feat_weight": Real(1e-5, 1e-2, log=True)}
     teacher_train_mode = True
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.methods._connectors import need_maps
 from bench.models import ModelOutput, to_4d
 
@@ -73,6 +74,8 @@ class PKD(Method):
     description = "PKD (Cao et al. 2022): MSE of per-channel z-scored feature maps (Pearson)"
     reference = "open-mmlab/mmrazor mmrazor/models/losses/pkd_loss.py"
     Params = PKDParams
+    # mmrazor PKD configs: loss weight 6 (Faster/Mask R-CNN) and 10 (RetinaNet, FCOS3D)
+    search_space = {"loss_weight": Real(0.5, 20.0, log=True)}
 
     def _pairs(self, s: ModelOutput, t: ModelOutput) -> list[tuple[int, int]]:
         ns, nt = len(s.feature_maps), len(t.feature_maps)

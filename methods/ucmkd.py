@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
+from bench.api.search import Real
 from bench.models import ModelOutput
 
 
@@ -124,6 +125,8 @@ class UCMKD(Method):
     description = "Unpaired CMKD: OT feature alignment + teacher-head label alignment (distributions, not pairs)"
     reference = "Cross-Modal KD without Paired Data (2026); khiembk/UnpairedCMKD"
     Params = UCMKDParams
+    # unpaired CMKD: feature and label alignment weights 1
+    search_space = {"fa": Real(0.1, 10.0, log=True), "la": Real(0.1, 10.0, log=True)}
     dense_ok = False
     dense_reason = "defined on pooled features and image-level labels"
 

@@ -7,6 +7,7 @@ sub-module here never pulls in the rest. The modules behind the names:
 
 * ``bench.api.method``: :class:`Method`, :class:`MethodContext`, :class:`NoParams`
 * ``bench.api.config``: :func:`hp` (typed, range-checked hyper-parameters), :class:`TrainConfig`
+* ``bench.api.search``: :class:`Real`, :class:`Integer`, :class:`Categorical` (a method's ``search_space``)
 * ``bench.api.registry``: :func:`register_method`, :func:`register_dataset`, :func:`register_backbone`
 * ``bench.models.registry``: :class:`BackboneFactory`, :class:`InputSpec` (what a backbone is built for)
 * ``bench.api.errors``: :class:`BenchError` and its subclasses
@@ -29,6 +30,7 @@ _WHERE = {
     "BackboneFactory": "bench.models.registry", "InputSpec": "bench.models.registry",
     "BenchError": "bench.api.errors", "ConfigError": "bench.api.errors", "RecordError": "bench.api.errors",
     "check_component": "bench.api.names",
+    "Real": "bench.api.search", "Integer": "bench.api.search", "Categorical": "bench.api.search",
     "DatasetAdapter": "bench.data.adapter", "Modality": "bench.data.adapter", "Split": "bench.data.adapter",
     "stratified_split": "bench.data.adapter",
     "PreparedDataset": "bench.data.prepared", "ArraySpec": "bench.data.cache", "PrepPlan": "bench.data.cache",

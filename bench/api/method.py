@@ -57,6 +57,9 @@ class Method:
     dense_ok: ClassVar[bool] = True
     """False where the method has no meaning on segmentation outputs; the runner refuses."""
     dense_reason: ClassVar[str] = ""
+    search_space: ClassVar[dict[str, Any]] = {}
+    """What ``bench tune`` searches: the 1-3 hyper-parameters that matter most, with the ranges the
+    paper reports (``{"beta": Real(0.5, 10.0)}``, see :mod:`bench.api.search`); empty: nothing to tune."""
 
     def __init__(self, params: Any, ctx: MethodContext):
         self.p = params

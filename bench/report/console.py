@@ -23,14 +23,25 @@ def method_catalog() -> Table:
     from bench.api.registry import METHODS
 
     t = Table(title="KD methods")
-    for c in ("name", "category", "description", "parameters (defaults)", "source"):
+    for c in ("name", "category", "description", "parameters (defaults)", "search space (bench tune)", "source"):
         t.add_column(c)
     for e in METHODS.entries():
         cls = e.obj
         ps = ", ".join(f"{n}={d}" + (f" ({rng})" if rng else "") for n, _, d, _, rng in describe_params(cls.Params)) or "-"
         src = e.source + (f" [{e.source_hash}]" if e.source_hash else "")
-        _row(t, e.name, cls.category, cls.description, ps, src)
+        _row(t, e.name, cls.category, cls.description, ps, _space_text(cls), src)
     return t
+
+
+def _space_text(cls: Any) -> str:
+    """The method's search space, or why it is unusable (a plug-in's mistake shown, not raised)."""
+    from bench.api.errors import ConfigError
+    from bench.api.search import check_space, describe_space
+
+    try:
+        return describe_space(check_space(getattr(cls, "search_space", {}) or {}, cls.Params, f"method {cls.name!r}"))
+    except ConfigError as exc:
+        return f"invalid: {exc}"
 
 
 def dataset_catalog() -> Table:
