@@ -38,7 +38,7 @@ COLUMNS = [
     "run_id", "status", "dataset", "task", "direction", "teacher_modality", "student_modality", "method",
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
-    "git_commit", "error", "path", "method_params", "pairing",
+    "git_commit", "error", "path", "method_params", "pairing", "tuned",
 ]
 
 
@@ -128,7 +128,7 @@ def validate_record(rec: Any, where: str) -> dict[str, Any]:
         check_component(rec["run_id"], f"{where}: field 'run_id'")
     except BenchError as exc:
         raise RecordError(str(exc)) from None
-    for k in ("train", "method_params"):
+    for k in ("train", "method_params", "tuned"):
         if rec["config"].get(k) is not None and not isinstance(rec["config"][k], dict):
             raise bad(f"config.{k}", "an object", rec["config"][k])
     if rec["status"] == "ok":
@@ -210,6 +210,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "error": r.get("error"), "path": r.get("path"),
             "method_params": (r.get("config") or {}).get("method_params") or {},
             "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
+            "tuned": ((r.get("config") or {}).get("tuned") or {}).get("study"),  # bench run --tuned: the study
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -31,13 +31,22 @@ from bench.train.stop import _check_stop
 _DATA_CACHE: dict[str, dict[str, Split]] = {}
 
 
-def load_splits(adapter: DatasetAdapter, train: TrainConfig) -> dict[str, Split]:
-    """Adapter splits plus a carved validation split when the adapter has none (cached per process)."""
+def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = True) -> dict[str, Split]:
+    """Adapter splits plus a carved validation split when the adapter has none (cached per process).
+
+    ``with_test=False`` (tuning trials): the test split is dropped as the adapter hands it over,
+    before any check reads it, and the result has no ``test`` entry."""
     key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": train.split_seed})
+    if not with_test:
+        if key in _DATA_CACHE:
+            return {k: v for k, v in _DATA_CACHE[key].items() if k != "test"}
+        key += "-without-test"
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
     splits = dict(adapter.load())
-    for name in ("train", "test"):
+    if not with_test:
+        splits.pop("test", None)
+    for name in ("train", "test") if with_test else ("train",):
         if name not in splits:
             raise BenchError(f"dataset {adapter.name!r} produced no {name!r} split")
     mods = [m.name for m in adapter.modalities]
@@ -178,6 +187,7 @@ def fit(
     plan: SpeedPlan | None = None,
     teacher_key: str | None = None,
     on_note: Callable[[str], None] | None = None,
+    evaluate_test: bool = True,
 ) -> FitResult:
     """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
 
@@ -185,10 +195,15 @@ def fit(
     reference code's ``>=``), or the best test metric when ``train.selection == "test"`` (the
     reference protocol, labelled as such in the record). ``plan``: the speed features
     (:mod:`bench.train.acceleration`; default: resolved from ``train`` for ``device``).
+    ``evaluate_test=False`` (tuning trials): ``splits`` need no test entry and test is never read;
+    every ``test_metric`` is None.
     """
-    tr, va, te = splits["train"], splits.get("val"), splits["test"]
+    tr, va = splits["train"], splits.get("val")
+    te = splits["test"] if evaluate_test else None
     if train.selection == "val" and va is None:
         raise ConfigError("selection=val needs a validation split: set train.val_fraction > 0")
+    if not evaluate_test and train.selection != "val":
+        raise ConfigError("without test evaluation the epoch is selected on validation: train.selection must be val")
     if train.pairing == "unpaired" and method.uses_teacher and teacher is not None and tr.labels.dim() != 1:
         raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
     plan = plan or plan_speed(train, device)
@@ -255,7 +270,8 @@ def fit(
                                      + ", ".join(f"{k}={v:.4g}" for k, v in means.items()) + ")")
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": sum(means.values()), "terms": means}
         row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size, **ev) if va is not None else None
-        row["test_metric"] = evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
+        row["test_metric"] = (evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
+                              if te is not None else None)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         key = row["val_metric"] if train.selection == "val" else row["test_metric"]
@@ -278,7 +294,7 @@ def fit(
     rep = getattr(method, "report", None)
     if callable(rep) and rep():
         extra["method"] = rep()
-    if teacher_in_opt:
+    if teacher_in_opt and te is not None:
         extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device,  # type: ignore[arg-type]
                                                       train.eval_batch_size, plan=plan)
     return FitResult(history, best_state, selected, extra, plan)

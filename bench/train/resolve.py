@@ -37,6 +37,9 @@ class RunSpec:
     plugins: list[str] = field(default_factory=list)
     runs_per_gpu: int = 1
     """How many runs share this run's GPU (``--runs-per-gpu``): memory budgets are divided by it."""
+    tuned: dict[str, Any] | None = None
+    """``bench run --tuned``: the study and trial whose parameters are in ``overrides`` (part of the
+    run's identity, labelled "tuned" in tables); None for every other run, whose hash it leaves alone."""
 
 
 @dataclass
@@ -152,6 +155,8 @@ def resolve(spec: RunSpec) -> Resolved:
         config["backbones"] = identity
     if ckpt is not None:
         config["teacher_checkpoint"] = {"sha256": ckpt.sha256}
+    if spec.tuned:  # only tuned runs carry it: every other configuration keeps its hash
+        config["tuned"] = dict(spec.tuned)
     chash = stable_hash(config, 10)
     # Identity of the *cell configuration* (everything but the seed): seeds of one cell share it,
     # so tables can average over seeds and flag cells whose records disagree on anything else.

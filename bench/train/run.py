@@ -280,6 +280,7 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        **({"tuned": r.config["tuned"]} if "tuned" in r.config else {}),  # bench run --tuned: study, trial, value
     }
 
 
