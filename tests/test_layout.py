@@ -148,4 +148,4 @@ def test_modules_stay_readable():
     loose = sorted(p.name for p in BENCH.glob("*.py"))
     assert loose == ["__init__.py", "_moved.py"], loose
     subpackages = sorted(p.name for p in BENCH.iterdir() if (p / "__init__.py").exists() and not p.is_symlink())
-    assert subpackages == ["api", "cli", "data", "launch", "models", "records", "report", "train"]
+    assert subpackages == ["api", "cli", "data", "launch", "models", "records", "report", "train", "tune"]

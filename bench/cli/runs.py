@@ -91,6 +91,9 @@ def run(
     wait: bool = typer.Option(False, "--wait", help="slurm: block until every task has finished"),
     runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", "--jobs", "-j", help="K runs at a time: per GPU, or on the CPU K single-threaded processes (-j 2 on 2 cores is ~3x faster for small models); SLURM: K runs per array task"),
     log: Optional[str] = typer.Option(None, "--log", help="also log every run to trackers, written under RESULTS/tracking: any of tensorboard,mlflow,wandb (W&B offline)"),
+    tuned: bool = typer.Option(False, "--tuned", help="each method with the parameters of its best `bench tune` trial (labelled tuned)"),
+    tuned_trials: Optional[int] = typer.Option(None, "--tuned-trials", help="with --tuned: the study with this budget, where several tuned the same runs"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="with --tuned: the studies' database URL (default: their journal files)"),
 ) -> None:
     """Train teachers, distil students and write one record per run; prints the comparison."""
     from bench.launch.grid import plan_grid
@@ -108,7 +111,8 @@ def run(
         raise BenchError(f"--executor {executor!r}: valid executors: local, slurm")
     specs, todo = plan_grid(methods, datasets, directions, seeds, overrides=overrides, sweeps=list(sweep or []),
                             results=results, device=device, save_model=save_model, plugins=list(plugin or []),
-                            force=force, retry_failed=retry_failed)
+                            force=force, retry_failed=retry_failed,
+                            tuned=dict(trials=tuned_trials, storage=storage) if tuned else None)
     console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
                   f"-> {escape(str(results))}/records/")
     if executor == "slurm":
@@ -117,7 +121,7 @@ def run(
         _run_slurm(todo, results, cli, list(slurm_arg or []), slurm_config, wait, runs_per_gpu)
         return
     outcome = _run_local(todo, force, fail_fast, runs_per_gpu, trackers)
-    _print_comparison(results, specs)
+    _print_comparison(results, specs, "tuned" if tuned else "default")
     if outcome.failed:
         for rec in outcome.failed:
             err_console.print(f"[red]failed[/red] {escape(rec['run_id'])}: {escape(str(rec['error']))}")
@@ -150,11 +154,11 @@ def _run_local(todo: list, force: bool, fail_fast: bool, runs_per_gpu: int,  # t
     return outcome
 
 
-def _print_comparison(results: Path, specs: list) -> None:
+def _print_comparison(results: Path, specs: list, params: str = "default") -> None:
     """The grid's comparison table: mean ± std over its seeds, ties with the best marked (Welch)."""
     from bench.records.store import load_results
-    from bench.report.studies import prefer_defaults
     from bench.report.tables import build_comparison, mark_tied, mark_vs_baseline, to_rich
+    from bench.report.tuning import select_params
     from bench.train.resolve import resolve
 
     names = {resolve(s).adapter.name for s in {s.dataset: s for s in specs}.values()}  # a folder's name, not its path
@@ -163,7 +167,7 @@ def _print_comparison(results: Path, specs: list) -> None:
             & df["seed"].isin({s.seed for s in specs})]
     if not len(df):
         return
-    df, _notes = prefer_defaults(df)
+    df, _notes = select_params(df, params)
     comp = build_comparison(df)
     mark_tied(comp, df)
     mark_vs_baseline(comp, df)

@@ -105,14 +105,19 @@ def sweep_overrides(base: dict[str, dict[str, str]], sweeps: list[str]) -> list[
 def plan_grid(methods: str, datasets: str, directions: str, seeds: str, *, overrides: dict[str, dict[str, str]],
               sweeps: list[str], results: Path, device: str = "auto", save_model: bool = False,
               plugins: list[str] | None = None, force: bool = False,
-              retry_failed: bool = False) -> tuple[list[RunSpec], list[RunSpec]]:
+              retry_failed: bool = False, tuned: dict | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
     """Every spec of the grid (all ``--sweep`` points) and the ones still to run: without an ok
     record (all with ``force``), or, with ``retry_failed``, only those whose last attempt failed
-    (a failed record, or a failed or cancelled SLURM task)."""
+    (a failed record, or a failed or cancelled SLURM task). ``tuned`` (``trials``, ``storage``): every
+    spec with its best ``bench tune`` trial's parameters (:mod:`bench.tune.best`)."""
     specs: list[RunSpec] = []
     for combo in sweep_overrides(overrides, sweeps):
         specs += expand_grid(methods, datasets, directions, seeds, overrides=combo, results_dir=str(results),
                              device=device, save_model=save_model, plugins=list(plugins or []))
+    if tuned is not None:
+        from bench.tune.best import with_tuned
+
+        specs = with_tuned(specs, **tuned)
     todo = pending(specs, force)
     if retry_failed:
         from bench.launch.slurm import retry_candidates
