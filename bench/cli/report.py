@@ -68,6 +68,8 @@ def table(
     alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied and --vs-baseline"),
     vs_baseline: bool = typer.Option(False, "--vs-baseline", help="▲/▼ on cells significantly better/worse than w/o KD (Welch over seeds)"),
     correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the --vs-baseline tests"),
+    params: str = typer.Option("default", "--params", help="default (as published) | tuned (bench run --tuned) | both "
+                               "(side by side, with each method's gain from tuning)"),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
     threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
@@ -76,7 +78,7 @@ def table(
     _show(render_table(results, kind, fmt=fmt, datasets=datasets, methods=methods, decimals=decimals, std=std,
                        value=value, caption=caption, caption_latex=caption_latex, label=label, booktabs=booktabs,
                        standalone=standalone, heatmap=heatmap, mark_tied=mark_tied, marks=marks, pairing=pairing,
-                       alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction))
+                       alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction, params=params))
 
 
 @app.command()
@@ -94,13 +96,14 @@ def leaderboard(
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
     rank_cells: str = typer.Option("common", "--rank-cells", help="common: rank the methods only on the cells every one "
                                    "of them has (default) | own: each method on the cells it has"),
+    params: str = typer.Option("default", "--params", help="default | tuned | both (DKD and DKD (tuned) ranked side by side)"),
 ) -> None:
     """Rank methods over every (dataset, student modality) cell, with statistics."""
     from bench.report.render import render_leaderboard
 
     res = render_leaderboard(list(results or [Path("results")]), fmt=fmt, datasets=datasets, methods=methods, out=out,
                              cells=cells, alpha=alpha, correction=correction, cd=cd, decimals=decimals,
-                             pairing=pairing, rank_cells=rank_cells)
+                             pairing=pairing, rank_cells=rank_cells, params=params)
     if fmt == "html":
         res.notes.append("open the page from the file system; no server needed")
     _show(res)

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.api.errors import BenchError
 from bench.report import output as io
+from bench.report.tuning import check_params, select_params, select_params_records, with_tuned_rows
 
 TABLE_KINDS = ("comparison", "segmentation", "ablation", "threshold", "sensitivity")
 TABLE_FORMATS = ("latex", "markdown", "csv", "rich")
@@ -40,7 +41,8 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
                  caption: str | None = None, caption_latex: bool = False, label: str | None = None,
                  booktabs: bool = True, standalone: bool = False, heatmap: Path | None = None,
                  mark_tied: bool = False, marks: str = "all", pairing: str = "paired", alpha: float = 0.05,
-                 out: Path | None = None, vs_baseline: bool = False, correction: str = "none") -> Rendered:
+                 out: Path | None = None, vs_baseline: bool = False, correction: str = "none",
+                 params: str = "default") -> Rendered:
     """The paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation
     (Table 4), threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, ``heatmap``)."""
     from bench.records.store import load_results
@@ -79,6 +81,8 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
         raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
     if methods is not None and not comparison:
         raise BenchError(f"--methods applies to the comparison and segmentation tables; the {kind} table is FD-CMKD's")
+    if check_params(params) != "default" and not comparison:
+        raise BenchError(f"--params {params} applies to the comparison and segmentation tables")
     if heatmap is not None and kind != "sensitivity":
         raise BenchError("--heatmap applies to `bench table sensitivity`")
     if standalone and fmt != "latex":
@@ -134,7 +138,8 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
         elif kind == "threshold":
             comp = studies.build_threshold(df, datasets=ds, value=value, decimals=decimals)
         else:
-            df, notes = studies.prefer_defaults(df)
+            df, notes = select_params(df, params)  # default: as published; tuned / both: bench run --tuned
+            ms = with_tuned_rows(ms, params)
             comp = build_comparison(df, value=value, methods=ms, datasets=ds, decimals=decimals, marks=marks)
             comp.notes += notes
             if mark_tied:
@@ -166,7 +171,7 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
 def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str | None = None,
                        methods: str | None = None, out: Path | None = None, cells: bool = False, alpha: float = 0.05,
                        correction: str = "none", cd: Path | None = None, decimals: int = 2, pairing: str = "paired",
-                       rank_cells: str = "common") -> Rendered:
+                       rank_cells: str = "common", params: str = "default") -> Rendered:
     """Rank methods over every (dataset, student modality) cell, with statistics; ``html`` writes
     the offline page (a folder), ``cd`` the critical-difference diagram."""
     from bench.records.store import load_records
@@ -188,9 +193,10 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
         io.check_out_folder(out or Path("site"))
     else:
         io.check_out_file(out)
-    recs = load_records([str(p) for p in results], status="ok")
-    lb = L.build_leaderboard(recs, datasets=ds, methods=ms, alpha=alpha, correction=correction, pairing=pairing,
-                             rank_cells=rank_cells)
+    recs, pnotes = select_params_records(load_records([str(p) for p in results], status="ok"), check_params(params))
+    lb = L.build_leaderboard(recs, datasets=ds, methods=with_tuned_rows(ms, params), alpha=alpha, correction=correction,
+                             pairing=pairing, rank_cells=rank_cells)
+    lb.notes += pnotes
     res = Rendered()
     if cd is not None:
         try:

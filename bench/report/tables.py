@@ -39,7 +39,14 @@ DISPLAY = {
 }
 
 
+TUNED_SUFFIX = ":tuned"
+"""Row key suffix of a method's tuned records next to its default ones (``--params both``); no
+registered name can contain ``:``."""
+
+
 def display_name(method: str) -> str:
+    if method.endswith(TUNED_SUFFIX):
+        return display_name(method[: -len(TUNED_SUFFIX)]) + " (tuned)"
     return DISPLAY.get(method, method)
 
 
@@ -88,7 +95,8 @@ def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[st
     def key(m: str) -> tuple[int, int, str]:
         cat = categories.get(m) or "Cross-Modal"
         ci = CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
-        pi = PAPER_ORDER.index(m) if m in PAPER_ORDER else len(PAPER_ORDER)
+        base = m.removesuffix(TUNED_SUFFIX)  # a tuned row right below its default row
+        pi = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
         return (ci, pi, m)
 
     return sorted(set(methods), key=key)

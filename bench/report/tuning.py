@@ -1,0 +1,123 @@
+"""Default and tuned records in tables and the leaderboard (``--params default|tuned|both``).
+
+A tuned record (``bench run --tuned``) carries ``config.tuned`` (study, trial, value). ``default``
+(the default of every command, so existing outputs do not change) leaves tuned records out and
+shows each method as published; ``tuned`` shows each method's tuned records (a method that has
+none, e.g. one with nothing to tune, keeps its default records, with a note); ``both`` shows the
+two side by side as "DKD" and "DKD (tuned)" rows and reports each method's gain from tuning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from bench.api.errors import BenchError
+from bench.report.tables import TUNED_SUFFIX, display_name
+
+PARAMS = ("default", "tuned", "both")
+
+
+def check_params(params: str) -> str:
+    if params not in PARAMS:
+        raise BenchError(f"--params {params!r}: expected default (as published), tuned (bench run --tuned) or both")
+    return params
+
+
+def _tuned_mask(df: pd.DataFrame) -> pd.Series:
+    if "tuned" not in df:
+        return pd.Series(False, index=df.index)
+    return df["tuned"].notna()
+
+
+def select_params(df: pd.DataFrame, params: str = "default") -> tuple[pd.DataFrame, list[str]]:
+    """The records a comparison shows under ``params``, and notes on what was left out or added."""
+    from bench.report.studies import prefer_defaults
+
+    check_params(params)
+    tuned = _tuned_mask(df)
+    plain, notes = prefer_defaults(df[~tuned])
+    t = df[tuned]
+    if params == "default":
+        if len(t):
+            notes.append(f"{len(t)} tuned record(s) not shown (--params tuned or both shows them)")
+        return plain, notes
+    if params == "tuned":
+        have = set(t["method"])
+        rest = plain[~plain["method"].isin(have)]
+        if len(rest):
+            notes.append("no tuned records of " + ", ".join(display_name(m) for m in dict.fromkeys(rest["method"]))
+                         + ": default records shown (nothing to tune, or not tuned yet)")
+        return pd.concat([t, rest]), notes
+    t = t.assign(method=t["method"] + TUNED_SUFFIX)
+    both = pd.concat([plain, t])
+    return both, notes + gain_notes(gains(both))
+
+
+def select_params_records(recs: list[dict[str, Any]],
+                          params: str = "default") -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`select_params` for record dicts (the leaderboard); tuned rows renamed in ``both``."""
+    check_params(params)
+
+    def is_tuned(r: dict[str, Any]) -> bool:
+        return bool((r.get("config") or {}).get("tuned"))
+
+    tuned = [r for r in recs if is_tuned(r)]
+    plain = [r for r in recs if not is_tuned(r)]
+    if params == "default":
+        note = f"{len(tuned)} tuned record(s) not ranked (--params tuned or both ranks them)"
+        return plain, [note] if tuned else []
+    if params == "tuned":
+        have = {r["method"] for r in tuned}
+        rest = [r for r in plain if r["method"] not in have]
+        missing = list(dict.fromkeys(r["method"] for r in rest))
+        return tuned + rest, ([("no tuned records of " + ", ".join(display_name(m) for m in missing)
+                                + ": default records ranked (nothing to tune, or not tuned yet)")] if missing else [])
+    renamed = [dict(r, method=r["method"] + TUNED_SUFFIX) for r in tuned]
+    frame = pd.DataFrame([{"method": r["method"], "dataset": r["dataset"], "student_modality": r["student_modality"],
+                           "config_hash": r["config_hash"], "best_metric": r["best_metric"]} for r in plain + renamed])
+    return plain + renamed, gain_notes(gains(frame), per_cell=False)
+
+
+def gains(df: pd.DataFrame, value: str = "best_metric") -> pd.DataFrame:
+    """Per method and cell of a ``both`` frame: default mean, tuned mean (over seeds) and the gain
+    from tuning (tuned - default, in points). Cells without both are left out."""
+    rows = []
+    if df.empty:
+        return pd.DataFrame(columns=["method", "dataset", "student_modality", "default", "tuned", "gain", "n_default",
+                                     "n_tuned"])
+    one = df.drop_duplicates(subset=["config_hash"])
+    tuned_keys = [m for m in dict.fromkeys(one["method"]) if m.endswith(TUNED_SUFFIX)]
+    for tm in tuned_keys:
+        m = tm[: -len(TUNED_SUFFIX)]
+        for (d, s), sub in one[one["method"] == tm].groupby(["dataset", "student_modality"], sort=False):
+            base = one[(one["method"] == m) & (one["dataset"] == d) & (one["student_modality"] == s)]
+            if base.empty:
+                continue
+            dm, tmean = float(base[value].astype(float).mean()), float(sub[value].astype(float).mean())
+            rows.append({"method": m, "dataset": d, "student_modality": s, "default": dm, "tuned": tmean,
+                         "gain": tmean - dm, "n_default": len(base), "n_tuned": len(sub)})
+    return pd.DataFrame(rows, columns=["method", "dataset", "student_modality", "default", "tuned", "gain", "n_default",
+                                       "n_tuned"])
+
+
+def gain_notes(g: pd.DataFrame, per_cell: bool = True) -> list[str]:
+    """One line: each method's gain from tuning (per cell, or the mean over its cells)."""
+    if g.empty:
+        return []
+    parts = []
+    for m, sub in g.groupby("method", sort=False):
+        if per_cell:
+            cells = ", ".join(f"{r.gain:+.2f} on {r.dataset}/{r.student_modality}" for r in sub.itertuples())
+            parts.append(f"{display_name(m)} {cells}")
+        else:
+            parts.append(f"{display_name(m)} {sub['gain'].mean():+.2f} (mean over {len(sub)} cell(s))")
+    return ["gain from tuning (tuned - default mean, points): " + "; ".join(parts)]
+
+
+def with_tuned_rows(methods: list[str] | None, params: str) -> list[str] | None:
+    """``--methods dkd`` under ``both`` means the DKD and the DKD (tuned) rows."""
+    if methods is None or params != "both":
+        return methods
+    return [k for m in methods for k in (m, m + TUNED_SUFFIX)]
