@@ -221,8 +221,7 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
     if cd_png is not None and cd_png.exists():
         b64 = base64.b64encode(cd_png.read_bytes()).decode()
         img = f'<h2>Critical difference diagram</h2><img class="cd" alt="CD diagram" src="data:image/png;base64,{b64}">'
-    elif lb.friedman.get("refused"):
-        img = f'<p class="stats">{esc(lb.friedman["refused"])}</p>'
+    # a refused Friedman/CD part is already stated (with its reason) in the statistics box
 
     def boxes(name: str, values: list[str]) -> str:
         return "".join(f'<label><input type="checkbox" name="{name}" value="{esc(v)}" checked> {esc(v)}</label> ' for v in values)
