@@ -55,13 +55,20 @@ def all_files(root: Path) -> set[str]:
 def test_folder_names_that_would_become_paths_are_refused(tmp_path, meta, field):
     d = make_folder(tmp_path / "toy", meta=meta)
     before = all_files(tmp_path.parent)
+    escapes_before = escape_targets(tmp_path.parent.parent.glob("ESCAPED*"), Path("/tmp").glob("ABSOLUTE-ESCAPE*"))
     res = cli.invoke(app, ["run", "--methods", "none", "--datasets", str(d), "-r", str(tmp_path / "res"),
                            "--epochs", "1", "--teacher-epochs", "1", "--device", "cpu"])
     assert res.exit_code == 2, res.output
     assert "meta.json" in res.output and field in " ".join(res.output.split())
     created = all_files(tmp_path.parent) - before
     assert all(p.startswith(str(tmp_path / "res")) for p in created), created
-    assert not list(tmp_path.parent.parent.glob("ESCAPED*")) and not Path("/tmp/ABSOLUTE-ESCAPE").exists()
+    # compared with before, not absolute: /tmp is shared with other checkouts (e.g. the pre-fix code run)
+    assert escape_targets(tmp_path.parent.parent.glob("ESCAPED*"), Path("/tmp").glob("ABSOLUTE-ESCAPE*")) == escapes_before
+
+
+def escape_targets(*globs) -> set[tuple[str, int]]:
+    """Files at the places an escaping name would land, with their modification time (a rewrite counts)."""
+    return {(str(p), p.stat().st_mtime_ns) for g in globs for p in g}
 
 
 def test_collect_refuses_run_ids_that_climb_out(tmp_path):
@@ -73,10 +80,11 @@ def test_collect_refuses_run_ids_that_climb_out(tmp_path):
         (src / "records").mkdir(parents=True, exist_ok=True)
         (src / "records" / f"r{abs(hash(bad))}.json").write_text(json.dumps(r))
     dest = tmp_path / "dest"
+    escapes_before = escape_targets(Path("/tmp").glob("ABS-X.json"), tmp_path.parent.glob("X.json"))
     rep = collect([src], dest)
     assert len(rep["invalid"]) == 3 and not rep["copied"]
     assert all("field 'run_id'" in m for m in rep["invalid"])
-    assert not Path("/tmp/ABS-X.json").exists() and not (tmp_path.parent / "X.json").exists()
+    assert escape_targets(Path("/tmp").glob("ABS-X.json"), tmp_path.parent.glob("X.json")) == escapes_before
     assert not list((dest / "records").rglob("*.json"))
 
 

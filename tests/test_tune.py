@@ -228,6 +228,7 @@ def test_a_four_trial_study_per_method_completes(tuned_all):
             assert info["params"] == t.params and all("test_metric" not in h for h in info["history"])
             if t.state.name == "COMPLETE":
                 assert info["value"] == t.value == max(h["val_metric"] for h in info["history"])
+    assert (res / "tuning" / "overview-synthetic-a2v.png").stat().st_size > 0  # best so far, every method
     assert not (res / "records").exists() or not list((res / "records").glob("*.json"))  # trials are no runs
 
 

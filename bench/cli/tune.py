@@ -45,7 +45,7 @@ def tune(
     account: Optional[str] = typer.Option(None, "--account"),
     qos: Optional[str] = typer.Option(None, "--qos"),
     slurm_arg: Optional[List[str]] = typer.Option(None, "--slurm-arg", help="extra sbatch option KEY=VALUE (repeatable)"),
-    slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help="TOML with a [slurm] table (default ./slurm.toml if present)"),
+    slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help="TOML with a \\[slurm] table (default ./slurm.toml if present)"),
     wait: bool = typer.Option(False, "--wait", help="slurm: follow the studies until every task has finished"),
 ) -> None:
     """Tune every method with the same budget on the validation split (the test split is never read);
@@ -153,13 +153,15 @@ def _slurm(plan, results: Path, tasks: int, k: int, wait: bool, cli: dict, extra
 
 
 def _finish(plan, results: Path, methods: str, datasets: str, directions: str, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    from bench.tune.progress import Snapshot, history_plots
+    from bench.tune.progress import Snapshot, history_plots, overview_plots
 
     rows = Snapshot(plan).rows()
     short = [r["study"] for r in rows if r["finished"] < r["n_trials"]]
     paths = history_plots(plan)
+    overview = overview_plots(plan)
     console.print(f"finished in {seconds:.0f}s; {len(paths) // 2} optimisation-history plot(s) in "
-                  f"{escape(str(results))}/tuning/<study>/history.png|pdf")
+                  f"{escape(str(results))}/tuning/<study>/history.png|pdf, best-so-far per method in "
+                  + ", ".join(escape(str(p)) for p in overview if p.suffix == ".png"))
     if short:
         raise BenchError(f"{len(short)} studies have fewer finished trials than their budget: {', '.join(short)}; "
                          f"rerun the same command to finish them")

@@ -54,11 +54,14 @@ class InputSpec:
 
     @property
     def channels(self) -> int:
+        if not self.shape:  # a default build before any data is read: only the kind is known
+            raise BenchError(f"{self.describe()}: the number of input channels is not known before the data "
+                             "is read; give the backbone's in_channels")
         return self.shape[1] if self.layout == "video" else self.shape[0]
 
     @property
     def frames(self) -> int:
-        return self.shape[0] if self.layout == "video" else 1
+        return self.shape[0] if self.layout == "video" and self.shape else 1
 
     def describe(self) -> str:
         what = self.layout if self.kind in (self.layout, "any") else f"{self.kind}: {self.layout}"

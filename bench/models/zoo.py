@@ -96,7 +96,7 @@ class MobileNetV2Factory(BackboneFactory):
 
     @classmethod
     def build(cls, p: Any, spec: InputSpec, num_classes: int) -> Backbone:
-        if spec.channels != 3:
+        if spec.shape and spec.channels != 3:  # unknown before data is read: CrisisMMD's images are RGB
             raise BenchError(f"mobilenetv2 takes 3-channel images; {spec.describe()} has {spec.channels} "
                              "(use --set ...backbone=timm with model=mobilenetv2_100, which adapts the stem)")
         if p.weights:

@@ -102,3 +102,43 @@ def history_plots(plan: TunePlan) -> list[Path]:
         fig.tight_layout()
         paths += save_figure(fig, study_dir(st.results, st.name) / "history")
     return paths
+
+
+def overview_plots(plan: TunePlan) -> list[Path]:
+    """One figure per (dataset, direction): each method's best validation value so far against the
+    trial number (the equal budget made visible), ``tuning/overview-<dataset>-<direction>.png|pdf``."""
+    import optuna
+
+    from bench.report.figures import pyplot, save_figure
+    from bench.report.tables import display_name
+
+    quiet_optuna()
+    plt = pyplot()
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for st in plan.studies:
+        groups.setdefault((st.dataset, st.direction), []).append(st)
+    paths: list[Path] = []
+    for (dataset, direction), sts in groups.items():
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for st in sts:
+            try:
+                study = optuna.load_study(study_name=st.name, storage=storage_of(st))
+            except KeyError:
+                continue
+            best, xs, ys = None, [], []
+            for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+                if t.state.name == "COMPLETE" and t.value is not None:
+                    best = t.value if best is None else max(best, t.value)
+                if best is not None:
+                    xs.append(t.number)
+                    ys.append(best)
+            if xs:
+                ax.step(xs, ys, where="post", label=display_name(st.method))
+        ax.set_xlabel("trial")
+        ax.set_ylabel("best validation metric so far")
+        ax.set_title(f"{dataset} {direction}: equal budget ({sts[0].n_trials} trials per method)")
+        if ax.get_lines():
+            ax.legend(fontsize=7, ncol=2, loc="lower right")
+        fig.tight_layout()
+        paths += save_figure(fig, Path(plan.results) / "tuning" / f"overview-{dataset}-{direction}")
+    return paths
