@@ -21,7 +21,7 @@ import torch.nn as nn
 from bench.api.config import hp
 from bench.api.errors import BenchError
 from bench.api.registry import register_backbone
-from bench.models.output import Backbone, ModelOutput
+from bench.models.output import Backbone
 from bench.models.registry import (
     BackboneFactory,
     InputSpec,
@@ -30,6 +30,7 @@ from bench.models.registry import (
     load_weights_file,
     parse_kwargs,
 )
+from bench.models.trunk import ImageTrunkBackbone
 
 
 @register_backbone("timm")
@@ -89,34 +90,16 @@ def _load_timm_weights(net: nn.Module, path: str, in_chans: int) -> None:
     net.load_state_dict(state)
 
 
-class TimmBackbone(Backbone):
+class TimmBackbone(ImageTrunkBackbone):
     """A timm model behind the ModelOutput contract (see the module docstring)."""
 
     def __init__(self, net: nn.Module, spec: InputSpec, num_classes: int, stages: int, model_name: str):
         super().__init__()
         self.net = net
-        self.sequence = spec.layout == "sequence"
-        self.frames = spec.frames
         self.generic = hasattr(net, "forward_intermediates")
         levels = len(getattr(net, "feature_info", []) or []) or 1
         self.n_maps = max(1, min(stages, levels))
-        with torch.no_grad():
-            was = net.training
-            net.eval()
-            try:
-                maps, pooled = self._encode(self._to_image(torch.zeros(2, *spec.shape)))
-            except (RuntimeError, AssertionError, ValueError) as exc:
-                raise BenchError(f"timm model {model_name!r} cannot take {spec.describe()}: {exc}") from exc
-            net.train(was)
-        self.stage_channels = [int(m.shape[1]) for m in maps]
-        self.feature_dim = int(pooled.shape[1])
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def _to_image(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sequence:
-            return x.float().unsqueeze(1)
-        return x.flatten(0, 1) if self.frames > 1 else x
+        self._probe(spec, num_classes, f"timm model {model_name!r}", (RuntimeError, AssertionError, ValueError))
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         if self.generic:
@@ -125,11 +108,3 @@ class TimmBackbone(Backbone):
             final = self.net.forward_features(x)
             maps = [final] if final.dim() == 4 else []
         return list(maps), self.net.forward_head(final, pre_logits=True)
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        b = x.shape[0]
-        maps, pooled = self._encode(self._to_image(x))
-        if self.frames > 1:
-            maps = [m.view(b, self.frames, *m.shape[1:]).mean(1) for m in maps]
-            pooled = pooled.view(b, self.frames, -1).mean(1)
-        return ModelOutput(self.classifier(pooled), pooled, pooled, maps, maps)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bench.api.config import hp
 from bench.api.errors import BenchError
 from bench.api.registry import register_backbone
-from bench.models.output import Backbone, ModelOutput
+from bench.models.output import Backbone
 from bench.models.registry import (
     BackboneFactory,
     InputSpec,
@@ -32,6 +32,7 @@ from bench.models.registry import (
     load_weights_file,
     parse_kwargs,
 )
+from bench.models.trunk import ImageTrunkBackbone
 
 HEADS = ("avgpool", "fc", "classifier", "heads", "dropout", "head")
 
@@ -121,37 +122,23 @@ def _fit_first_conv(trunk: nn.ModuleList, in_chans: int) -> None:
         return
 
 
-class TorchvisionBackbone(Backbone):
+class TorchvisionBackbone(ImageTrunkBackbone):
     """A torchvision trunk behind the ModelOutput contract (see the module docstring)."""
 
     def __init__(self, trunk: nn.ModuleList, spec: InputSpec, num_classes: int, stages: int, in_chans: int):
         super().__init__()
         self.trunk = trunk
-        self.sequence = spec.layout == "sequence"
-        self.frames = spec.frames
-        with torch.no_grad():
+        with torch.no_grad():  # the stage ends: the last module before each change of resolution
+            sizes, h = [], torch.zeros(1, in_chans, 224, 224)
             was = self.training
             self.eval()
-            sizes, h = [], torch.zeros(1, in_chans, 224, 224)
             for m in self.trunk:
                 h = m(h)
                 sizes.append(tuple(h.shape[-2:]) if h.dim() == 4 else ())
-            ends = [i for i in range(len(sizes)) if i == len(sizes) - 1 or sizes[i + 1] != sizes[i]]
-            self.taps = set(ends[-stages:])
-            try:
-                maps, pooled = self._encode(self._to_image(torch.zeros(2, *spec.shape)))
-            except (RuntimeError, ValueError) as exc:
-                raise BenchError(f"this torchvision model cannot take {spec.describe()}: {exc}") from exc
             self.train(was)
-        self.stage_channels = [int(m.shape[1]) for m in maps]
-        self.feature_dim = int(pooled.shape[1])
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def _to_image(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sequence:
-            return x.float().unsqueeze(1)
-        return x.flatten(0, 1) if self.frames > 1 else x
+        ends = [i for i in range(len(sizes)) if i == len(sizes) - 1 or sizes[i + 1] != sizes[i]]
+        self.taps = set(ends[-stages:])
+        self._probe(spec, num_classes, "this torchvision model", (RuntimeError, ValueError))
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         maps = []
@@ -160,11 +147,3 @@ class TorchvisionBackbone(Backbone):
             if i in self.taps:
                 maps.append(x)
         return maps, F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        b = x.shape[0]
-        maps, pooled = self._encode(self._to_image(x))
-        if self.frames > 1:
-            maps = [m.view(b, self.frames, *m.shape[1:]).mean(1) for m in maps]
-            pooled = pooled.view(b, self.frames, -1).mean(1)
-        return ModelOutput(self.classifier(pooled), pooled, pooled, maps, maps)

@@ -152,19 +152,9 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
             teacher, tinfo = get_teacher(r, splits, device,
                                          on_epoch=lambda e, row: reporter.epoch(r.run_id, "teacher", e, row),
                                          on_note=note)
-        seed_everything(spec.seed, r.train.deterministic)
-        s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
-        student = build_network(r, "student", splits, device)
+        student, method, plan = build_student_and_method(r, spec, splits, teacher, device)
         base["backbones"] = backbone_record(r, student, teacher)
-        ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
-                            s_mod, device, r.adapter.ignore_index)
-        method = r.method_cls(r.method_params, ctx)
-        s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
-        method.setup(student, teacher, s_probe, t_probe)
-        method.modules.to(device)
-        plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
-        if needs_teacher:
-            plan = decide_teacher_cache(plan, method, r.adapter, t_mod, t_probe, len(splits["train"]), device)
+        s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
         res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
                   teacher=teacher, teacher_modality=t_mod, train=r.train, epochs=r.train.epochs, seed=spec.seed,
                   device=device, checkpoint=ckpt,
@@ -206,6 +196,26 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
     ckpt.unlink(missing_ok=True)
     reporter.end(r.run_id, rec)
     return rec
+
+
+def build_student_and_method(r: Resolved, spec: RunSpec, splits: dict[str, Any], teacher: Any,
+                             device: torch.device) -> tuple[Any, Any, Any]:
+    """Seed, then the student, the method set up on both networks and the speed plan, in one fixed
+    order: a run and a tuning trial of the same configuration start from the same random state."""
+    needs_teacher = r.method_cls.uses_teacher
+    seed_everything(spec.seed, r.train.deterministic)
+    s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
+    student = build_network(r, "student", splits, device)
+    ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
+                        s_mod, device, r.adapter.ignore_index)
+    method = r.method_cls(r.method_params, ctx)
+    s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
+    method.setup(student, teacher, s_probe, t_probe)
+    method.modules.to(device)
+    plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
+    if needs_teacher:
+        plan = decide_teacher_cache(plan, method, r.adapter, t_mod, t_probe, len(splits["train"]), device)
+    return student, method, plan
 
 
 def _ok_record(path: Path) -> dict[str, Any] | None:

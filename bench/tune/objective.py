@@ -12,20 +12,16 @@ cache as ``bench run``; a trial only loads them.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
 from bench.api.errors import BenchError, ConfigError
-from bench.api.method import MethodContext
 from bench.data import Split
-from bench.train.acceleration import plan_speed
-from bench.train.device import resolve_device, seed_everything
+from bench.train.device import resolve_device
 from bench.train.loop import fit, load_splits
 from bench.train.resolve import Resolved, RunSpec, resolve
-from bench.train.step import probe_outputs
-from bench.train.teacher_outputs import decide_teacher_cache
+from bench.train.run import build_student_and_method
 from bench.train.teachers import (
     build_network,
     check_pair,
@@ -86,18 +82,8 @@ def run_trial(spec: RunSpec, on_epoch: Callable[[int, dict[str, Any]], None] | N
     splits = trial_splits(r)
     needs_teacher = r.method_cls.uses_teacher
     teacher, tinfo = trial_teacher(r, splits, device) if needs_teacher else (None, None)
-    seed_everything(spec.seed, r.train.deterministic)  # from here on exactly as bench.train.run
+    student, method, plan = build_student_and_method(r, spec, splits, teacher, device)  # as bench.train.run
     s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
-    student = build_network(r, "student", splits, device)
-    ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
-                        s_mod, device, r.adapter.ignore_index)
-    method = r.method_cls(r.method_params, ctx)
-    s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
-    method.setup(student, teacher, s_probe, t_probe)
-    method.modules.to(device)
-    plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
-    if needs_teacher:
-        plan = decide_teacher_cache(plan, method, r.adapter, t_mod, t_probe, len(splits["train"]), device)
     res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
               teacher=teacher, teacher_modality=t_mod, train=r.train, epochs=r.train.epochs, seed=spec.seed,
               device=device, checkpoint=None, on_epoch=on_epoch, plan=plan,
