@@ -23,7 +23,7 @@ step() {  # step NAME COMMAND...: run it, print its wall time and the load
   echo "[time] $name: $(python3 -c "print(f'{$(date +%s.%N) - $t0:.0f}')") s (load $(cut -d' ' -f1-3 /proc/loadavg))"
 }
 
-echo "cores: $(nproc)   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "cores: $(nproc --all)   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 step "default runs" "$BENCH" run --methods all --datasets "$DATASET" --seeds "$SEEDS" -j "$JOBS" -r "$RESULTS"
 step "tuning ($TRIALS trials per method and direction)" \
   "$BENCH" tune --methods all --datasets "$DATASET" --trials "$TRIALS" -j "$JOBS" -r "$RESULTS"
