@@ -5,7 +5,8 @@
 # step and the default-vs-tuned table and leaderboards. Resumable: rerun it after an interruption.
 #   bash scripts/tuning-comparison.sh                 # mfeat, 16 trials per method and direction
 #   DATASET=synthetic TRIALS=12 bash scripts/tuning-comparison.sh
-# RESULTS (default results/tuning-$DATASET) keeps the records and studies; JOBS (default 1) workers.
+# RESULTS (default results/tuning-$DATASET) keeps the records and studies; JOBS (default 1) workers;
+# OUT (default docs/results/tuning.md) gets the tables and leaderboards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.venv/bin/bench}
@@ -28,7 +29,26 @@ step "default runs" "$BENCH" run --methods all --datasets "$DATASET" --seeds "$S
 step "tuning ($TRIALS trials per method and direction)" \
   "$BENCH" tune --methods all --datasets "$DATASET" --trials "$TRIALS" -j "$JOBS" -r "$RESULTS"
 step "tuned runs" "$BENCH" run --tuned --methods all --datasets "$DATASET" --seeds "$SEEDS" -j "$JOBS" -r "$RESULTS"
-"$BENCH" table comparison -r "$RESULTS" --params both --format markdown --std --vs-baseline
-for p in default tuned; do
-  "$BENCH" leaderboard -r "$RESULTS" --params "$p" --format markdown --cells
-done
+OUT=${OUT:-docs/results/tuning.md}
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# Equal-budget tuning on $DATASET: published defaults vs tuned"
+  echo
+  echo "Regenerate: \`DATASET=$DATASET TRIALS=$TRIALS bash scripts/tuning-comparison.sh\` ($TRIALS trials per method"
+  echo "and direction on the validation split, tuning seed 1000, then each best trial on test with seeds $SEEDS)."
+  echo
+  echo "## Test top-1, default and tuned side by side"
+  echo
+  "$BENCH" table comparison -r "$RESULTS" --params both --format markdown --std --vs-baseline
+  echo
+  echo "## Leaderboard: default and tuned ranked together, with the places each would take alone"
+  echo
+  "$BENCH" leaderboard -r "$RESULTS" --params both --format markdown --cells
+  for p in default tuned; do
+    echo
+    echo "## Leaderboard, $p parameters"
+    echo
+    "$BENCH" leaderboard -r "$RESULTS" --params "$p" --format markdown --cells
+  done
+} > "$OUT"
+cat "$OUT"

@@ -139,6 +139,19 @@ def test_default_hashes_unchanged_and_tuned_is_part_of_the_identity():
     assert r.config_hash != resolve(spec).config_hash and r.run_id != resolve(spec).run_id
 
 
+def test_rank_change_note_names_who_moved():
+    from bench.report.tuning import rank_change_note
+
+    changes = [{"method": "dkd", "default": (3, 2.5), "tuned": (1, 1.25)},
+               {"method": "logit", "default": (1, 1.5), "tuned": (2, 1.75)},
+               {"method": "none", "default": (2, 2.0), "tuned": (2, 2.0)}]
+    (line,) = rank_change_note(changes)
+    assert line == ("places, default -> tuned leaderboard: DKD 3 -> 1 (mean rank 2.50 -> 1.25); "
+                    "Logit 1 -> 2 (mean rank 1.50 -> 1.75); unchanged: w/o KD")
+    assert rank_change_note(changes[2:]) == ["places, default -> tuned leaderboard: no method changed place"]
+    assert rank_change_note([]) == []
+
+
 def test_study_identity_space_and_shared_lr():
     """A study is named by everything its trials depend on; --tune-lr gives every method (w/o KD
     too) the lr around the dataset's; a key fixed with --set is not searched."""
@@ -469,6 +482,15 @@ def test_tuned_run_reproduces_the_best_trial_and_tables_show_both(tuned_all):
     assert float(dkd_row.split(",")[4]) == pytest.approx(rec["best_metric"])
     lb = bench("leaderboard", "-r", str(res), "--format", "markdown", "--params", "both")
     assert "DKD (tuned)" in lb.output and "gain from tuning" in lb.output
+    # places on the default and on the tuned leaderboard (one cell, so place = which of the two is higher)
+    none = recs[("none", False)]["best_metric"]
+    flat = " ".join(lb.output.split()).replace("-&gt;", "->")  # Markdown escapes ">"
+    if default["best_metric"] != none and rec["best_metric"] != none:
+        before, after = (1 if default["best_metric"] > none else 2), (1 if rec["best_metric"] > none else 2)
+        if before == after:
+            assert "places, default -> tuned leaderboard: no method changed place" in flat, flat
+        else:
+            assert f"DKD {before} -> {after} (mean rank {before:.2f} -> {after:.2f})" in flat, flat
     r = bench("run", "--tuned", "--methods", "logit", "--seeds", "0", "-r", str(res / "elsewhere"), *TINY)
     assert r.exit_code == 2 and "no tuning study for logit" in r.output and "bench tune --methods logit" in r.output
 

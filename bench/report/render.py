@@ -14,7 +14,14 @@ from typing import Any
 
 from bench.api.errors import BenchError
 from bench.report import output as io
-from bench.report.tuning import check_params, select_params, select_params_records, with_tuned_rows
+from bench.report.tuning import (
+    check_params,
+    rank_change_note,
+    rank_changes,
+    select_params,
+    select_params_records,
+    with_tuned_rows,
+)
 
 TABLE_KINDS = ("comparison", "segmentation", "ablation", "threshold", "sensitivity")
 TABLE_FORMATS = ("latex", "markdown", "csv", "rich")
@@ -193,10 +200,14 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
         io.check_out_folder(out or Path("site"))
     else:
         io.check_out_file(out)
-    recs, pnotes = select_params_records(load_records([str(p) for p in results], status="ok"), check_params(params))
+    every = load_records([str(p) for p in results], status="ok")
+    recs, pnotes = select_params_records(every, check_params(params))
     lb = L.build_leaderboard(recs, datasets=ds, methods=with_tuned_rows(ms, params), alpha=alpha, correction=correction,
                              pairing=pairing, rank_cells=rank_cells)
     lb.notes += pnotes
+    if params == "both":  # the two leaderboards' orders, side by side
+        lb.notes += rank_change_note(rank_changes(every, datasets=ds, methods=ms, alpha=alpha, correction=correction,
+                                                  pairing=pairing, rank_cells=rank_cells))
     res = Rendered()
     if cd is not None:
         try:

@@ -121,3 +121,31 @@ def with_tuned_rows(methods: list[str] | None, params: str) -> list[str] | None:
     if methods is None or params != "both":
         return methods
     return [k for m in methods for k in (m, m + TUNED_SUFFIX)]
+
+
+def rank_changes(recs: list[dict[str, Any]], **build: Any) -> list[dict[str, Any]]:
+    """Each method's place and mean rank on the default leaderboard and on the tuned one (the same
+    ranking rule and cells), so "did tuning change the order?" has a direct answer."""
+    from bench.report.leaderboard import build_leaderboard
+
+    places: dict[str, dict[str, Any]] = {}
+    for params in ("default", "tuned"):
+        chosen, _ = select_params_records(recs, params)
+        lb = build_leaderboard(chosen, **build)
+        ranked = [r for r in lb.rows if r["mean_rank"] is not None]
+        for place, r in enumerate(ranked, 1):
+            places.setdefault(r["method"], {"method": r["method"]})[params] = (place, r["mean_rank"])
+    return [p for p in places.values() if "default" in p and "tuned" in p]
+
+
+def rank_change_note(changes: list[dict[str, Any]]) -> list[str]:
+    """One line: who moved (place default -> tuned, mean rank) and who kept their place."""
+    if not changes:
+        return []
+    moved = [c for c in changes if c["default"][0] != c["tuned"][0]]
+    kept = [c for c in changes if c["default"][0] == c["tuned"][0]]
+    text = "; ".join(f"{display_name(c['method'])} {c['default'][0]} -> {c['tuned'][0]} "
+                     f"(mean rank {c['default'][1]:.2f} -> {c['tuned'][1]:.2f})"
+                     for c in sorted(moved, key=lambda c: c["tuned"][0]))
+    return ["places, default -> tuned leaderboard: " + (text if moved else "no method changed place")
+            + (f"; unchanged: {', '.join(display_name(c['method']) for c in kept)}" if moved and kept else "")]
