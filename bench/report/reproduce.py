@@ -157,6 +157,34 @@ def unimodal_table(df) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     return rows
 
 
+def grid_coverage(df, modalities: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Per dataset: which (method, direction, seed) runs at default parameters are missing, where
+    the expected grid is every method and seed found in any benchmark times the dataset's student
+    modalities (``modalities[dataset]``, else those its records have); a study's non-default
+    variants do not count."""
+    from bench.report.studies import prefer_defaults
+
+    if df.empty:
+        return {}
+    kept, _ = prefer_defaults(df)
+    methods, seeds = sorted(set(kept["method"])), sorted({int(x) for x in kept["seed"]})
+    out: dict[str, dict[str, Any]] = {}
+    for d, sub in kept.groupby("dataset", sort=False):
+        have = {(m, s, int(sd)) for m, s, sd in zip(sub["method"], sub["student_modality"], sub["seed"])}
+        dirs = sorted((modalities or {}).get(str(d)) or set(sub["student_modality"]))
+        want = [(m, s, sd) for m in methods for s in dirs for sd in seeds]
+        missing = [f"{m}->{s} seed {sd}" for m, s, sd in want if (m, s, sd) not in have]
+        out[str(d)] = {"expected": len(want), "done": len(want) - len(missing), "missing": missing}
+    return out
+
+
+def _student_modalities(b: Benchmark) -> list[str]:
+    """Every modality of the benchmark's dataset is a student in its both-directions grid."""
+    from bench.train.resolve import build_adapter
+
+    return [m.name for m in build_adapter(b.dataset, b.overrides).modalities]
+
+
 def _md_rows(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(h for _, h, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = ""
@@ -166,8 +194,10 @@ def _md_rows(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> st
 
 
 def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
-                  benchmarks: tuple[Benchmark, ...] = BENCHMARKS) -> dict[str, Any]:
-    """Every output of the offline results, from the records in ``results``."""
+                  benchmarks: tuple[Benchmark, ...] = BENCHMARKS, every_direction: bool = True) -> dict[str, Any]:
+    """Every output of the offline results, from the records in ``results``. A benchmark whose grid
+    is incomplete (a method, seed or, with ``every_direction``, a direction missing) is shown apart
+    and kept out of the ranks until it is complete."""
     from bench.records.store import load_records, load_results
     from bench.report import leaderboard as L
     from bench.report.render import render_leaderboard, render_table
@@ -178,10 +208,16 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     summary: dict[str, Any] = {"results": str(results), "skipped": {},
                                "benchmarks": {b.dataset: {"name": b.name, "overrides": b.overrides, "note": b.note}
                                               for b in benchmarks}}
-    present = set(load_results(results)["dataset"])
-    comparison_sets = [b.dataset for b in benchmarks if b.dataset in present]
+    everything = load_results(results)
+    present = set(everything["dataset"])
+    coverage = grid_coverage(everything[everything["dataset"].isin([b.dataset for b in benchmarks])],
+                             {b.dataset: _student_modalities(b) for b in benchmarks} if every_direction else None)
+    summary["coverage"] = coverage
+    partial = [d for d, c in coverage.items() if c["missing"]]
+    comparison_sets = [b.dataset for b in benchmarks if b.dataset in present and b.dataset not in partial]
     if not comparison_sets:
-        raise BenchError(f"no records of {', '.join(b.dataset for b in benchmarks)} in {results}")
+        raise BenchError(f"no complete grid of {', '.join(b.dataset for b in benchmarks)} in {results}: "
+                         + "; ".join(f"{d} has {c['done']} of {c['expected']} runs" for d, c in coverage.items()))
 
     def table(kind: str, name: str, **kw: Any) -> None:
         md = render_table(results, kind, fmt="markdown", std=True, **kw)
@@ -195,6 +231,15 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
             log(f"{name}.pdf/png skipped: {why}")
 
     table("comparison", "comparison", datasets=",".join(comparison_sets), mark_tied=True)
+    for d in partial:  # shown apart, and kept out of the ranks and the Friedman test, until its grid is complete
+        c = coverage[d]
+        log(f"{d}: {c['done']} of {c['expected']} runs, shown apart in comparison_incomplete_{d}.md "
+            "(rerun `bench reproduce offline` to finish it)")
+        md = render_table(results, "comparison", fmt="markdown", std=True, datasets=d, mark_tied=True)
+        (out / f"comparison_incomplete_{d}.md").write_text(
+            f"**Incomplete grid: {c['done']} of {c['expected']} runs** (every method x direction x seed found in "
+            f"the other benchmarks); not in the leaderboard or the Friedman test. Missing: "
+            f"{', '.join(c['missing'][:20])}{' ...' if len(c['missing']) > 20 else ''}\n\n" + (md.text or ""))
     df = load_results(results)
     df = df[df["dataset"].isin(comparison_sets)]
     kept, _notes = prefer_defaults(df)
