@@ -151,3 +151,17 @@ def test_an_incomplete_benchmark_is_shown_apart_not_ranked():
     cov = grid_coverage(only_visual, {"avdigits": ["audio", "visual"]})
     assert cov["avdigits"]["expected"] == 12 and cov["avdigits"]["done"] == 5
     assert "none->audio seed 0" in cov["avdigits"]["missing"]
+
+
+def test_rendered_tables_are_cropped_to_their_content(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from bench.report.reproduce import trim_margins
+
+    page = Image.new("RGB", (1000, 1400), "white")
+    ImageDraw.Draw(page).rectangle((300, 500, 599, 649), fill="black")  # the "table": 300 x 150 pixels
+    png = tmp_path / "t.png"
+    page.save(png)
+    trim_margins(png, pad=10)
+    with Image.open(png) as im:
+        assert im.size == (320, 170) and im.getpixel((5, 5)) == (255, 255, 255) and im.getpixel((15, 15)) == (0, 0, 0)

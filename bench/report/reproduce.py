@@ -116,7 +116,23 @@ def compile_latex(tex: str, pdf: Path, png: Path | None) -> str | None:
                            capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             return "pdftoppm failed: " + r.stderr[-400:]
+        trim_margins(png)
     return None
+
+
+def trim_margins(png: Path, pad: int = 24) -> None:
+    """Crop a rendered page to its content plus ``pad`` pixels (a table on an empty A4 page is hard
+    to read in a README or an issue)."""
+    from PIL import Image, ImageChops
+
+    with Image.open(png) as im:
+        rgb = im.convert("RGB")
+    box = ImageChops.difference(rgb, Image.new("RGB", rgb.size, (255, 255, 255))).getbbox()
+    if box is None:
+        return
+    left, top, right, bottom = box
+    rgb.crop((max(0, left - pad), max(0, top - pad), min(rgb.width, right + pad),
+              min(rgb.height, bottom + pad))).save(png)
 
 
 def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600) -> str | None:
