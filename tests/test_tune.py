@@ -482,6 +482,9 @@ def test_tuned_run_reproduces_the_best_trial_and_tables_show_both(tuned_all):
     assert float(dkd_row.split(",")[4]) == pytest.approx(rec["best_metric"])
     lb = bench("leaderboard", "-r", str(res), "--format", "markdown", "--params", "both")
     assert "DKD (tuned)" in lb.output and "gain from tuning" in lb.output
+    lb_tuned = bench("leaderboard", "-r", str(res), "--format", "csv", "--params", "tuned")
+    ranked = {ln.split(",")[0]: ln.split(",")[2] for ln in lb_tuned.output.splitlines()[1:] if ln.count(",") > 3}
+    assert {"DKD", "w/o KD"} <= set(ranked) and all(float(v) >= 1 for v in ranked.values()), lb_tuned.output
     # places on the default and on the tuned leaderboard (one cell, so place = which of the two is higher)
     none = recs[("none", False)]["best_metric"]
     flat = " ".join(lb.output.split()).replace("-&gt;", "->")  # Markdown escapes ">"

@@ -291,12 +291,16 @@ def rank_cells_rule(means: dict[tuple[str, tuple[str, str]], float], methods: li
 
 def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """A method is ranked with its default parameters when such records exist (studies and sweeps
-    of other settings stay out, as in the comparison table), otherwise with what was run."""
+    of other settings stay out, as in the comparison table), otherwise with what was run. A tuned
+    record (``bench run --tuned``) is the method's chosen configuration: always kept."""
     from bench.report.studies import default_params_keep
 
     out, notes = [], []
     by: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
+        if (r.get("config") or {}).get("tuned"):
+            out.append(r)
+            continue
         by.setdefault(r["method"], []).append(r)
     for m, rs in by.items():
         mask = default_params_keep(m, [(r.get("config") or {}).get("method_params", {}) for r in rs])

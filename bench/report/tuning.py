@@ -133,7 +133,8 @@ def rank_changes(recs: list[dict[str, Any]], **build: Any) -> list[dict[str, Any
         chosen, _ = select_params_records(recs, params)
         lb = build_leaderboard(chosen, **build)
         ranked = [r for r in lb.rows if r["mean_rank"] is not None]
-        for place, r in enumerate(ranked, 1):
+        for r in ranked:  # equal mean ranks share a place (1, 1, 3, ...)
+            place = 1 + sum(1 for o in ranked if o["mean_rank"] < r["mean_rank"] - 1e-9)
             places.setdefault(r["method"], {"method": r["method"]})[params] = (place, r["mean_rank"])
     return [p for p in places.values() if "default" in p and "tuned" in p]
 
