@@ -13,9 +13,10 @@ JOBS=${JOBS:-1}
 DEFAULT_RESULTS=${DEFAULT_RESULTS:-results/offline}
 CHOSEN_RESULTS=${CHOSEN_RESULTS:-results/backbones-avdigits}
 OUT=${OUT:-docs/results/backbones.md}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per process: two stall on a shared machine
 common=(--methods none,logit --datasets avdigits --set avdigits.preset=hard --directions a2v --seeds "$SEEDS" -j "$JOBS")
 
-echo "cores: $(nproc)   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "cores: $(nproc --all)   load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 t0=$(date +%s)
 "$BENCH" run "${common[@]}" -r "$DEFAULT_RESULTS"
 t1=$(date +%s)
