@@ -165,3 +165,21 @@ def test_rendered_tables_are_cropped_to_their_content(tmp_path):
     trim_margins(png, pad=10)
     with Image.open(png) as im:
         assert im.size == (320, 170) and im.getpixel((5, 5)) == (255, 255, 255) and im.getpixel((15, 15)) == (0, 0, 0)
+
+
+def test_tie_marks_survive_a_best_shared_at_the_printed_precision(tmp_path):
+    """Two methods equal at one decimal share the bold; the tie test still runs against the higher
+    unrounded mean, so a third method within noise gets its dagger (it used to lose it)."""
+    r = tmp_path / "res"
+    cell = {"logit": [77.0, 77.3, 77.7], "fdcmkd": [77.0, 77.3, 77.65], "dkd": [77.0, 77.1, 77.1],
+            "none": [60.0, 60.1, 60.2]}
+    for m, vals in cell.items():
+        for s, v in enumerate(vals):
+            write_record(r, rec(m, "toy", "visual", s, v))
+    df = load_results(r)
+    comp = build_comparison(df)
+    col = ("toy", "visual")
+    assert comp.marks[("logit", col)] == comp.marks[("fdcmkd", col)] == "best"  # 77.3 and 77.3 printed
+    mark_tied(comp, df)
+    assert ("dkd", col) in comp.tied and ("none", col) not in comp.tied
+    assert ("logit", col) not in comp.tied and ("fdcmkd", col) not in comp.tied  # bold already says it

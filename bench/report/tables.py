@@ -163,11 +163,14 @@ def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", al
     """Mark cells whose seeds are not significantly different from the column's best (Welch t-test).
 
     Cells with fewer than two seeds (or a best with fewer than two) are not tested and not marked.
+    Where several cells share the best mark (equal at the printed precision), the reference is the
+    one with the highest unrounded mean; the others carry the best mark themselves.
     """
     for col in comp.columns:
         best = [m for m in comp.methods if comp.marks.get((m, col)) == "best"]
-        if len(best) != 1:
+        if not best:
             continue
+        best = [max(best, key=lambda m: comp.cells[(m, col)].mean)]
         def seeds(m: str) -> list[float]:
             sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
             return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
@@ -176,7 +179,7 @@ def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", al
             continue
         for m in comp.methods:
             c = comp.cells[(m, col)]
-            if m == best[0] or c.mean is None or c.conflict:
+            if m == best[0] or c.mean is None or c.conflict or comp.marks.get((m, col)) == "best":
                 continue
             a = seeds(m)
             if len(a) < 2:
