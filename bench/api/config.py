@@ -173,9 +173,17 @@ def bounds_text(bounds: dict[str, float]) -> str:
     return ", ".join(f"{_BOUND_WORDS[k]} {v:g}" for k, v in bounds.items())
 
 
+_BOUND_OPS = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b,
+              "lt": lambda a, b: a < b}
+
+
+def within_bounds(value: float, bounds: dict[str, float]) -> bool:
+    """Whether ``value`` satisfies every ``hp`` bound (``{"ge": 0, "lt": 1}``)."""
+    return all(_BOUND_OPS[k](value, b) for k, b in bounds.items())
+
+
 def check_bounds(obj: Any, prefix: str) -> None:
     """Raise ConfigError for the first field of ``obj`` outside its declared range."""
-    ops = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
     for f in fields(obj):
         bounds = f.metadata.get("bounds")
         if not bounds:
@@ -185,7 +193,7 @@ def check_bounds(obj: Any, prefix: str) -> None:
         for v in items:
             if v is None:
                 continue
-            if not all(ops[k](v, b) for k, b in bounds.items()):
+            if not within_bounds(v, bounds):
                 raise ConfigError(f"{prefix}.{f.name}={_show(value)}: must be {bounds_text(bounds)}")
 
 

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from bench.api.config import bounds_text, coerce
+from bench.api.config import bounds_text, coerce, within_bounds
 from bench.api.errors import ConfigError
 
 
@@ -112,9 +112,8 @@ def _base_type(typ: Any) -> Any:
 
 
 def _check_in_bounds(values: list[float], bounds: dict[str, float], where: str) -> None:
-    ops = {"ge": lambda a, b: a >= b, "gt": lambda a, b: a > b, "le": lambda a, b: a <= b, "lt": lambda a, b: a < b}
     for v in values:
-        if not all(ops[k](v, b) for k, b in bounds.items()):
+        if not within_bounds(v, bounds):
             raise ConfigError(f"{where}: {v:g} lies outside the parameter's valid range ({bounds_text(bounds)})")
 
 
@@ -137,6 +136,12 @@ def check_space(space: Any, params_cls: type, where: str) -> dict[str, Dimension
                               f"valid: {', '.join(sorted(fields)) or '(none)'}{extra}")
         check_dimension(dim, hints[key], fields[key].metadata.get("bounds", {}), f"{where}: {key}")
     return dict(space)
+
+
+def method_space(method_cls: Any) -> dict[str, Dimension]:
+    """A method's declared ``search_space`` checked against its ``Params`` (an error names the method)."""
+    return check_space(getattr(method_cls, "search_space", {}) or {}, method_cls.Params,
+                       f"method {method_cls.name!r} search_space")
 
 
 def contains(dim: Dimension, value: Any) -> bool:

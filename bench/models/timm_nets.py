@@ -56,7 +56,7 @@ class TimmFactory(BackboneFactory):
         if not timm.is_model(p.model):
             close = timm.list_models(f"*{p.model}*")[:8]
             raise BenchError(f"timm has no model {p.model!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-        in_chans = 1 if spec.layout == "sequence" else spec.channels
+        in_chans = ImageTrunkBackbone.input_channels(spec)
         kw: dict[str, Any] = dict(parse_kwargs(p.kwargs, "timm.kwargs"), pretrained=False, num_classes=0,
                                   in_chans=in_chans)
         try:  # models with a fixed input size (ViTs) are built for the modality's size

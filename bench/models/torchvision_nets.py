@@ -69,7 +69,7 @@ class TorchvisionFactory(BackboneFactory):
         trunk = _trunk(net)
         if p.weights:
             _load_trunk_weights(net, trunk, p.weights)
-        in_chans = 1 if spec.layout == "sequence" else spec.channels
+        in_chans = ImageTrunkBackbone.input_channels(spec)
         modules = nn.ModuleList(m for _, m in trunk)
         _fit_first_conv(modules, in_chans)
         return TorchvisionBackbone(modules, spec, num_classes, p.stages, in_chans)

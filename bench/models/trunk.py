@@ -16,6 +16,11 @@ class ImageTrunkBackbone(Backbone):
     image, a frame stack (T, C, H, W) is encoded frame by frame and averaged (maps and vector).
     Subclasses set up their trunk, call :meth:`_probe` and implement :meth:`_encode`."""
 
+    @staticmethod
+    def input_channels(spec: InputSpec) -> int:
+        """Channels of the images the trunk sees: a sequence becomes a one-channel image."""
+        return 1 if spec.layout == "sequence" else spec.channels
+
     def _probe(self, spec: InputSpec, num_classes: int, who: str, errors: tuple[type[Exception], ...]) -> None:
         """Stage channels and feature size measured on two zero samples (eval mode), then the head."""
         self.sequence = spec.layout == "sequence"

@@ -36,10 +36,10 @@ def method_catalog() -> Table:
 def _space_text(cls: Any) -> str:
     """The method's search space, or why it is unusable (a plug-in's mistake shown, not raised)."""
     from bench.api.errors import ConfigError
-    from bench.api.search import check_space, describe_space
+    from bench.api.search import describe_space, method_space
 
     try:
-        return describe_space(check_space(getattr(cls, "search_space", {}) or {}, cls.Params, f"method {cls.name!r}"))
+        return describe_space(method_space(cls))
     except ConfigError as exc:
         return f"invalid: {exc}"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import BenchError
+from bench.api.search import method_space
 from bench.train.resolve import RunSpec, resolve
-from bench.tune.space import as_overrides, method_space
+from bench.tune.space import as_overrides
 
 
 def study_infos(results: str | Path) -> list[dict[str, Any]]:

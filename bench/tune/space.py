@@ -12,16 +12,10 @@ from typing import Any
 from bench.api.config import TrainConfig, params_dict
 from bench.api.errors import ConfigError
 from bench.api.method import Method
-from bench.api.search import Categorical, Dimension, Integer, Real, check_space, contains
+from bench.api.search import Categorical, Dimension, Integer, Real, contains, method_space
 
 LR_DECADES = 1.0
 """``--tune-lr`` searches lr in [default / 10, default * 10] (log-uniform)."""
-
-
-def method_space(method_cls: type[Method]) -> dict[str, Dimension]:
-    """The method's declared space, checked against its ``Params`` (an error names the method)."""
-    return check_space(getattr(method_cls, "search_space", {}) or {}, method_cls.Params,
-                       f"method {method_cls.name!r} search_space")
 
 
 def study_space(method_cls: type[Method], train: TrainConfig, tune_lr: bool) -> dict[str, Dimension]:
