@@ -256,8 +256,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
             f"**Incomplete grid: {c['done']} of {c['expected']} runs** (every method x direction x seed found in "
             f"the other benchmarks); not in the leaderboard or the Friedman test. Missing: "
             f"{', '.join(c['missing'][:20])}{' ...' if len(c['missing']) > 20 else ''}\n\n" + (md.text or ""))
-    df = load_results(results)
-    df = df[df["dataset"].isin(comparison_sets)]
+    df = everything[everything["dataset"].isin(comparison_sets)]
     kept, _notes = prefer_defaults(df)
     comp = build_comparison(kept, datasets=comparison_sets)
     mark_vs_baseline(comp, kept)
