@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.records.store import load_records
-from bench.report.tables import display_name, welch_p
+from bench.report.tables import display_name, md_escape, welch_p
 
 
 def network(entry: dict[str, Any]) -> str:
@@ -56,8 +56,8 @@ def render(rows: list[dict[str, Any]], sources: list[str]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = f"{r['teacher_metric']:.2f}" if r["teacher_metric"] is not None else "-"
-        lines.append(f"| {r['dataset']} | {r['direction']} | {r['student']} | {r['teacher']} | "
-                     f"{display_name(r['method'])} | {','.join(map(str, r['seeds']))} | "
+        cells = (r["dataset"], r["direction"], r["student"], r["teacher"], display_name(r["method"]))
+        lines.append("| " + " | ".join(md_escape(c) for c in cells) + f" | {','.join(map(str, r['seeds']))} | "
                      f"{r['mean']:.2f} ± {r['std']:.2f} | {t} |")
     lines += ["", "Same method, different networks (teacher -> student; Welch t-test over seeds, two-sided):", ""]
     by_method: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -68,9 +68,9 @@ def render(rows: list[dict[str, Any]], sources: list[str]) -> str:
             for b in rs[i + 1:]:
                 p = welch_p(a["values"], b["values"])
                 verdict = "significant" if p < 0.05 else "not significant"
-                lines.append(f"- {dataset} {direction} {display_name(method)}: {pair(a)} {a['mean']:.2f} vs "
-                             f"{pair(b)} {b['mean']:.2f}, difference {b['mean'] - a['mean']:+.2f}, "
-                             f"p = {p:.3g} ({verdict} at 0.05)")
+                lines.append(md_escape(f"- {dataset} {direction} {display_name(method)}: {pair(a)} {a['mean']:.2f} vs "
+                                       f"{pair(b)} {b['mean']:.2f}, difference {b['mean'] - a['mean']:+.2f}, "
+                                       f"p = {p:.3g} ({verdict} at 0.05)"))
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +91,9 @@ def main(argv: list[str]) -> None:
                     help="only records whose dataset parameter KEY has VALUE, e.g. preset=hard")
     a = ap.parse_args(argv)
     wanted = set(a.methods.split(","))
+    bad = [kv for kv in a.sets if "=" not in kv]
+    if bad:
+        ap.error(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. preset=hard")
     need = dict(kv.split("=", 1) for kv in a.sets)
 
     def keep(r: dict[str, Any]) -> bool:
