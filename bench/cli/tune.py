@@ -68,6 +68,9 @@ def tune(
                         results=results, device=device, plugins=list(plugin or []), pruner=pruner,
                         prune_startup=prune_startup, prune_warmup=prune_warmup, storage=storage,
                         runs_per_gpu=runs_per_gpu)
+    from bench.tune.study import repair_journals
+
+    repair_journals(plan, lambda m: console.print(f"[yellow]note[/yellow] {escape(m)}", soft_wrap=True))
     if plan.skipped:
         console.print(f"nothing to tune for {escape(', '.join(plan.skipped))} (no search space; --tune-lr adds train.lr): "
                       f"their tuned run is the default one")

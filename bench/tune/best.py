@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import BenchError
-from bench.api.search import method_space
+from bench.api.search import Integer, contains, describe_space, method_space, space_repr
 from bench.train.resolve import RunSpec, resolve
-from bench.tune.space import as_overrides
+from bench.tune.space import as_overrides, study_space
 
 
 def study_infos(results: str | Path) -> list[dict[str, Any]]:
@@ -68,12 +68,9 @@ def tuned_spec(spec: RunSpec, *, trials: int | None = None, storage: str | None 
 
         storage = open_url(storage)
     if storage is None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+        from bench.tune.study import journal_path, open_journal
 
-        from bench.tune.study import journal_path
-
-        storage = JournalStorage(JournalFileBackend(str(journal_path(spec.results_dir, name))))
+        storage = open_journal(journal_path(spec.results_dir, name), repair=False)  # read only: nothing appended
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -86,8 +83,45 @@ def tuned_spec(spec: RunSpec, *, trials: int | None = None, storage: str | None 
     if best is None:
         raise BenchError(f"study {name} has no complete trial (all pruned or failed); "
                          f"see {spec.results_dir}/tuning/{name}/")
+    check_params(spec, r, info, best)
     return dataclasses.replace(spec, overrides=as_overrides(best.params, spec.overrides),
                                tuned={"study": name, "trial": best.number, "value": best.value})
+
+
+def check_params(spec: RunSpec, r: Any, info: dict[str, Any], best: Any) -> None:
+    """Refuse a best trial whose parameters are not a point of the study's search space.
+
+    The journal and study.json are files in the results folder: a hand-edited or foreign journal
+    could otherwise apply anything as "tuned" (a weight far outside its range, or keys no study
+    searches, such as ``train.selection=test``). The space is rebuilt from the method's declaration
+    for this configuration, exactly as ``bench tune`` built it (``--set`` keys are not searched),
+    and must also be the one study.json recorded."""
+    recorded = info.get("space")
+    tune_lr = isinstance(recorded, dict) and "train.lr" in recorded
+    fixed = {f"{scope}.{k}" for scope, kv in spec.overrides.items() for k in kv}
+    space = {k: d for k, d in study_space(r.method_cls, r.train, tune_lr).items() if k not in fixed}
+    where = f"study {info['study']}, trial {best.number}"
+    if recorded != space_repr(space):
+        raise BenchError(f"{where}: study.json records the search space {recorded!r}, but {r.method_cls.name} "
+                         f"searches {describe_space(space)} for this configuration; the study is not this "
+                         f"configuration's (tune it again: {_command(spec, r)})")
+    params = dict(best.params)
+    extra = sorted(set(params) - set(space))
+    if extra:
+        shown = ", ".join(f"{k}={params[k]!r}" for k in extra)
+        raise BenchError(f"{where} sets {shown}, outside the study's search space ({describe_space(space)}); "
+                         f"refusing to apply it as tuned (was the journal edited?)")
+    missing = sorted(set(space) - set(params))
+    if missing:
+        raise BenchError(f"{where} has no value for {', '.join(missing)} of the study's search space; "
+                         f"refusing to apply it as tuned (was the journal edited?)")
+    for key, dim in space.items():
+        v = params[key]
+        if isinstance(dim, Integer) and not isinstance(v, bool) and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not contains(dim, v) or (isinstance(dim, Integer) and not isinstance(v, int)):
+            raise BenchError(f"{where}: {key}={v!r} lies outside the study's search space ({key} {dim.describe()}); "
+                             f"refusing to apply it as tuned (was the journal edited?)")
 
 
 def with_tuned(specs: list[RunSpec], trials: int | None = None, storage: str | None = None) -> list[RunSpec]:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
+import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.api.errors import BenchError
 from bench.api.names import check_component, join_under
@@ -56,16 +58,89 @@ def journal_path(results: str | Path, name: str) -> Path:
     return join_under(tuning_dir(results), f"{name}.journal", where="study name")
 
 
-def storage_of(st: StudySpec) -> Any:
-    """The study's Optuna storage: a journal file in the results folder, or ``st.storage`` (URL)."""
+def storage_of(st: StudySpec, on_note: Callable[[str], None] | None = None) -> Any:
+    """The study's Optuna storage: a journal file in the results folder (a torn last line repaired
+    before anything is appended, see :func:`open_journal`), or ``st.storage`` (URL)."""
     if st.storage:
         return open_url(st.storage)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     path = journal_path(st.results, st.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    return open_journal(path, repair=True, on_note=on_note)
+
+
+def repair_journals(plan: Any, on_note: Callable[[str], None]) -> None:
+    """Check (and repair a torn tail of) every journal of ``plan`` before ``bench tune`` starts, so
+    the repair is reported once, before the live view."""
+    for st in plan.studies:
+        if not st.storage and journal_path(st.results, st.name).exists():
+            storage_of(st, on_note=on_note)
+
+
+def open_journal(path: Path, repair: bool, on_note: Callable[[str], None] | None = None) -> Any:
+    """Optuna's journal storage on ``path``, checked line by line first.
+
+    A process killed while appending leaves a last line without its newline: Optuna skips it when
+    reading but appends the next operation onto it, which makes the journal unreadable. With
+    ``repair`` (every caller that may append) the file is backed up and cut back to its last
+    newline, under Optuna's own journal lock, so no live writer is cut. A complete line that is not
+    a journal operation (a damaged middle) is refused, naming the file and line: what follows it
+    cannot be trusted, so the user chooses between the prefix before it and starting over."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    if repair and path.exists():
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            note = _check_journal(path, repair=True)
+        finally:
+            lock.release()
+        if note and on_note is not None:
+            on_note(note)
+    elif path.exists():
+        _check_journal(path, repair=False)
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise BenchError(f"{path}: Optuna cannot replay this journal ({type(exc).__name__}: {exc}); "
+                         f"{_journal_remedy(path)}") from None
+
+
+def _journal_remedy(path: Path, keep: int | None = None) -> str:
+    prefix = (f"keep the study as it was before that line with `head -n {keep} {path} > {path}.fixed && "
+              f"mv {path}.fixed {path}` (trials after it are trained again), or " if keep is not None else "")
+    return (f"{prefix}move the file aside to start the study over (each finished trial's JSON stays in "
+            f"{path.with_suffix('')}/trials/), then rerun the same command")
+
+
+def _check_journal(path: Path, repair: bool) -> str | None:
+    """Refuse a damaged complete line; cut a torn tail (``repair``) after backing the file up.
+    Returns a note saying what was repaired, or None."""
+    import json
+
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn last line
+    for number, line in enumerate(data[:end].split(b"\n")[:-1], 1):
+        try:
+            op = json.loads(line)
+        except ValueError as exc:
+            why = f"not valid JSON ({exc})"
+        else:
+            if isinstance(op, dict) and "op_code" in op:
+                continue
+            why = f"valid JSON but not a journal operation (no op_code): {line[:80]!r}"
+        raise BenchError(f"{path}:{number}: damaged journal line, {why}; {_journal_remedy(path, number - 1 or None)}")
+    if end == len(data) or not repair:
+        return None
+    backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.bak")
+    shutil.copy2(path, backup)
+    with open(path, "r+b") as fh:
+        fh.truncate(end)
+        fh.flush()
+        os.fsync(fh.fileno())
+    lines = data[:end].count(b"\n")
+    return (f"{path}: its last line (line {lines + 1}, {len(data) - end} bytes) was cut short by a process "
+            f"stopped while writing it; removed it (a copy of the whole file is {backup.name})")
 
 
 def open_url(url: str) -> Any:

@@ -71,7 +71,7 @@ def work(plan: TunePlan, hooks: Hooks | None = None) -> WorkerSummary:
             for st in list(pending):
                 if st.name not in studies:
                     with study_lock(st):
-                        studies[st.name] = open_study(st, storage_of(st))
+                        studies[st.name] = open_study(st, storage_of(st, on_note=hooks.note))
                 study = studies[st.name]
                 if counts(study)["finished"] >= st.n_trials:
                     pending.remove(st)
