@@ -19,43 +19,25 @@ def _row(t: Table, *cells: Any) -> None:
 
 
 def method_catalog() -> Table:
-    from bench.api.config import describe_params
-    from bench.api.registry import METHODS
+    from bench.report.catalog import method_infos
 
     t = Table(title="KD methods")
     for c in ("name", "category", "description", "parameters (defaults)", "search space (bench tune)", "source"):
         t.add_column(c)
-    for e in METHODS.entries():
-        cls = e.obj
-        ps = ", ".join(f"{n}={d}" + (f" ({rng})" if rng else "") for n, _, d, _, rng in describe_params(cls.Params)) or "-"
-        src = e.source + (f" [{e.source_hash}]" if e.source_hash else "")
-        _row(t, e.name, cls.category, cls.description, ps, _space_text(cls), src)
+    for m in method_infos():
+        _row(t, m.name, m.category, m.description, m.params_text(), m.search_space, m.source_text())
     return t
 
 
-def _space_text(cls: Any) -> str:
-    """The method's search space, or why it is unusable (a plug-in's mistake shown, not raised)."""
-    from bench.api.errors import ConfigError
-    from bench.api.search import describe_space, method_space
-
-    try:
-        return describe_space(method_space(cls))
-    except ConfigError as exc:
-        return f"invalid: {exc}"
-
-
 def dataset_catalog() -> Table:
-    from bench.api.registry import DATASETS
+    from bench.report.catalog import dataset_infos
 
     t = Table(title="datasets")
     for c in ("name", "task", "metric", "modalities", "directions", "description"):
         t.add_column(c)
-    for e in DATASETS.entries():
-        cls = e.obj
-        ad = cls(cls.Params())
-        mods = ", ".join(f"{m.name} ({m.code}, {m.kind})" for m in ad.modalities)
-        dirs = ", ".join(ad.direction_name(a, b) for a, b in ad.directions())
-        _row(t, e.name, cls.task, cls.metric, mods, dirs, cls.description)
+    for d in dataset_infos():
+        mods = ", ".join(f"{name} ({code}, {kind})" for name, code, kind, _shape in d.modalities)
+        _row(t, d.name, d.task, d.metric, mods, ", ".join(d.directions), d.description)
     return t
 
 
