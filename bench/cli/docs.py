@@ -47,9 +47,15 @@ def _usage_error() -> type[Exception]:
     return UsageError
 
 
+WORKFLOW_ORDER = ["run", "results", "table", "leaderboard", "curves", "status", "collect", "prepare", "list",
+                  "tune", "reproduce", "analyze", "speed", "docs"]
+"""The order of the CLI reference: what a user runs first comes first (other commands follow, by name)."""
+
+
 def _walk(group: Any, ctx: Any) -> list[tuple[Any, Any]]:
     out = []
-    for name in group.list_commands(ctx):
+    names = group.list_commands(ctx)
+    for name in sorted(names, key=lambda n: (WORKFLOW_ORDER.index(n) if n in WORKFLOW_ORDER else len(WORKFLOW_ORDER), n)):
         cmd = group.get_command(ctx, name)
         if cmd is None or getattr(cmd, "hidden", False):
             continue

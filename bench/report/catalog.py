@@ -58,8 +58,8 @@ class DatasetInfo:
     description: str
     task: str
     metric: str
-    modalities: list[tuple[str, str, str, tuple[int, ...]]]  # (name, code, kind, per-sample shape)
-    directions: list[str]
+    modalities: list[tuple[str, str, str, tuple[int, ...]]]  # (name, code, kind, shape); [] = from the data
+    directions: list[str]  # [] = from the data
     num_classes: int | None  # None: known only once the data is read (folder datasets)
     sizes: tuple[int, int, int] | None  # official (train, val, test) rows; None: set by parameters
     params: list[ParamInfo]
@@ -148,14 +148,18 @@ def dataset_infos() -> list[DatasetInfo]:
     for e in DATASETS.entries():
         cls = e.obj
         ad = cls(cls.Params())
+        mods = ad.modalities
+        # placeholders ("any" kind) stand in for what a folder's meta.json declares: say so, not a/b
+        data_defined = bool(mods) and all(m.kind == "any" for m in mods)
         try:
-            n_classes: int | None = int(ad.num_classes)
-        except Exception:  # noqa: BLE001 - a folder dataset knows its classes from its meta.json
+            n_classes: int | None = None if data_defined else int(ad.num_classes)
+        except Exception:  # noqa: BLE001 - known only once the data is read
             n_classes = None
         out.append(DatasetInfo(
             name=e.name, description=cls.description, task=cls.task, metric=cls.metric,
-            modalities=[(m.name, m.code, m.kind, tuple(m.shape)) for m in ad.modalities],
-            directions=[ad.direction_name(a, b) for a, b in ad.directions()], num_classes=n_classes,
+            modalities=[] if data_defined else [(m.name, m.code, m.kind, tuple(m.shape)) for m in mods],
+            directions=[] if data_defined else [ad.direction_name(a, b) for a, b in ad.directions()],
+            num_classes=n_classes,
             sizes=REFERENCE_SIZES.get(e.name), params=param_infos(cls.Params), train_defaults=dict(cls.train_defaults),
             source=e.source + (f" [{e.source_hash}]" if e.source_hash else ""), module=cls.__module__, doc=_doc(cls)))
     return out

@@ -36,8 +36,8 @@ def dataset_catalog() -> Table:
     for c in ("name", "task", "metric", "modalities", "directions", "description"):
         t.add_column(c)
     for d in dataset_infos():
-        mods = ", ".join(f"{name} ({code}, {kind})" for name, code, kind, _shape in d.modalities)
-        _row(t, d.name, d.task, d.metric, mods, ", ".join(d.directions), d.description)
+        mods = ", ".join(f"{name} ({code}, {kind})" for name, code, kind, _shape in d.modalities) or "from the data"
+        _row(t, d.name, d.task, d.metric, mods, ", ".join(d.directions) or "from the data", d.description)
     return t
 
 

@@ -102,7 +102,7 @@ def method_page(m: MethodInfo) -> str:
     lines = [f"# {md_escape(display_name(m.name))} (`{m.name}`)", "",
              GENERATED_NOTE.format(what="the METHODS registry and `" + m.module + "`"), "",
              md_escape(m.description), "",
-             "| | |", "|---|---|",
+             "| property | value |", "|---|---|",
              f"| category | {md_escape(m.category)} |",
              f"| run it | `bench run --methods {m.name} --datasets synthetic` |",
              f"| teacher during KD | {md_escape(m.teacher)} |",
@@ -146,7 +146,8 @@ def dataset_page(datasets: list[DatasetInfo]) -> str:
              "| dataset | task | metric | classes | modalities (code, kind, stored shape) | directions | official sizes |",
              "|---|---|---|---|---|---|---|"]
     for d in datasets:
-        mods = "<br>".join(f"{md_escape(n)} ({code_span(c)}, {md_escape(k)}, {_shape(s)})" for n, c, k, s in d.modalities)
+        mods = "<br>".join(f"{md_escape(n)} ({code_span(c)}, {md_escape(k)}, {_shape(s)})"
+                           for n, c, k, s in d.modalities) or "from the data"
         sizes = " / ".join(f"{n:,}" for n in d.sizes) if d.sizes else "parameters"
         lines.append(f"| [`{d.name}`](#{d.name}) | {d.task} | {d.metric} | "
                      f"{d.num_classes if d.num_classes is not None else 'from the data'} | {mods} | "
