@@ -14,6 +14,12 @@ or the network:
   for it, which is set here; ``mlflow migrate-filestore`` converts the store to a database).
 * ``wandb/offline-run-*``: W&B in offline mode (``wandb sync <dir>`` uploads it later; no login).
 
+Offline means offline: the libraries' own telemetry is switched off before they are imported
+(:data:`OFFLINE_ENVIRONMENT`; MLflow otherwise fetches a telemetry configuration, W&B's analytics
+read its process-wide settings, which are online unless ``WANDB_MODE`` says otherwise, and look up
+its cloud host), and W&B runs without its system probes (:data:`WANDB_NO_PROBES`). The tests run
+each tracker under a syscall trace in a network namespace and fail on any lookup.
+
 A resumed run (same run id, its epoch checkpoint present) continues the same tracker run: the
 same TensorBoard folder (a purge step at the first epoch written, so a repeated epoch replaces
 the old one), the same MLflow run (its id is kept in ``tracking/runs/<run_id>.json``), the same
@@ -51,6 +57,28 @@ LIBRARIES = {"tensorboard": ("tensorboard", "torch.utils.tensorboard"), "mlflow"
 EPOCH_FIELDS = ("val_metric", "test_metric", "lr", "train_loss")
 """Per-epoch fields of a history row logged as scalars (besides every loss term)."""
 
+OFFLINE_ENVIRONMENT = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow's usage telemetry (a config fetched from mlflow-telemetry.io)
+    "DO_NOT_TRACK": "true",  # the common opt-out, honoured by MLflow and other libraries
+    "WANDB_MODE": "offline",  # W&B's process-wide settings: its analytics read these, not the run's mode
+    "WANDB_ERROR_REPORTING": "false",  # W&B's error reports and OpenTelemetry analytics to its cloud host
+}
+"""Set in the process before a tracker library is imported or opened (set, not defaulted: a user's
+``WANDB_MODE=online`` must not make an offline tracker reach for the network)."""
+
+WANDB_NO_PROBES = {"x_disable_meta": True, "x_disable_machine_info": True, "x_disable_stats": True,
+                   "disable_code": True, "disable_job_creation": True}
+"""W&B settings that turn off what wandb-core probes on its own: system metadata and machine info
+(cloud metadata services, GPUs), the system-metrics monitor, code saving and job artifacts. The
+record keeps the environment that matters (device, versions, threads); only the names the installed
+wandb knows are passed."""
+
+
+def go_offline() -> None:
+    """Switch off the tracker libraries' telemetry (:data:`OFFLINE_ENVIRONMENT`) for this process."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+
+
 SUMMARY_FIELDS = ("best_metric", "final_metric", "selected_epoch", "val_at_selected", "reference_best_metric",
                   "reference_best_epoch", "wall_time_s")
 
@@ -70,6 +98,8 @@ def parse_trackers(value: str | list[str] | tuple[str, ...] | None, where: str =
             raise ConfigError(f"{where}: unknown tracker {str(item).strip()!r}; valid: {', '.join(LIBRARIES)}")
         if name not in out:
             out.append(name)
+    if out:
+        go_offline()  # before the first import: some libraries read their telemetry settings then
     for name in out:
         for module in LIBRARIES[name]:
             try:
@@ -190,6 +220,7 @@ class MLflowTracker:
     @staticmethod
     def client(results: Path):
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow >= 3.13 refuses file stores without it
+        go_offline()
         from mlflow.tracking import MlflowClient
 
         store = (results / "tracking" / "mlruns").resolve()
@@ -258,6 +289,23 @@ class MLflowTracker:
         client.set_terminated(mid, status)
 
 
+def writable_folder_under(folder: Path, results: Path, what: str) -> Path:
+    """``folder`` created if needed, resolved, inside the results folder and writable (a probe file:
+    permission bits say nothing for root, a read-only mount or a full quota says it all)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    real, root = folder.resolve(), Path(results).resolve()
+    if not real.is_relative_to(root):
+        raise OSError(f"{what} folder {folder} leads to {real}, outside the results folder {root}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=real, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"{what} folder {real} is not writable ({exc.strerror or exc})") from None
+    if not os.access(real, os.R_OK | os.W_OK | os.X_OK):  # what wandb itself checks before falling back
+        raise OSError(f"{what} folder {real} is not writable")
+    return real
+
+
 def wandb_id(run_id: str, attempt: int) -> str:
     """A W&B run id derived from the run id (W&B ids allow few characters): the same for every
     resume of one attempt, a new one for each fresh start."""
@@ -275,6 +323,7 @@ class WandbTracker:
 
     def open(self, run_id: str, ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, Any]:
         os.environ.setdefault("WANDB_SILENT", "true")
+        go_offline()
         import wandb
 
         if previous and previous.get("id") and ctx.resuming:
@@ -283,14 +332,25 @@ class WandbTracker:
             attempt = int((previous or {}).get("attempt", 0)) + 1
         wid = wandb_id(run_id, attempt)
         folder = ctx.results / "tracking"
-        folder.mkdir(parents=True, exist_ok=True)
+        # wandb falls back to the system temp folder, silently, when its folder is not writable:
+        # check first (and check where the run landed), so nothing is written outside the results
+        writable_folder_under(folder, ctx.results, "the tracking")
+        runs_dir = writable_folder_under(folder / (".wandb" if (folder / ".wandb").exists() else "wandb"),
+                                         ctx.results, "the W&B")
         b = ctx.base
+        known = getattr(wandb.Settings, "model_fields", {})
+        probes = {k: v for k, v in WANDB_NO_PROBES.items() if k in known}
         run = wandb.init(mode="offline", id=wid, resume="allow", dir=str(folder),
                          project=os.environ.get("WANDB_PROJECT") or "cmkd-bench", name=run_id,
                          group=f"{b.get('dataset')}/{b.get('direction')}/{b.get('method')}", job_type="distill",
                          tags=[f"{k}:{v}"[:64] for k, v in ctx.tags.items() if k in ("dataset", "direction", "method",
                                                                                      "seed", "config_hash")],
-                         config=b.get("config") or {}, settings=wandb.Settings(silent=True, console="off"))
+                         config=b.get("config") or {},
+                         settings=wandb.Settings(silent=True, console="off", **probes))
+        where = Path(run.dir).resolve().parent
+        if not where.is_relative_to(runs_dir):
+            run.finish(exit_code=1)
+            raise OSError(f"W&B put the run in {where}, not under {runs_dir}; nothing more is logged there")
         for phase in ("student", "teacher"):
             run.define_metric(f"{phase}/epoch")
             run.define_metric(f"{phase}/*", step_metric=f"{phase}/epoch")
