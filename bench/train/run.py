@@ -35,10 +35,8 @@ from bench import __version__
 from bench.api.errors import BenchError
 from bench.api.method import MethodContext
 from bench.api.names import join_under
-from bench.data.cache import sha256_file
 from bench.records.files import (
     CorruptFileError,
-    UnsafeFileError,
     atomic_torch_save,
     load_torch_file,
     remove_stale_temp_files,
@@ -181,7 +179,6 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
             atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
                                "method": method.state_dict(), "config": r.config}, mpath)
             rec["model_path"] = str(mpath)
-            rec["model_sha256"] = sha256_file(mpath)  # bench collect copies the file and checks it against this
         write_record(results, rec)  # may fail (full disk): the checkpoint stays, a rerun finishes the run
     except KeyboardInterrupt:
         raise
@@ -253,7 +250,7 @@ def _write_failure(results: Path, rec: dict[str, Any], keep_ok: bool, note: Call
 def _checkpoint_epochs(path: Path) -> str:
     try:
         return str(len(load_torch_file(path, "resume checkpoint", required=("history",))["history"]))
-    except (CorruptFileError, UnsafeFileError):
+    except CorruptFileError:
         return "?"
 
 
@@ -276,7 +273,6 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "method_source": r.method_source,
         "method_source_hash": r.method_source_hash,
         "dataset": r.adapter.name,
-        **_dataset_origin(r),
         "task": r.adapter.task,
         "teacher_modality": r.config["teacher_modality"],
         "student_modality": r.config["student_modality"],
@@ -297,19 +293,6 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         **({"tuned": r.config["tuned"]} if "tuned" in r.config else {}),  # bench run --tuned: study, trial, value
     }
-
-
-def _dataset_origin(r: Resolved) -> dict[str, Any]:
-    """Where the dataset came from (its plug-in, a bring-your-own folder), for the leaderboard's
-    rerun command (:mod:`bench.report.rerun`); not identity: the same files elsewhere are the same data."""
-    from bench.api.registry import DATASETS
-    from bench.train.resolve import is_dataset_folder
-
-    src = next((e.source for e in DATASETS.entries() if e.obj is type(r.adapter)), None)
-    out: dict[str, Any] = {"dataset_source": src}
-    if is_dataset_folder(r.spec.dataset):
-        out["dataset_folder"] = str(Path(r.spec.dataset).expanduser().resolve())
-    return out
 
 
 def _device_name(device: torch.device) -> str:
