@@ -22,6 +22,8 @@ def speed(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the dataset's (64 on CREMA-D) on CUDA, 8 on CPU"),
     steps: Optional[int] = typer.Option(None, "--steps", help="timed steps per loop (default 30 on CUDA, 3 on CPU)"),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed steps first (default 10 on CUDA, 1 on CPU)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed blocks of --steps steps; samples/s is the median "
+                                          "block's, the spread goes to the JSON (default 5 on CUDA, 3 on CPU)"),
     modes: str = typer.Option("on,off", "--modes", help="on (the runner's speed features) and/or off (reference set-up)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers of the 'off' set-up (default min(8, cores-1))"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="epochs per run for the grid estimate (default: the dataset's)"),
@@ -39,10 +41,16 @@ def speed(
 
     out = run_speed(methods, dataset, directions, batch_size=batch_size, steps=steps, warmup=warmup, modes=modes,
                     workers=workers, epochs=epochs, seeds=seeds, peak_tflops=peak_tflops,
-                    overrides=parse_overrides(set_), device=device,
+                    overrides=parse_overrides(set_), device=device, repeats=repeats,
                     on_start=lambda msg: console.print(f"[dim]{escape(msg)}"))
     Console(width=max(console.width, 150)).print(speed_table(out["results"], out["title"]))
     print_all(grid_estimate_lines(out["grid_estimate"], out["unit"]))
     path = json_out or Path("results") / "speed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{out['dataset']}.json"
-    atomic_write_json(path, {k: out[k] for k in ("results", "grid_estimate", "created")})
+    load = out["load_average"]
+    if load["before"] and load["cores"] and max(load["before"][0], load["after"][0]) > load["cores"]:
+        console.print(f"[yellow]note: the machine was busy (1-min load average {load['before'][0]:.1f} -> "
+                      f"{load['after'][0]:.1f} on {load['cores']} cores): other processes' work lands in some timed "
+                      f"blocks; see the spread (timing) in the JSON[/]")
+    atomic_write_json(path, {k: out[k] for k in ("results", "grid_estimate", "created", "environment",
+                                                 "process_warmup_s", "load_average")})
     console.print(f"wrote {escape(str(path))}")

@@ -12,7 +12,15 @@ the same process:
   ``RandomResizedCrop``/flip/normalise for the audio-visual sets; per-sample ``.npy`` files and the
   adapter's own transform otherwise).
 
-For each: samples/s (an un-instrumented loop), the step split into data / teacher forward /
+Timing: a process pays one-off costs on first use (the first optimizer imports ``torch._dynamo``,
+seconds on a CPU; the first backward starts autograd's engine; the first kernels initialise oneDNN /
+cuBLAS and the thread pools), so :func:`warm_up_process` pays them before the first method, and
+each set-up runs ``warmup`` untimed steps of its own (its kernels, allocator, loader workers). Then
+``repeats`` blocks of ``steps`` un-instrumented steps are timed: samples/s is the median block's,
+with the spread (IQR, min, max) and every block in ``timing``, and the load average beside them
+(on a shared machine other processes' work lands in some blocks, not in all).
+
+For each: samples/s, the step split into data / teacher forward /
 student forward+backward / optimizer (a second loop that synchronises between phases), peak
 memory, model FLOPs counted with ``torch.utils.flop_counter`` (what the step executes: a cached
 teacher's forward is not counted), achieved TFLOP/s and MFU against the device's dense bf16 peak.
@@ -23,23 +31,23 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from bench.api.errors import BenchError
 from bench.api.method import MethodContext
 from bench.api.registry import METHODS
-from bench.data import DatasetAdapter, Split
-from bench.data.vision import IMAGENET_MEAN, IMAGENET_STD
+from bench.data import DatasetAdapter
 from bench.models.registry import BackboneChoice, build_for
 from bench.train.acceleration import SpeedPlan, all_off, plan_speed, to_channels_last
 from bench.train.placement import choose_placement
+from bench.train.speed_inputs import ReferenceFiles, fake_split
 from bench.train.step import Trainer, probe_outputs
 from bench.train.teacher_outputs import decide_teacher_cache
 
@@ -74,133 +82,6 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def fake_split(adapter: DatasetAdapter, n: int, seed: int = 0) -> Split:
-    """A training split of ``n`` random samples in the adapter's stored layout."""
-    g = torch.Generator().manual_seed(seed)
-    k = adapter.num_classes
-    specs = getattr(adapter, "array_specs", None)
-    if specs is None:
-        if adapter.name == "synthetic":
-            sp = adapter.load()["train"]
-            reps = -(-n // len(sp))
-            idx = torch.arange(reps * len(sp))[:n] % len(sp)
-            return sp.subset(idx)
-        raise BenchError(f"bench speed: dataset {adapter.name!r} has no declared array layout (array_specs)")
-    inputs, aux, labels = {}, {}, None
-    for key, spec in specs().items():
-        shape = (n, *spec.shape)
-        dt = np.dtype(spec.dtype)
-        if key == getattr(adapter, "label_key", "label"):
-            if len(spec.shape) == 0:
-                labels = torch.randint(0, k, (n,), generator=g)
-            else:
-                labels = torch.randint(0, k, shape, generator=g).to(getattr(torch, str(dt)))
-            continue
-        if key.endswith("nframes"):
-            t = torch.full(shape, int(getattr(adapter.params, "max_frames", 1)), dtype=torch.int16)
-        elif key.endswith("mask"):
-            t = torch.ones(shape, dtype=getattr(torch, str(dt)))
-        elif dt.kind == "u":
-            t = torch.randint(0, 256 if dt.itemsize == 1 else 4000, shape, generator=g).to(getattr(torch, str(dt)))
-        elif dt.kind == "i":
-            hi = 1000 if key.startswith("text") else 12000
-            t = torch.randint(-hi if "audio" in key else 1, hi, shape, generator=g).to(getattr(torch, str(dt)))
-        else:
-            t = torch.randn(shape, generator=g).to(getattr(torch, str(dt)))
-        (aux if "." in key else inputs)[key] = t
-    assert labels is not None
-    return Split(inputs, labels, {}, aux)
-
-
-class ReferenceFiles(torch.utils.data.Dataset):
-    """Per-sample decoding from files in DataLoader workers, as the reference code trains.
-
-    Audio-visual sets: a wav per clip (decoded, resampled, STFT of the adapter's recipe) and jpg
-    frames (PIL, torchvision ``RandomResizedCrop`` + flip + ``ToTensor`` + ``Normalize``). Other
-    sets: one ``.npy`` per sample and modality, converted by the adapter's own transform.
-    """
-
-    def __init__(self, adapter: DatasetAdapter, folder: Path, n: int, modalities: list[str], seed: int = 0):
-        self.adapter, self.folder, self.n, self.mods = adapter, folder, n, modalities
-        self.av = hasattr(adapter, "audio_recipe")
-        rng = np.random.default_rng(seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.av:
-            from torchvision import transforms
-
-            self.labels = rng.integers(0, adapter.num_classes, n)
-            self._write_av(rng)
-            self.frame_tf = transforms.Compose([
-                transforms.RandomResizedCrop(int(adapter.params.image_size)), transforms.RandomHorizontalFlip(),  # type: ignore[attr-defined]
-                transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        else:
-            sp = fake_split(adapter, n, seed)
-            for i in range(n):
-                np.save(folder / f"label-{i}.npy", sp.labels[i].numpy())
-                for m in modalities:
-                    np.save(folder / f"{m}-{i}.npy", sp.inputs[m][i].numpy())
-                    for k, v in sp.aux_for(m, torch.tensor([i])).items():
-                        np.save(folder / f"{m}.{k}-{i}.npy", v[0].numpy())
-
-    def _write_av(self, rng: np.random.Generator) -> None:
-        import wave
-
-        from PIL import Image
-
-        sr = 16000
-        secs = {"A": 2.5, "B": 10.0, "C": 10.0}[self.adapter.audio_recipe]  # type: ignore[attr-defined]
-        for i in range(self.n):
-            x = (rng.standard_normal(int(sr * secs)) * 3000).clip(-32767, 32767).astype(np.int16)
-            with wave.open(str(self.folder / f"{i}.wav"), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(sr)
-                w.writeframes(x.tobytes())
-            for f in range(int(getattr(self.adapter.params, "num_frames", 1))):
-                img = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)  # CREMA-D video frames are 480 x 360
-                Image.fromarray(img).save(self.folder / f"{i}-{f}.jpg", quality=90)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _audio(self, i: int) -> torch.Tensor:
-        from bench.data.audio import (
-            load_mono,
-            recipe_a,
-            recipe_b,
-            recipe_c_batch,
-            recipe_c_wave,
-        )
-
-        recipe = self.adapter.audio_recipe  # type: ignore[attr-defined]
-        if recipe == "A":
-            a, _ = recipe_a(load_mono(self.folder / f"{i}.wav", 22050))
-            return torch.from_numpy(a).unsqueeze(0)
-        if recipe == "B":
-            a, _ = recipe_b(load_mono(self.folder / f"{i}.wav", 16000))
-            return torch.from_numpy(a).unsqueeze(0)
-        w, _ = recipe_c_wave(load_mono(self.folder / f"{i}.wav", 16000))
-        return recipe_c_batch(torch.from_numpy(w)[None], True, None)[0]
-
-    def _visual(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        t = int(getattr(self.adapter.params, "num_frames", 1))
-        frames = [self.frame_tf(Image.open(self.folder / f"{i}-{f}.jpg").convert("RGB")) for f in range(t)]
-        return frames[0] if t == 1 else torch.stack(frames)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], Any]:
-        if self.av:
-            return {m: self._audio(i) if m == "audio" else self._visual(i) for m in self.mods}, int(self.labels[i])
-        # one sample from its files, through the adapter's own (possibly joint) transform, on the CPU
-        x = {m: torch.from_numpy(np.load(self.folder / f"{m}-{i}.npy"))[None] for m in self.mods}
-        aux = {p.name.rsplit("-", 1)[0]: torch.from_numpy(np.load(p))[None]
-               for m in self.mods for p in self.folder.glob(f"{m}.*-{i}.npy")}
-        lab = torch.from_numpy(np.load(self.folder / f"label-{i}.npy"))[None]
-        xs, y = self.adapter.batch(Split(x, lab, {}, aux), torch.arange(1), self.mods, torch.device("cpu"), True, None)
-        return {m: xs[m][0] for m in self.mods}, y[0]
 
 
 def _sync(device: torch.device) -> None:
@@ -307,18 +188,65 @@ class _Mode:
         return int(fc.get_total_flops())
 
 
-def _measure(mode: _Mode, steps: int, warmup: int, batch: int, peak: float | None) -> dict[str, Any]:
+_WARM: set[str] = set()
+
+
+def warm_up_process(device: torch.device) -> float | None:
+    """Pay the process's first-use costs on ``device`` before anything is timed (once per process
+    and device; seconds spent, or None when already warm): a small conv net trained for a few steps
+    with SGD imports ``torch._dynamo`` (the optimizer's first use), starts autograd's engine and the
+    intra-op pool, and initialises oneDNN / cuBLAS. Measured on the 2-core CPU: 4.6 s for the
+    import, ~90 ms for the first backward, against 6-15 ms for a ``synthetic`` step."""
+    key = str(device)
+    if key in _WARM:
+        return None
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 3, 32, 32, generator=g).to(device), torch.randint(0, 4, (8,), generator=g).to(device)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    _sync(device)
+    _WARM.add(key)
+    return time.perf_counter() - t0
+
+
+def _spread(step_s: list[float], batch: int) -> dict[str, Any]:
+    """Median and spread of the per-step times of the timed blocks (ms), with samples/s of the median."""
+    ms = [1000 * v for v in step_s]
+    med = statistics.median(ms)
+    q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else (med, med, med)
+    return {"median_step_ms": med, "iqr_step_ms": q3 - q1, "min_step_ms": min(ms), "max_step_ms": max(ms),
+            "samples_per_s_median": 1000 * batch / med,
+            "samples_per_s_range": [1000 * batch / max(ms), 1000 * batch / min(ms)], "repeat_step_ms": ms}
+
+
+def _measure(mode: Any, steps: int, warmup: int, batch: int, peak: float | None, repeats: int = 1) -> dict[str, Any]:
+    """Warm-up steps (each timed alone, kept apart), then ``repeats`` timed blocks of ``steps`` steps,
+    then an instrumented pass for the phase breakdown and the FLOP count (never in the timed blocks)."""
     dev = mode.device
+    warm_ms = []
     for _ in range(warmup):
+        t0 = time.perf_counter()
         mode.step()
-    _sync(dev)
+        _sync(dev)
+        warm_ms.append(1000 * (time.perf_counter() - t0))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        mode.step()
-    _sync(dev)
-    elapsed = time.perf_counter() - t0
+    per_step = []
+    for _ in range(max(repeats, 1)):
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            mode.step()
+        _sync(dev)
+        per_step.append((time.perf_counter() - t0) / steps)
+    timing = {"repeats": len(per_step), "steps_per_repeat": steps, **_spread(per_step, batch),
+              "warmup_step_ms": warm_ms, "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     phases = {"data": 0.0, "teacher_forward": 0.0, "student_forward_backward": 0.0, "optimizer": 0.0}
     clock = [0.0]
 
@@ -333,12 +261,13 @@ def _measure(mode: _Mode, steps: int, warmup: int, batch: int, peak: float | Non
         clock[0] = time.perf_counter()
         mode.step(timed)
     flops = mode.count_flops()
-    step_s = elapsed / steps
+    step_s = timing["median_step_ms"] / 1000
     tflops = flops / step_s / 1e12
     total_ph = sum(phases.values())
     out = {
-        "samples_per_s": batch * steps / elapsed,
-        "step_ms": 1000 * step_s,
+        "samples_per_s": timing["samples_per_s_median"],
+        "step_ms": timing["median_step_ms"],
+        "timing": timing,
         "breakdown_ms": {k: 1000 * v / steps for k, v in phases.items()},
         "breakdown_pct": {k: 100 * v / total_ph for k, v in phases.items()} if total_ph else {},
         "flops_per_step": flops,
@@ -373,7 +302,7 @@ def _eval_throughput(mode: _Mode, steps: int, batch: int) -> float:
 def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, student_modality: str, train: Any,
               device: torch.device, *, steps: int, warmup: int, modes: tuple[str, ...] = ("on", "off"),
               workers: int | None = None, peak_tflops: float | None = None, seed: int = 0,
-              backbones: dict[str, BackboneChoice] | None = None) -> dict[str, Any]:
+              backbones: dict[str, BackboneChoice] | None = None, repeats: int = 1) -> dict[str, Any]:
     """One (method, direction) timed in each mode; ``backbones``: the two networks (default: the dataset's)."""
     batch = train.batch_size
     backbones = backbones or {role: BackboneChoice(role, "default") for role in ("teacher", "student")}
@@ -384,7 +313,7 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
     out: dict[str, Any] = {
         "device": device_label(device), "device_type": device.type, "torch": torch.__version__,
         "dataset": adapter.name, "method": method, "direction": adapter.direction_name(teacher_modality, student_modality),
-        "batch_size": batch, "steps": steps, "warmup": warmup, "loader_workers": workers,
+        "batch_size": batch, "steps": steps, "warmup": warmup, "repeats": repeats, "loader_workers": workers,
         "input_shapes": {m.name: list(m.shape) for m in adapter.modalities},
         "peak_tflops": peak, "peak_basis": "dense bf16/fp16 tensor-core peak of the device" if peak else None,
         "backbones": {role: c.describe() for role, c in backbones.items()},
@@ -396,7 +325,7 @@ def benchmark(adapter: DatasetAdapter, method: str, teacher_modality: str, stude
             plan = plan_speed(t, device) if name == "on" else all_off()
             mode = _Mode(name, adapter, method, teacher_modality, student_modality, t, device, plan, n, workers,
                          Path(tmp) / name, seed, backbones)
-            res = _measure(mode, steps, warmup, batch, peak)
+            res = _measure(mode, steps, warmup, batch, peak, repeats)
             res["data_pipeline"] = (
                 f"DataLoader, {workers} worker(s), decoding every sample from files" if name == "off" else
                 f"{mode.plan.data_placement}{' + prefetch thread' if mode.plan.prefetch else ''}, augmentation on {device.type}")
@@ -470,7 +399,7 @@ def teacher_train_epochs(train: Any) -> int:
 def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | None, steps: int | None,
               warmup: int | None, modes: str, workers: int | None, epochs: int | None, seeds: int,
               peak_tflops: float | None, overrides: dict[str, dict[str, str]], device: str,
-              on_start: Callable[[str], None] | None = None) -> dict[str, Any]:
+              on_start: Callable[[str], None] | None = None, repeats: int | None = None) -> dict[str, Any]:
     """``bench speed``: every (direction, method) timed on the dataset's shapes, and the grid's
     device-hours at the official split sizes. Returns the figures (also what goes to JSON)."""
     from dataclasses import replace as dc_replace
@@ -495,8 +424,13 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
         raise BenchError(f"--modes {modes!r}: expected on, off or on,off")
     steps = steps or (30 if cuda else 3)
     warmup = warmup if warmup is not None else (10 if cuda else 1)
+    repeats = repeats or (5 if cuda else 3)
+    if steps < 1 or warmup < 0 or repeats < 1:
+        raise BenchError(f"--steps {steps} / --warmup {warmup} / --repeats {repeats}: expected >= 1 / >= 0 / >= 1")
     results, timed_teachers = [], set()
-    kw = dict(steps=steps, warmup=warmup, modes=mode_list, workers=workers, peak_tflops=peak_tflops)
+    kw = dict(steps=steps, warmup=warmup, modes=mode_list, workers=workers, peak_tflops=peak_tflops, repeats=repeats)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    process_warmup_s = warm_up_process(dev)  # first-use costs paid before the first method, not inside it
     for t_mod, s_mod in dirs:
         bb = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"), overrides.get(role, {}))
               for role, mod in (("teacher", t_mod), ("student", s_mod))}
@@ -514,7 +448,12 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
             results.append(dict(row, role="teacher", method="teacher"))
     estimate = grid_estimate(results, adapter.name, mode_list, epochs or train.epochs, teacher_train_epochs(train), seeds,
                              train.val_fraction, train.batch_size)
+    from bench.records.provenance import runtime_environment
+
     return {"results": results, "grid_estimate": estimate, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "title": f"bench speed: {adapter.name} shapes, batch {train.batch_size}, "
                      f"{results[0]['device'] if results else dev}",
-            "unit": "GPU" if cuda else "CPU", "dataset": adapter.name}
+            "unit": "GPU" if cuda else "CPU", "dataset": adapter.name, "environment": runtime_environment(),
+            "process_warmup_s": process_warmup_s,
+            "load_average": {"before": load_before, "after": os.getloadavg() if load_before else None,
+                             "cores": os.cpu_count()}}
