@@ -85,11 +85,14 @@ class CrisisMMD(PreparedDataset):
     def _tokenizer(self):
         from transformers import AutoTokenizer
 
+        from bench.models.hf import refuse_custom_code
+
         d = Path(self.params.bert_dir).expanduser() if self.params.bert_dir else None
         if d is None or not (d / "vocab.txt").exists():
             raise BenchError(f"crisismmd: bert_dir must be a local BERT directory with vocab.txt (got {str(d or '')!r}); "
                              f"set --set crisismmd.bert_dir=/path/to/bert-base-uncased")
-        return AutoTokenizer.from_pretrained(str(d), local_files_only=True), d
+        refuse_custom_code(d, "crisismmd.bert_dir")
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True, trust_remote_code=False), d
 
     def array_specs(self) -> dict[str, ArraySpec]:
         p = self.params

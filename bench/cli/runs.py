@@ -247,5 +247,7 @@ def collect(
         err_console.print(f"[red]conflict[/red] {escape(c)}")
     for c in rep["invalid"]:
         err_console.print(f"[yellow]invalid[/yellow] {escape(c)}")
+    for c in rep["notes"]:
+        err_console.print(f"[yellow]note[/yellow] {escape(c)}")
     if rep["conflict"]:
         raise typer.Exit(1)

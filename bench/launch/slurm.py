@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import BenchError, ConfigError
-from bench.records.files import atomic_write_json
+from bench.records.files import atomic_write_json, plain_json
 from bench.train.resolve import RunSpec, resolve
 from bench.train.run import run
 from bench.train.stop import stop_on_sigterm
@@ -133,7 +133,7 @@ class RunTask(_Checkpointable):
             rec = run(self.spec, rep)
         if rec.get("status") != "ok":
             raise RuntimeError(rec.get("error") or "run failed")
-        return rec
+        return plain_json(rec)  # submitit pickles it: plain data, readable by collect_finished without running code
 
 
 class PackedRunTask(_Checkpointable):
@@ -154,7 +154,7 @@ class PackedRunTask(_Checkpointable):
             print(f"[cmkd-bench] {rec['run_id']}: already done ({rec.get('best_metric')})", flush=True)
         if out.failed:
             raise RuntimeError("; ".join(f"{r['run_id']}: {r.get('error')}" for r in out.failed))
-        return out.done + out.skipped
+        return [plain_json(rec) for rec in out.done + out.skipped]  # plain data, as RunTask's
 
 
 class TeacherTask(_Checkpointable):
@@ -375,13 +375,17 @@ def collect_finished(results: Path) -> dict[str, list[str]]:
     """Write the records of finished tasks that are missing from results/records (idempotent).
 
     Tasks normally write their own record (shared filesystem); this recovers records from
-    submitit's result pickles when they did not (e.g. a node-local results path).
+    submitit's result pickles when they did not (e.g. a node-local results path). Those pickles lie
+    in a shared folder, so they are read as plain data only (the tasks return their records as
+    JSON-like dicts): one that would build any other object is refused with a note, never run.
     """
-    from submitit.core.utils import JobPaths, pickle_load
+    from submitit.core.utils import JobPaths
 
-    from bench.records.store import existing_ok, write_record
+    from bench.api.errors import RecordError
+    from bench.records.files import CorruptFileError, UnsafeFileError, load_plain_pickle
+    from bench.records.store import existing_ok, validate_record, write_record
 
-    out: dict[str, list[str]] = {"present": [], "recovered": [], "unfinished": []}
+    out: dict[str, list[str]] = {"present": [], "recovered": [], "unfinished": [], "notes": []}
     for m in manifests(results):
         for t in m["tasks"]:
             if existing_ok(results, t["run_id"]):
@@ -392,12 +396,19 @@ def collect_finished(results: Path) -> dict[str, list[str]]:
             if not paths.result_pickle.exists():
                 out["unfinished"].append(t["run_id"])
                 continue
-            kind, value = pickle_load(paths.result_pickle)
-            recs = value if isinstance(value, list) else [value]  # a packed task returns its runs' records
-            mine = [r for r in recs if isinstance(r, dict) and r.get("run_id") == t["run_id"]]
-            if kind == "success" and mine and mine[0].get("status") == "ok":
-                rec = dict(mine[0])
-                rec.pop("skipped", None)
+            try:
+                kind, value = load_plain_pickle(paths.result_pickle, "SLURM task result",
+                                                remedy="Its record was not recovered; rerun the run instead")
+                recs = value if isinstance(value, list) else [value]  # a packed task returns its runs' records
+                mine = [r for r in recs if isinstance(r, dict) and r.get("run_id") == t["run_id"]]
+                rec = dict(mine[0]) if kind == "success" and mine and mine[0].get("status") == "ok" else None
+                if rec is not None:
+                    rec.pop("skipped", None)
+                    rec = validate_record(rec, str(paths.result_pickle))
+            except (UnsafeFileError, CorruptFileError, RecordError, TypeError, ValueError) as exc:
+                out["notes"].append(f"{t['run_id']}: {exc}")
+                rec = None
+            if rec is not None:
                 write_record(results, rec)
                 out["recovered"].append(t["run_id"])
             else:

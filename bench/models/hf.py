@@ -49,6 +49,32 @@ def check_model_dir(path: str, where: str) -> Path:
     d = Path(path).expanduser()
     if not (d / "config.json").is_file():
         raise BenchError(f"{where}={path}: no config.json there; put {hint}")
+    return refuse_custom_code(d, where)
+
+
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+"""The files in which transformers looks for ``auto_map`` (classes defined by Python files to import)."""
+
+
+def refuse_custom_code(d: Path, where: str) -> Path:
+    """``d``, unless one of its configuration files has an ``auto_map``: loading it would import
+    the directory's own Python, which a benchmark never does (the ``trust_remote_code=False``
+    passed to transformers alone would, for a known model type, quietly ignore the map; without it
+    transformers asks on the terminal). Raised before transformers is called, naming the directory."""
+    import json
+
+    for name in CODE_CONFIGS:
+        f = d / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BenchError(f"{where}={d}: {name} is not readable JSON ({exc})") from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise BenchError(f"{where}={d}: {name} has an auto_map (model code in the directory's own Python files); "
+                             f"refused: cmkd-bench runs built-in transformers classes only, never a model "
+                             f"directory's code (remove auto_map to use the built-in class of its model_type)")
     return d
 
 
@@ -75,11 +101,11 @@ class HFFactory(BackboneFactory):
         from transformers import AutoConfig, AutoModel
 
         d = check_model_dir(p.dir, "hf.dir")
-        config = AutoConfig.from_pretrained(str(d), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
         if any((d / f).exists() for f in WEIGHT_FILES):
-            model = AutoModel.from_pretrained(str(d), local_files_only=True)
+            model = AutoModel.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
         else:
-            model = AutoModel.from_config(config)
+            model = AutoModel.from_config(config, trust_remote_code=False)
         return HFBackbone(model, spec, num_classes, p.stages, p.pool, p.freeze)
 
 

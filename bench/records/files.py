@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from bench.api.errors import BenchError
 
 
 def current_umask() -> int:
@@ -116,10 +119,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
 
 
+def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike, verify: Callable[[str], None]) -> None:
+    """Copy ``src`` to ``dst`` atomically; ``verify(copy)`` runs on the finished copy before it
+    takes ``dst``'s place and aborts the copy by raising (``dst`` is then left as it was)."""
+    import shutil
+
+    with _atomic_target(Path(dst)) as tmp:
+        shutil.copyfile(src, tmp)
+        verify(tmp)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` with the same crash-safety as :func:`atomic_write_bytes`."""
     with _atomic_target(Path(path)) as tmp:
         torch.save(obj, tmp)
+
+
+def plain_json(obj: Any) -> Any:
+    """``obj`` as exactly what its JSON file holds (dicts, lists, strings, numbers, None): numpy
+    scalars and paths converted as :func:`atomic_write_json` converts them."""
+    return json.loads(json.dumps(obj, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
@@ -143,18 +162,40 @@ class CorruptFileError(RuntimeError):
         super().__init__(f"{what} {path} is unreadable ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})")
 
 
+class UnsafeFileError(BenchError):
+    """A torch or pickle file refused because reading it would build Python objects other than
+    tensors and plain types, i.e. could run code: nothing this package writes holds such objects,
+    so the file was planted or comes from elsewhere. Not a damaged file: it is never silently
+    replaced, the user decides (the message names the file and what to do)."""
+
+    def __init__(self, path: Path, what: str, detail: str, remedy: str = ""):
+        self.path = Path(path)
+        super().__init__(f"{what} {path} was refused: it holds {detail}, which could run code when read; files this "
+                         f"package writes hold only tensors and plain types" + (f". {remedy}" if remedy else ""))
+
+
+def _refused_detail(message: str) -> str:
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return f"a reference to {m.group(1)}" if m else "pickle instructions other than those of tensors and plain types"
+
+
 def load_torch_file(path: str | os.PathLike, what: str, map_location: Any = "cpu",
-                    required: tuple[str, ...] = ()) -> Any:
-    """``torch.load`` of a file this package wrote; a truncated or foreign file raises
-    :class:`CorruptFileError` naming it (torch's own error names no path)."""
-    import pickle
+                    required: tuple[str, ...] = (), remedy: str = "") -> Any:
+    """``torch.load(weights_only=True)`` of a file this package wrote: results folders are shared
+    and collected, so a file in one is data, never code. A truncated or foreign file raises
+    :class:`CorruptFileError`, one holding other objects :class:`UnsafeFileError` (with ``remedy``),
+    both naming it (torch's own errors name no path)."""
     import zipfile
 
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except (PermissionError, FileNotFoundError, IsADirectoryError):
         raise  # not a damaged file: the OS error names the path
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, AttributeError,
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused an instruction or a global
+        raise UnsafeFileError(Path(path), what, _refused_detail(str(exc)), remedy) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, KeyError,
             ModuleNotFoundError, IndexError, OSError) as exc:  # a truncated zip can surface as EINVAL
         raise CorruptFileError(Path(path), what, exc) from exc
     if required:
@@ -162,3 +203,27 @@ def load_torch_file(path: str | os.PathLike, what: str, map_location: Any = "cpu
         if missing:
             raise CorruptFileError(Path(path), what, KeyError(f"missing field(s) {', '.join(missing)}"))
     return obj
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain data only (dicts, lists, tuples, strings, numbers, None): every global, i.e. every
+    class or function a pickle could call, is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
+
+
+def load_plain_pickle(path: str | os.PathLike, what: str, remedy: str = "") -> Any:
+    """A pickle (e.g. a SLURM task's result) read without running code: plain data only, anything
+    else raises :class:`UnsafeFileError`, a damaged file :class:`CorruptFileError`, naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return _PlainUnpickler(fh).load()
+    except (PermissionError, FileNotFoundError, IsADirectoryError):
+        raise
+    except pickle.UnpicklingError as exc:
+        if str(exc).startswith("GLOBAL "):
+            raise UnsafeFileError(Path(path), what, _refused_detail(str(exc)), remedy) from None
+        raise CorruptFileError(Path(path), what, exc) from exc
+    except (EOFError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        raise CorruptFileError(Path(path), what, exc) from exc

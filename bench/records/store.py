@@ -237,6 +237,8 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
     results is a **conflict**, reported and not copied (the destination keeps its record). A record
     is never written over a destination record of another run (same run id, other config hash: a
     conflict), a failed record never replaces an ok one, and an ok record replaces a failed one.
+    A copied record's saved model comes along into ``dest/models``, checked by hash, or its
+    ``model_path`` is dropped with a note (``notes``; :func:`bench.records.models.adopt_model`).
     """
     dest = Path(dest)
     dest_dir = records_dir(dest)
@@ -250,9 +252,15 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
             continue
         by_hash[r["config_hash"]] = (p, r)
         by_id[r["run_id"]] = r
-    report: dict[str, list[str]] = {"copied": [], "duplicate": [], "conflict": [], "invalid": [], "replaced_failed": []}
+    report: dict[str, list[str]] = {"copied": [], "duplicate": [], "conflict": [], "invalid": [], "replaced_failed": [],
+                                    "notes": []}
 
-    def put(r: dict[str, Any]) -> None:
+    def put(r: dict[str, Any], src: str | Path) -> None:
+        from bench.records.models import adopt_model
+
+        note = adopt_model(r, src, dest)  # its model file comes along, checked, or its model_path goes
+        if note is not None:
+            report["notes"].append(f"{r['run_id']}: {note}")
         write_record(dest, r)
         by_hash[r["config_hash"]] = (record_path(dest, r["run_id"]), r)
         by_id[r["run_id"]] = r
@@ -280,7 +288,7 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
                     report["duplicate"].append(rid)
                     continue
                 if old["status"] == "failed" and r["status"] == "ok":
-                    put(r)
+                    put(r, src)
                     report["replaced_failed"].append(rid)
                     continue
                 if r["status"] == "failed":
@@ -290,6 +298,6 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
                     f"{rid}: {p} has {r['metric']} {r.get('best_metric')} (final {r.get('final_metric')}), "
                     f"{q} has {old.get('best_metric')} (final {old.get('final_metric')})")
                 continue
-            put(r)
+            put(r, src)
             report["copied"].append(rid)
     return report

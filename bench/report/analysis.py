@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from bench.api.errors import BenchError
+from bench.records.files import load_torch_file
+from bench.records.models import load_saved_model
 from bench.report.figures import pyplot as _plt
 from bench.report.figures import save_figure as _save
 from bench.train.loop import load_splits
@@ -84,7 +86,8 @@ def unimodal_model(results: Path, adapter, modality: str, seed: int, device: tor
     fp = adapter.fingerprint()
     cands = []
     for p in sorted(base.glob(f"seed{seed}-*.pt")):
-        state = torch.load(p, map_location=device, weights_only=False)
+        state = load_torch_file(p, "cached teacher", device, required=("model", "info"),
+                                remedy="Delete it; the next `bench run` that needs it trains it again")
         if state.get("info", {}).get("fingerprint", {}).get("dataset") == fp:
             cands.append((p.stat().st_mtime, p, state))
     if not cands:
@@ -207,7 +210,7 @@ def tsne(dataset: str, direction: str | None, results: Path, out: Path, override
     rows = []
     for ax, m in zip(axes[0], methods):
         student = adapter.build_model(s_mod, adapter.num_classes).to(dev)
-        student.load_state_dict(torch.load(recs[m]["model_path"], map_location=dev, weights_only=False)["student"])
+        student.load_state_dict(load_saved_model(results, recs[m], dev)["student"])
         student.eval()
         fs = features(student, adapter, sub, s_mod, dev, tap)
         if fs.shape[1] != ft.shape[1]:

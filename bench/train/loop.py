@@ -137,7 +137,8 @@ def _read_resume_checkpoint(path: Path | None, device: torch.device, modules: di
     if path is None or not path.exists():
         return None
     try:
-        state = load_torch_file(path, "resume checkpoint", device, required=CHECKPOINT_FIELDS)
+        state = load_torch_file(path, "resume checkpoint", device, required=CHECKPOINT_FIELDS,
+                                remedy="Delete it to train the run again from epoch 1")
         for name, module in modules.items():
             saved = state[name]
             if name == "method":  # Method.state_dict's layout; a plug-in's own layout is not checked

@@ -35,8 +35,10 @@ from bench import __version__
 from bench.api.errors import BenchError
 from bench.api.method import MethodContext
 from bench.api.names import join_under
+from bench.data.cache import sha256_file
 from bench.records.files import (
     CorruptFileError,
+    UnsafeFileError,
     atomic_torch_save,
     load_torch_file,
     remove_stale_temp_files,
@@ -179,6 +181,7 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
             atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
                                "method": method.state_dict(), "config": r.config}, mpath)
             rec["model_path"] = str(mpath)
+            rec["model_sha256"] = sha256_file(mpath)  # bench collect copies the file and checks it against this
         write_record(results, rec)  # may fail (full disk): the checkpoint stays, a rerun finishes the run
     except KeyboardInterrupt:
         raise
@@ -250,7 +253,7 @@ def _write_failure(results: Path, rec: dict[str, Any], keep_ok: bool, note: Call
 def _checkpoint_epochs(path: Path) -> str:
     try:
         return str(len(load_torch_file(path, "resume checkpoint", required=("history",))["history"]))
-    except CorruptFileError:
+    except (CorruptFileError, UnsafeFileError):
         return "?"
 
 

@@ -145,7 +145,8 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
         if path.exists():
             model = build_network(r, "teacher", splits, device)
             try:
-                state = load_torch_file(path, "cached teacher", device, required=("model", "info"))
+                state = load_torch_file(path, "cached teacher", device, required=("model", "info"),
+                                        remedy="Delete it to train the teacher again")
                 model.load_state_dict(state["model"])
                 return model, dict(state["info"], cached=True, checkpoint=str(path))
             except (CorruptFileError, RuntimeError) as exc:
