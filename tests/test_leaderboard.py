@@ -24,14 +24,21 @@ VALUES = {
 
 
 def fake(method: str, ds: str, mod: str, seed: int, value: float, group: str = "g", commit: str = "abc1234") -> dict:
+    """A record whose identity holds together (run id, config and group hash; ``bench collect``
+    checks them); ``group`` stands for a setting that makes another configuration."""
+    from bench.records.provenance import stable_hash
+
     d = CELLS[(ds, mod)]
-    ch = f"{method}-{ds}-{mod}-{seed}-{group}"
+    cfg = {"dataset": {"dataset": ds, "params": {"variant": group}}, "teacher_modality": "x", "student_modality": mod,
+           "method": method, "method_params": {}, "train": {"epochs": 3}, "seed": seed}
+    ch = stable_hash(cfg)
     return {
-        "schema": 1, "run_id": f"{ds}_{d}_{method}_s{seed}_{abs(hash(ch)) % 10**8:08d}", "status": "ok",
+        "schema": 1, "run_id": f"{ds}_{d}_{method}_s{seed}_{ch[:8]}", "status": "ok",
         "method": method, "method_category": CATS[method], "method_source": "builtin", "method_source_hash": None,
         "dataset": ds, "task": "classification", "teacher_modality": "x", "student_modality": mod, "direction": d,
-        "seed": seed, "metric": "top1", "config": {"method_params": {}, "train": {"epochs": 3}, "dataset": {"params": {}}},
-        "config_hash": ch, "group_hash": f"{method}-{ds}-{mod}-{group}", "best_metric": value, "final_metric": value,
+        "seed": seed, "metric": "top1", "config": cfg,
+        "config_hash": ch, "group_hash": stable_hash({k: v for k, v in cfg.items() if k != "seed"}),
+        "best_metric": value, "final_metric": value,
         "history": [{"epoch": 1, "test_metric": value}], "git_commit": commit, "selected_epoch": 1,
     }
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bench.api.errors import BenchError, RecordError
-from bench.api.names import check_component
+from bench.api.names import COMPONENT, check_component
 from bench.records.files import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -76,7 +76,7 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "student_modality": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "direction": (lambda v: isinstance(v, str), "a string"),
     "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "metric": (lambda v: isinstance(v, str), "a string"),
+    "metric": (lambda v: isinstance(v, str) and COMPONENT.fullmatch(v) is not None, "a metric name (e.g. top1, mIoU)"),
     "config": (lambda v: isinstance(v, dict), "an object"),
     "config_hash": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
 }
@@ -97,6 +97,13 @@ _OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
 
 
 PERCENT_METRICS = ("top1", "mIoU")
+"""The metrics the training loop computes (accuracy, or mIoU for dense tasks): percentages. Any
+other name a plug-in dataset declares is scored as accuracy by the same loop, so every ok
+record's metric lies in [0, 100]."""
+
+
+MAX_NESTING = 200
+"""Deeper JSON than this is not a record (Python's parser would raise RecursionError near 1000)."""
 
 
 def validate_record(rec: Any, where: str) -> dict[str, Any]:
@@ -128,22 +135,54 @@ def validate_record(rec: Any, where: str) -> dict[str, Any]:
         check_component(rec["run_id"], f"{where}: field 'run_id'")
     except BenchError as exc:
         raise RecordError(str(exc)) from None
-    for k in ("train", "method_params", "tuned"):
-        if rec["config"].get(k) is not None and not isinstance(rec["config"][k], dict):
-            raise bad(f"config.{k}", "an object", rec["config"][k])
+    _validate_config(rec["config"], bad)
     if rec["status"] == "ok":
-        pct = rec["metric"] in PERCENT_METRICS
         for k in ("best_metric", "final_metric") + (("reference_best_metric",) if "reference_best_metric" in rec else ()):
             v = rec[k]
-            if not _is_number(v) or (pct and not 0.0 <= v <= 100.0):
-                raise bad(k, "a finite number" + (" in [0, 100]" if pct else ""), v)
+            if not _is_percent(v):
+                raise bad(k, f"a finite number in [0, 100] (a percentage: the student's {rec['metric']})", v)
         h = rec["history"]
         if not isinstance(h, list) or not h:
             raise bad("history", "a non-empty list of epochs", h)
         for i, row in enumerate(h):
-            if not isinstance(row, dict) or not _is_number(row.get("test_metric")) or not _is_int(row.get("epoch")):
-                raise bad(f"history[{i}]", "an object with an integer 'epoch' and a finite 'test_metric'", row)
+            if not isinstance(row, dict) or not _is_percent(row.get("test_metric")) or not _is_int(row.get("epoch")):
+                raise bad(f"history[{i}]", "an object with an integer 'epoch' and a finite 'test_metric' in [0, 100]", row)
+        sel = rec.get("selected_epoch")
+        if sel is not None and sel not in {row["epoch"] for row in h}:
+            raise bad("selected_epoch", f"one of the history's epochs (1 to {len(h)})", sel)
     return rec
+
+
+def _is_percent(v: Any) -> bool:
+    return _is_number(v) and 0.0 <= v <= 100.0
+
+
+# config field -> (check, what it must be): what the tables, the leaderboard and the rerun command
+# read from a record's configuration; a wrong type there would drop the record without a word
+_CONFIG_TYPES: dict[str, tuple[Any, str]] = {
+    "dataset": (lambda v: isinstance(v, dict), "an object"),
+    "train": (lambda v: isinstance(v, dict), "an object"),
+    "method_params": (lambda v: isinstance(v, dict), "an object"),
+    "tuned": (lambda v: isinstance(v, dict), "an object"),
+    "backbones": (lambda v: isinstance(v, dict) and all(isinstance(b, dict) for b in v.values()),
+                  "an object of per-role objects"),
+    "teacher_checkpoint": (lambda v: isinstance(v, dict), "an object"),
+    "dataset.params": (lambda v: isinstance(v, dict), "an object"),
+    "train.pairing": (lambda v: v in ("paired", "unpaired"), "'paired' or 'unpaired'"),
+    "train.epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "tuned.study": (lambda v: isinstance(v, str) and v != "", "the study's name (a string)"),
+    "tuned.trial": (_is_int, "the trial's number (an integer)"),
+}
+
+
+def _validate_config(cfg: dict[str, Any], bad: Any) -> None:
+    for key, (ok, what) in _CONFIG_TYPES.items():
+        outer, _, inner = key.partition(".")
+        v = cfg.get(outer)
+        if inner:
+            v = v.get(inner) if isinstance(v, dict) else None
+        if v is not None and not ok(v):
+            raise bad(f"config.{key}", what, v)
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
@@ -157,7 +196,24 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise RecordError(f"{path}: cannot read ({exc.strerror})") from None
+    except RecursionError:
+        raise RecordError(f"{path}: not a record (JSON nested too deeply for this reader)") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RecordError(f"{path}: not a record ({exc})") from None
+    if _depth(rec) > MAX_NESTING:
+        raise RecordError(f"{path}: not a record (JSON nested deeper than {MAX_NESTING} levels)")
     return validate_record(rec, str(path))
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        o, d = todo.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            todo += [(v, d + 1) for v in (o.values() if isinstance(o, dict) else o)]
+    return deepest
 
 
 def existing_ok(results: str | Path, run_id: str) -> bool:
@@ -229,6 +285,34 @@ def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return ha == hb
 
 
+def identity_problem(rec: dict[str, Any]) -> str | None:
+    """What in a record's identity does not hold together (None: all of it does). A run's config
+    hash is the hash of its configuration (seed included), its group hash that of the rest, and its
+    run id ``DATASET_DIRECTION_METHOD_sSEED_HASH8``: a record edited or made by hand that breaks
+    one of these would enter a merged folder as another seed of a cell, or as another run."""
+    from bench.records.provenance import stable_hash
+
+    cfg = rec["config"]
+    expected = f"{rec['dataset']}_{rec['direction']}_{rec['method']}_s{rec['seed']}_{rec['config_hash'][:8]}"
+    if rec["run_id"] != expected:
+        return (f"run id {rec['run_id']!r} does not match the record's dataset, direction, method, seed and "
+                f"config hash (expected {expected!r})")
+    ds = cfg.get("dataset")
+    named = {"seed": rec["seed"], "method": rec["method"], "teacher_modality": rec["teacher_modality"],
+             "student_modality": rec["student_modality"]}
+    for k, v in named.items():
+        if cfg.get(k) != v:
+            return f"field {k!r} is {v!r} but config.{k} is {cfg.get(k)!r}"
+    if not isinstance(ds, dict) or ds.get("dataset") != rec["dataset"]:
+        return f"field 'dataset' is {rec['dataset']!r} but config.dataset names {(ds or {}).get('dataset')!r}"
+    if stable_hash(cfg, 10) != rec["config_hash"]:
+        return f"config hash {rec['config_hash']} is not the hash of the record's configuration ({stable_hash(cfg, 10)})"
+    group = stable_hash({k: v for k, v in cfg.items() if k != "seed"}, 10)
+    if rec.get("group_hash") is not None and rec["group_hash"] != group:
+        return f"group hash {rec['group_hash']} is not the hash of the record's configuration without the seed ({group})"
+    return None
+
+
 def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[str]]:
     """Merge the records of ``sources`` into ``dest/records`` (idempotent).
 
@@ -237,6 +321,8 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
     results is a **conflict**, reported and not copied (the destination keeps its record). A record
     is never written over a destination record of another run (same run id, other config hash: a
     conflict), a failed record never replaces an ok one, and an ok record replaces a failed one.
+    A record whose identity does not hold together (:func:`identity_problem`) is refused, naming
+    its file (``invalid``).
     A copied record's saved model comes along into ``dest/models``, checked by hash, or its
     ``model_path`` is dropped with a note (``notes``; :func:`bench.records.models.adopt_model`).
     """
@@ -281,6 +367,10 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
                 report["conflict"].append(
                     f"{rid}: {p} (config {h}) would overwrite the destination's record of another configuration "
                     f"({occupant['config_hash']}, {occupant['status']}); not copied")
+                continue
+            problem = identity_problem(r)
+            if problem is not None:
+                report["invalid"].append(f"{p}: {problem}; not copied")
                 continue
             if h in by_hash:
                 q, old = by_hash[h]

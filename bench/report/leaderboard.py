@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from bench.api.errors import BenchError
+from bench.report.cells import one_per_seed
+from bench.report.rerun import reproduce_command  # noqa: F401 - the page's import
 from bench.report.tables import BASELINE, display_name, order_methods, welch_p
 
 RANK_RULES = {
@@ -176,7 +177,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         c = (r["dataset"], r["student_modality"])
         if c not in cells:
             cells.append(c)
-    metric = recs[0].get("metric", "top1")
+    metric = "/".join(sorted({str(r.get("metric", "top1")) for r in recs}))  # "mIoU/top1": cells of both
     lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells)
     lb.notes += hidden
     for m in mkeys:
@@ -184,17 +185,17 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             sub = [r for r in recs if r["_mkey"] == m and (r["dataset"], r["student_modality"]) == c]
             if not sub:
                 continue
-            uniq = {r["config_hash"]: r for r in sub}  # the same run collected twice counts once
-            groups = {r.get("group_hash") for r in uniq.values()}
-            vals = [float(r["best_metric"]) for r in uniq.values()]
-            seeds = [int(r["seed"]) for r in uniq.values()]
-            if len(groups) > 1:
-                lb.stats[(m, c)] = CellStat(vals, seeds, float("nan"), None, list(uniq.values()), conflict=True)
-                lb.notes.append(f"conflict: {lb.method_label(m)} on {c[0]}/{c[1]} has records of {len(groups)} "
-                                f"configurations; left out")
+            runs, problems = one_per_seed(sub)  # the same run collected twice counts once
+            groups = {r.get("group_hash") for r in runs}
+            vals = [float(r["best_metric"]) for r in runs]
+            seeds = [int(r["seed"]) for r in runs]
+            if len(groups) > 1 or problems:
+                lb.stats[(m, c)] = CellStat(vals, seeds, float("nan"), None, runs, conflict=True)
+                why = "; ".join(([f"has records of {len(groups)} configurations"] if len(groups) > 1 else []) + problems)
+                lb.notes.append(f"conflict: {lb.method_label(m)} on {c[0]}/{c[1]} {why}; left out")
                 continue
             std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-            lb.stats[(m, c)] = CellStat(vals, seeds, float(np.mean(vals)), std, list(uniq.values()))
+            lb.stats[(m, c)] = CellStat(vals, seeds, float(np.mean(vals)), std, runs)
 
     def ok(m: str, c: tuple[str, str]) -> CellStat | None:
         s = lb.stats.get((m, c))
@@ -363,50 +364,6 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     return save_figure(fig, out_base)
 
 
-def reproduce_command(rec: dict[str, Any], seeds: list[int]) -> str:
-    """The ``bench run`` command that recreates the cell of ``rec`` (non-default settings as --set)."""
-    from bench.api.config import params_dict
-    from bench.api.registry import METHODS
-    from bench.train.resolve import build_adapter, build_train_config
-
-    cfg = rec.get("config", {})
-    sets: list[str] = []
-    ds = rec["dataset"]
-    try:
-        adapter = build_adapter(ds, {})
-        ddef = params_dict(adapter.params)
-        tdef = params_dict(build_train_config(adapter, {}))
-    except Exception:  # noqa: BLE001 - an adapter not available here: spell everything out
-        ddef, tdef = {}, {}
-    for k, v in (cfg.get("dataset", {}).get("params") or {}).items():
-        if ddef.get(k, object()) != v:
-            sets.append(f"{ds}.{k}={_fmt(v)}")
-    for k, v in (cfg.get("train") or {}).items():
-        if tdef.get(k, object()) != v:
-            sets.append(f"train.{k}={_fmt(v)}")
-    try:
-        mdef = params_dict(METHODS.get(rec["method"]).Params())
-    except Exception:  # noqa: BLE001
-        mdef = {}
-    for k, v in (cfg.get("method_params") or {}).items():
-        if mdef.get(k, object()) != v:
-            sets.append(f"{rec['method']}.{k}={_fmt(v)}")
-    parts = ["bench", "run", "--methods", rec["method"], "--datasets", ds, "--directions", rec["direction"],
-             "--seeds", ",".join(map(str, sorted(seeds)))]
-    src = rec.get("method_source") or ""
-    if src.startswith("plugin:"):
-        parts += ["--plugin", src[len("plugin:"):]]
-    for s in sets:
-        parts += ["--set", s]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return ",".join(map(str, v))
-    return str(v)
-
-
 COLUMNS = [("rank", "mean rank"), ("ranked_on", "ranked on"), ("method", "method"), ("category", "category"),
            ("gain", "gain vs w/o KD"), ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
 
@@ -472,6 +429,7 @@ def to_csv(lb: Leaderboard) -> str:
 
 def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
     """A booktabs tabular; every name is escaped, the statistics statement follows as comment lines."""
+    from bench.report.output import plain_text
     from bench.report.tables import tex_escape
 
     lines = [r"\begin{tabular}{rrllrrrr}", r"\toprule",
@@ -479,7 +437,7 @@ def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
     for r in lb.rows:
         lines.append(" & ".join(tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    comment = " ".join(lb.stats_statement().split())  # one line: a newline would end the comment
+    comment = " ".join(plain_text(lb.stats_statement()).split())  # one line: a newline would end the comment
     return "\n".join(lines) + "\n% " + comment + "\n"
 
 
@@ -503,15 +461,17 @@ def to_rich(lb: Leaderboard, decimals: int = 2, cells: bool = False):
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=Text(f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)"), caption=Text(lb.stats_statement()),
-              caption_justify="left")
+    from bench.report.output import plain_text
+
+    t = Table(title=Text(f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)"),
+              caption=Text(plain_text(lb.stats_statement())), caption_justify="left")
     for k, h in COLUMNS:
         t.add_column(h, justify="right" if k in RIGHT else "left")
     if cells:
         for d, m in lb.cells:
-            t.add_column(Text(f"{d}/{m}"), justify="right")
+            t.add_column(Text(plain_text(f"{d}/{m}")), justify="right")
     for r in lb.rows:
-        t.add_row(*(Text(x) for x in _row_cells(r, decimals)),
+        t.add_row(*(Text(plain_text(x)) for x in _row_cells(r, decimals)),
                   *([Text(_cell_text(lb, r["method"], c, decimals)) for c in lb.cells] if cells else []))
     return t
 

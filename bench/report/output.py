@@ -67,12 +67,30 @@ def unwritable(option: str, path: Path, exc: OSError) -> BenchError:
     return BenchError(f"{option} {path}: cannot write ({exc.strerror or exc})")
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@")
+
+
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp")
+"""Unicode categories no output shows as written: controls (``\\r`` ends a CSV row, ESC starts a
+terminal sequence), format characters (the bidi overrides and isolates such as U+202E reorder the
+text around them; zero-width characters hide it) and the line/paragraph separators. pdflatex stops
+at any of them."""
+
+
+def plain_text(value: object) -> str:
+    """A name from a record as one line of visible text: every control, format (bidi) and separator
+    character becomes a space. The one place that decides it: the LaTeX, Markdown, CSV and terminal
+    writers all start here."""
+    import unicodedata
+
+    return "".join(" " if unicodedata.category(ch) in _INVISIBLE else ch for ch in str(value))
 
 
 def csv_text(value: object) -> object:
-    """A name for a CSV cell: spreadsheets run a cell that starts with ``= + - @`` as a formula
-    (``=HYPERLINK(...)`` in a method name), so such text gets a leading ``'``. Numbers pass as is."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    """A name for a CSV cell: one line of visible text (:func:`plain_text`; a lone ``\\r`` would split
+    the row, and the text after it start a new one), and a leading ``'`` where spreadsheets would run
+    the cell as a formula (it starts with ``= + - @``, after any spaces). Numbers pass as they are."""
+    if not isinstance(value, str):
+        return value
+    text = plain_text(value)
+    return "'" + text if text.lstrip().startswith(_FORMULA_START) else text

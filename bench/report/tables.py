@@ -19,6 +19,7 @@ from typing import Iterable
 import pandas as pd
 
 from bench.api.errors import BenchError
+from bench.report.cells import one_per_seed
 
 BASELINE = "none"
 """The w/o KD row: the reference of gains, and unranked under ``marks="kd-only"``."""
@@ -130,16 +131,18 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
                 cells[(m, col)] = Cell(None, None, 0)
                 continue
             groups = sub["group_hash"].nunique() if "group_hash" in sub else 1
-            # One value per seed: duplicates of the same config+seed are the same run.
-            per_seed = sub.drop_duplicates(subset=["config_hash"])[value].astype(float)
-            if groups > 1:
+            # One value per seed (copies of one run count once); anything else is a conflict.
+            runs, problems = one_per_seed(sub.to_dict("records"), value)
+            per_seed = pd.Series([r[value] for r in runs], dtype=float)
+            if groups > 1 or problems:
                 cells[(m, col)] = Cell(None, None, int(len(per_seed)), conflict=True, configs=int(groups))
-                conflicts.append(f"{(row_labels or {}).get(m, display_name(m))} on {col[0]}/{col[1]} ({groups} configurations)")
+                why = "; ".join(([f"{groups} configurations"] if groups > 1 else []) + problems)
+                conflicts.append(f"{(row_labels or {}).get(m, display_name(m))} on {col[0]}/{col[1]} ({why})")
                 continue
             mean = float(per_seed.mean())
             std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
             cells[(m, col)] = Cell(mean, std, int(len(per_seed)))
-    metric = str(df["metric"].iloc[0]) if len(df) else "top1"
+    metric = "/".join(sorted(df["metric"].astype(str).unique())) if len(df) else "top1"  # "mIoU/top1": mixed
     comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts, row_labels=dict(row_labels or {}),
                       marks_rule=marks)
     _mark(comp, decimals)
@@ -261,6 +264,10 @@ def _mark(comp: Comparison, decimals: int) -> None:
                 comp.ties.append(f"{col[0]}/{col[1]}: second tied ({', '.join(comp.label_of(m) for m in second_ms)})")
 
 
+CONFLICT_RULE = ("Conflict = records of one cell that are not averaged (different configurations, or more than one "
+                 "record of a seed; see bench.report.cells): ")
+
+
 def _fmt(c: Cell, decimals: int, std: bool) -> str:
     if c.conflict:
         return "conflict"
@@ -284,10 +291,13 @@ def tex_escape(s: object) -> str:
     """Plain text -> LaTeX source that prints it as written.
 
     One pass over the characters, so the braces of a replacement (``\\textbackslash{}``) are never
-    escaped again; line breaks and other control characters become spaces (a blank line inside a
-    caption is a paragraph break, which LaTeX refuses in a moving argument).
+    escaped again; line breaks, other control and the bidi characters become spaces
+    (:func:`~bench.report.output.plain_text`: a blank line inside a caption is a paragraph break,
+    which LaTeX refuses in a moving argument, and pdflatex stops at U+202E).
     """
-    return "".join(_TEX.get(ch) or (" " if ord(ch) < 32 or ch in "\u2028\u2029\x7f" else ch) for ch in str(s))
+    from bench.report.output import plain_text
+
+    return "".join(_TEX.get(ch, ch) for ch in plain_text(s))
 
 
 _LABEL = re.compile(r"[A-Za-z0-9:._/+\-]+")
@@ -305,8 +315,14 @@ _MD = {"\\": "\\\\", "|": "\\|", "*": "\\*", "_": "\\_", "`": "\\`", "[": "\\[",
 
 
 def md_escape(s: object) -> str:
-    """Plain text -> a Markdown table cell that shows it as written (no HTML, links or emphasis)."""
-    return "".join(_MD.get(ch) or (" " if ord(ch) < 32 else ch) for ch in str(s))
+    """Plain text -> a Markdown table cell that shows it as written (no HTML, links or emphasis; no
+    line break, control or bidi character: :func:`~bench.report.output.plain_text`)."""
+    from bench.report.output import plain_text
+
+    return "".join(_MD.get(ch, ch) for ch in plain_text(s))
+
+
+METRIC_WORDS = {"top1": "top-1 accuracy", "mIoU": "mIoU"}
 
 
 MODALITY_SHORT = {"audio": "A", "visual": "V", "text": "T", "image": "V", "depth": "Depth", "rgb": "RGB"}
@@ -330,7 +346,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     ncol = len(comp.columns)
     top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
     lines = [r"\begin{table}[t]", r"\centering", r"\small"]
-    metric_word = "mIoU (\\%)" if comp.metric == "mIoU" else "top-1 accuracy (\\%)"
+    metric_word = " / ".join(tex_escape(METRIC_WORDS.get(x, x)) for x in comp.metric.split("/")) + " (\\%)"
     if caption is not None:
         cap = caption if caption_is_latex else tex_escape(caption)
     else:
@@ -343,7 +359,7 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     if any(c.mean is None and not c.conflict for c in comp.cells.values()):
         cap += " -- = no result."
     if comp.conflicts:
-        cap += " Conflict = records of different configurations for the same cell (not averaged): " + tex_escape("; ".join(comp.conflicts)) + "."
+        cap += " " + tex_escape(CONFLICT_RULE + "; ".join(comp.conflicts)) + "."
     for n in comp.notes:
         cap += " " + tex_escape(n)
     if comp.tied_rule:
@@ -429,8 +445,7 @@ def legend_lines(comp: Comparison, bold: str, underline: str) -> list[str]:
     if comp.vs_rule:
         out.append(comp.vs_rule + ".")
     if comp.conflicts:
-        out.append("Conflict = records of different configurations for one cell (not averaged): "
-                   + "; ".join(comp.conflicts) + ".")
+        out.append(CONFLICT_RULE + "; ".join(comp.conflicts) + ".")
     out += comp.notes
     return out
 
@@ -454,20 +469,23 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
     from rich.table import Table
     from rich.text import Text
 
+    from bench.report.output import plain_text
+
     rule = "; w/o KD shown, not ranked" if comp.marks_rule == "kd-only" and BASELINE in comp.methods else ""
-    t = Table(title=Text(title or f"student {comp.metric} (mean over seeds; bold = best, underline = second{rule})"))
+    title = title or f"student {comp.metric} (mean over seeds; bold = best, underline = second{rule})"
+    t = Table(title=Text(plain_text(title)))
     t.add_column("Method")
     for h in comp.lead_columns:
-        t.add_column(Text(h))
+        t.add_column(Text(plain_text(h)))
     for d, m in comp.columns:
-        t.add_column(Text(f"{d}\n{MODALITY_SHORT.get(m, m)}"), justify="right")
+        t.add_column(Text(f"{plain_text(d)}\n{plain_text(MODALITY_SHORT.get(m, m))}"), justify="right")
     prev = None
     for m in comp.methods:
         cat = comp.categories.get(m)
         if prev is not None and cat != prev:
             t.add_section()
         prev = cat
-        row = [Text(comp.label_of(m))] + [Text("✓" if v else "") for v in comp.lead_values.get(m, [])]
+        row = [Text(plain_text(comp.label_of(m)))] + [Text("✓" if v else "") for v in comp.lead_values.get(m, [])]
         for col in comp.columns:
             c = comp.cells[(m, col)]
             txt = _fmt(c, decimals, std) + (f" (n={c.n})" if c.n > 1 and not c.conflict else "")
@@ -479,6 +497,6 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
         t.add_row(*row)
     legend = legend_lines(comp, "bold", "underlined")[1:]  # the title already says what bold/underline mean
     if legend:
-        t.caption = Text("\n".join(legend))
+        t.caption = Text("\n".join(map(plain_text, legend)))
         t.caption_justify = "left"
     return t

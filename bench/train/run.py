@@ -276,6 +276,7 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "method_source": r.method_source,
         "method_source_hash": r.method_source_hash,
         "dataset": r.adapter.name,
+        **_dataset_origin(r),
         "task": r.adapter.task,
         "teacher_modality": r.config["teacher_modality"],
         "student_modality": r.config["student_modality"],
@@ -296,6 +297,19 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         **({"tuned": r.config["tuned"]} if "tuned" in r.config else {}),  # bench run --tuned: study, trial, value
     }
+
+
+def _dataset_origin(r: Resolved) -> dict[str, Any]:
+    """Where the dataset came from (its plug-in, a bring-your-own folder), for the leaderboard's
+    rerun command (:mod:`bench.report.rerun`); not identity: the same files elsewhere are the same data."""
+    from bench.api.registry import DATASETS
+    from bench.train.resolve import is_dataset_folder
+
+    src = next((e.source for e in DATASETS.entries() if e.obj is type(r.adapter)), None)
+    out: dict[str, Any] = {"dataset_source": src}
+    if is_dataset_folder(r.spec.dataset):
+        out["dataset_folder"] = str(Path(r.spec.dataset).expanduser().resolve())
+    return out
 
 
 def _device_name(device: torch.device) -> str:
