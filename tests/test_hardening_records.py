@@ -344,6 +344,17 @@ def test_markdown_and_terminal_output_show_no_control_or_bidi_character(tmp_path
         assert "evil" in out.output  # the name is shown, only its invisible characters are not
 
 
+def test_notes_reach_the_terminal_without_control_characters(tmp_path):
+    """A conflict note names the method: its escape sequence must not reach the terminal either."""
+    m = "m\x1b]0;owned\x07\u202e"
+    for s, variant in ((0, "a"), (1, "b")):  # two configurations: a conflict, reported in a note
+        write_record(tmp_path, rec(m, "A", "visual", s, 60.0 + s, variant=variant, run_id=f"c{s}"))
+        write_record(tmp_path, rec("none", "A", "visual", s, 50.0 + s, cat="Uni-Modal", run_id=f"n{s}"))
+    out = invoke("leaderboard", "-r", str(tmp_path))
+    assert out.exit_code == 0 and "conflict" in out.output and "owned" in out.output, out.output
+    assert invisible(out.output) == [], invisible(out.output)
+
+
 needs_latex = pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs texlive (installed by .ci/run)")
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from bench.api.config import parse_overrides
 from bench.api.errors import BenchError
 from bench.cli.app import app, console, err_console
+from bench.report.output import plain_text
 
 
 def _show(res) -> None:  # type: ignore[no-untyped-def]
@@ -21,7 +22,7 @@ def _show(res) -> None:  # type: ignore[no-untyped-def]
     for f in res.files:
         console.print(f"wrote {escape(str(f))}")
     for n in res.notes:
-        err_console.print(f"[yellow]{escape(n)}[/yellow]")
+        err_console.print(f"[yellow]{escape(plain_text(n))}[/yellow]")  # no ESC or U+202E from a name
     if res.written_to is not None:
         console.print(f"wrote {escape(str(res.written_to))}")
     elif res.text is not None:
@@ -131,7 +132,7 @@ def curves(
     paths, notes = draw_curves(list(results or [Path("results")]), out, datasets=opt(datasets), methods=opt(methods),
                                directions=opt(directions), value=value, pairing=pairing)
     for n in notes:
-        err_console.print(f"[yellow]{escape(n)}[/yellow]")
+        err_console.print(f"[yellow]{escape(plain_text(n))}[/yellow]")  # no ESC or U+202E from a name
     for p in paths:
         console.print(f"wrote {escape(str(p))}")
 
