@@ -22,6 +22,18 @@ def tiny_overrides():
     return tiny()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread per training process, as `-j` workers use (two threads stall on a shared machine).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def registries_restored_after_each_module():
     """Plug-ins a test module registers (``flaky``, ``gated``, ``markupkd``...) leave with it, so

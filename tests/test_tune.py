@@ -36,15 +36,7 @@ def bench(*args: str, env: dict | None = None):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200", **(env or {})})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread per training process, as `-j` workers use (two threads stall on a shared machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(results: Path, name: str):  # type: ignore[no-untyped-def]
