@@ -44,3 +44,13 @@ def join_under(root: str | Path, *parts: str, where: str = "name") -> Path:
     for part in parts:
         out = out / check_component(part, where)
     return out
+
+
+def resolve_path(path: str | Path, where: str) -> Path:
+    """``path`` made absolute with its symlinks resolved; a symlink loop (or a path the system cannot
+    resolve) raises a BenchError naming ``where`` (the option or field it came from) instead of a
+    RuntimeError from pathlib."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:
+        raise BenchError(f"{where}: cannot resolve the path {path} ({exc})") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from bench.api.errors import BenchError
-from bench.api.names import check_component
+from bench.api.names import check_component, resolve_path
 
 T = TypeVar("T")
 
@@ -100,8 +100,9 @@ class Registry(Generic[T]):
             try:
                 self._loading_source = (f"entry-point:{dist}", None)
                 obj = ep.load()
-            except Exception as exc:  # a broken third-party plug-in must not break the tool
-                raise BenchError(f"cannot load {self.kind} plug-in entry point {ep.name!r} ({ep.value}): {exc}") from exc
+            except (Exception, SystemExit) as exc:  # a broken third-party plug-in must not break the tool
+                why = f"it called exit ({exc.code!r})" if isinstance(exc, SystemExit) else str(exc)
+                raise BenchError(f"cannot load {self.kind} plug-in entry point {ep.name!r} ({ep.value}): {why}") from exc
             finally:
                 self._loading_source = ("builtin", None)
             # The entry point may be a module (whose import registered things) or a class.
@@ -178,6 +179,30 @@ DATASETS: Registry[Any] = Registry("dataset", "bench.datasets", DATASET_ENTRY_PO
 register_method = METHODS.register
 
 
+METHOD_GROUPS = ("all", "controls")
+"""Names ``--methods`` expands: ``all`` is every KD method and w/o KD (every registered method
+outside the ``Control`` category), ``controls`` the control methods (label smoothing, Tf-KD's
+virtual teacher); ``all,controls`` both. A name that is a group never names a method."""
+
+
+def select_methods(text: str) -> list[str]:
+    """``--methods`` -> method names in registration order (groups expanded, duplicates dropped,
+    every name checked); an empty list when ``text`` names nothing."""
+    from bench.api.method import CONTROL
+
+    out: list[str] = []
+    for item in (t.strip().lower() for t in (text or "").split(",")):
+        if not item:
+            continue
+        if item in METHOD_GROUPS:
+            ctl = item == "controls"
+            names = [e.name for e in METHODS.entries() if (getattr(e.obj, "category", None) == CONTROL) == ctl]
+        else:
+            names = [METHODS.entry(item).name]
+        out += [n for n in names if n not in out]
+    return out
+
+
 register_dataset = DATASETS.register
 
 
@@ -199,7 +224,7 @@ def load_plugin_file(path: str | Path) -> dict[str, list[str]]:
     registers nothing is an error (a typo in a decorator would otherwise go unnoticed)."""
     for reg in REGISTRIES:
         reg.load_builtins()
-    p = Path(path).expanduser().resolve()
+    p = resolve_path(path, "--plugin")
     if not p.is_file():
         raise BenchError(f"--plugin {path}: no such file")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
@@ -218,6 +243,10 @@ def load_plugin_file(path: str | Path) -> dict[str, list[str]]:
     except BenchError:
         del sys.modules[mod_name]
         raise
+    except SystemExit as exc:  # exit() in a plug-in must not end bench silently, with a success status
+        del sys.modules[mod_name]
+        raise BenchError(f"--plugin {path}: importing it called exit ({type(exc).__name__}({exc.code!r})); a "
+                         f"plug-in file should only define and register") from None
     except Exception as exc:
         del sys.modules[mod_name]
         raise BenchError(f"--plugin {path}: importing it failed: {type(exc).__name__}: {exc}") from exc

@@ -89,7 +89,7 @@ def run(
     slurm_arg: Optional[List[str]] = typer.Option(None, "--slurm-arg", help="extra sbatch option KEY=VALUE (repeatable)"),
     slurm_config: Optional[Path] = typer.Option(None, "--slurm-config", help="TOML with a [slurm] table (default ./slurm.toml if present)"),
     wait: bool = typer.Option(False, "--wait", help="slurm: block until every task has finished"),
-    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", "--jobs", "-j", help="K runs at a time: per GPU, or on the CPU K single-threaded processes (-j 2 on 2 cores is ~3x faster for small models); SLURM: K runs per array task"),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", "--jobs", "-j", min=1, help="K runs at a time: per GPU, or on the CPU K single-threaded processes (-j 2 on 2 cores is ~3x faster for small models); SLURM: K runs per array task"),
     log: Optional[str] = typer.Option(None, "--log", help="also log every run to trackers, written under RESULTS/tracking: any of tensorboard,mlflow,wandb (W&B offline)"),
     tuned: bool = typer.Option(False, "--tuned", help="each method with the parameters of its best `bench tune` trial (labelled tuned)"),
     tuned_trials: Optional[int] = typer.Option(None, "--tuned-trials", help="with --tuned: the study with this budget, where several tuned the same runs"),
@@ -130,7 +130,7 @@ def run(
 
 def _run_local(todo: list, force: bool, fail_fast: bool, runs_per_gpu: int,  # type: ignore[no-untyped-def]
                trackers: list[str] | None = None):
-    from bench.launch.local import LocalExecutor
+    from bench.launch.local import LocalExecutor, StoppedEarly
     from bench.launch.packed import PackedExecutor
     from bench.train.stop import stop_on_sigterm
     from bench.train.trackers import with_trackers
@@ -150,14 +150,20 @@ def _run_local(todo: list, force: bool, fail_fast: bool, runs_per_gpu: int,  # t
             progress.stop()
             err_console.print("[yellow]interrupted[/yellow]: finished runs are saved; rerun the same command to resume.")
             raise typer.Exit(130)
+        except StoppedEarly as exc:  # --fail-fast, a dead worker process: one line, not a traceback
+            progress.stop()
+            err_console.print(f"[red]stopped[/red]: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
     console.print(f"finished in {time.perf_counter() - t0:.0f}s: {len(outcome.done)} ran, {len(outcome.failed)} failed")
     return outcome
 
 
 def _print_comparison(results: Path, specs: list, params: str = "default") -> None:
-    """The grid's comparison table: mean ± std over its seeds, ties with the best marked (Welch)."""
+    """The grid's comparison table: mean ± std over its seeds, with the paired verdicts (not below the
+    best, against w/o KD, at chance: :mod:`bench.report.table_stats`)."""
     from bench.records.store import load_results
-    from bench.report.tables import build_comparison, mark_tied, mark_vs_baseline, to_rich
+    from bench.report.table_stats import mark_chance, mark_tied, mark_vs_baseline
+    from bench.report.tables import build_comparison, to_rich
     from bench.report.tuning import select_params
     from bench.train.resolve import resolve
 
@@ -169,8 +175,9 @@ def _print_comparison(results: Path, specs: list, params: str = "default") -> No
         return
     df, _notes = select_params(df, params)
     comp = build_comparison(df)
-    mark_tied(comp, df)
-    mark_vs_baseline(comp, df)
+    mark_chance(comp, df)
+    mark_tied(comp)
+    mark_vs_baseline(comp)
     console.print(to_rich(comp))
 
 
@@ -184,24 +191,27 @@ def _run_slurm(todo: list, results: Path, cli: dict[str, Any], extra: list[str],
     opts = slurm.SlurmOptions.from_sources(config, cli, extra)
     m = slurm.submit(todo, results, opts, runs_per_task=runs_per_gpu)
     if m["teacher_job"]:
-        console.print(f"submitted teacher array {m['teacher_job']} ({len(m['teachers'])} teacher(s))")
+        console.print(f"submitted teacher array {', '.join(m['teacher_jobs'])} ({len(m['teachers'])} teacher(s))")
     n_tasks = len({t["job_id"] for t in m["tasks"]})
-    console.print(f"submitted run array {m['array_job']} ({n_tasks} task(s), {len(m['tasks'])} run(s)); manifest "
-                  f"{escape(str(m['path']))}")
+    arrays = slurm.arrays_of(m)
+    split = f" in {len(arrays)} arrays of at most {m['max_array_size']}" if len(arrays) > 1 else ""
+    console.print(f"submitted run array{'s' if split else ''} {', '.join(arrays)} ({n_tasks} task(s){split}, "
+                  f"{len(m['tasks'])} run(s)); "
+                  f"manifest {escape(str(m['path']))}")
     if not wait:
         console.print(f"follow it with `bench status -r {escape(str(results))}`; collect with "
                       f"`bench collect -r {escape(str(results))}`")
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as prog:
-        bar = prog.add_task(f"array {m['array_job']}", total=n_tasks)
+        bar = prog.add_task(f"array {slurm.grid_label(m)}", total=n_tasks)
 
         def update(states: dict[str, str]) -> None:
             prog.update(bar, completed=sum(1 for s in states.values() if s in slurm.TERMINAL))
 
         states = slurm.wait(m, on_poll=update)
     bad = {j: s for j, s in states.items() if s != "COMPLETED"}
-    console.print(f"array {m['array_job']}: {len(states) - len(bad)} completed, {len(bad)} not: {bad or ''}")
+    console.print(f"array {slurm.grid_label(m)}: {len(states) - len(bad)} completed, {len(bad)} not: {bad or ''}")
     if bad:
         raise typer.Exit(1)
 

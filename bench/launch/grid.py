@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.api.errors import BenchError
-from bench.api.registry import DATASETS, METHODS
+from bench.api.registry import DATASETS, select_methods
 from bench.records.store import existing_ok
 from bench.train.resolve import (
     RunSpec,
@@ -15,6 +15,11 @@ from bench.train.resolve import (
     load_plugins,
     resolve,
 )
+
+
+MAX_SEED = 2**32 - 1
+"""The largest seed: NumPy's global generator takes 32 bits (a larger seed would share its stream with
+``seed % 2**32``) and torch's fails inside the run from 2**64 on."""
 
 
 def split_list(text: str | None) -> list[str]:
@@ -29,11 +34,9 @@ def expand_grid(
     overrides = overrides or {}
     plugins = plugins or []
     load_plugins(plugins)
-    mnames = METHODS.names() if methods.strip().lower() == "all" else split_list(methods)
+    mnames = select_methods(methods)  # 'all': KD methods and w/o KD; 'controls' adds the controls; names checked
     if not mnames:
-        raise BenchError("--methods is empty; give 'all' or a comma-separated list")
-    for m in mnames:
-        METHODS.entry(m)  # validates the name
+        raise BenchError("--methods is empty; give 'all', 'all,controls' or a comma-separated list")
     dnames = split_list(datasets)
     if not dnames:
         raise BenchError("--datasets is empty; valid datasets: " + ", ".join(DATASETS.names()))
@@ -43,8 +46,8 @@ def expand_grid(
         raise BenchError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seed_list:
         raise BenchError("--seeds is empty")
-    if any(sd < 0 for sd in seed_list):
-        raise BenchError(f"--seeds {seeds!r}: seeds must be >= 0")
+    if any(not 0 <= sd <= MAX_SEED for sd in seed_list):
+        raise BenchError(f"--seeds {seeds!r}: seeds must be between 0 and {MAX_SEED} (2**32 - 1)")
     if directions.strip().lower() != "all" and not split_list(directions):
         raise BenchError("--directions is empty; give 'all' or e.g. a2v,v2a")
     from bench.train.device import resolve_device

@@ -12,6 +12,23 @@ from bench.train.resolve import RunSpec, resolve
 from bench.train.run import Reporter, run
 
 
+class StoppedEarly(BenchError):
+    """The work stopped before its end (``--fail-fast``, a worker process that died); what finished
+    is kept. The command line prints it as one line and exits with status 1, as for a failed run."""
+
+
+def fail_fast_stop(rec: dict[str, Any]) -> StoppedEarly:
+    return StoppedEarly(f"--fail-fast: run {rec['run_id']} failed ({rec.get('error')}); the grid stopped there. "
+                        f"Finished runs are kept; rerunning the command retries it, then runs the rest")
+
+
+def dead_worker_stop(kept: str) -> StoppedEarly:
+    """A worker process died (killed, out of memory, a crash in native code): the pool cannot go on,
+    but nothing finished is lost and the work in progress can resume. ``kept`` says what is kept."""
+    return StoppedEarly(f"a worker process died unexpectedly (killed, out of memory or a crash in native code); "
+                        f"{kept}: rerun the same command to resume")
+
+
 @dataclass
 class GridOutcome:
     done: list[dict[str, Any]] = field(default_factory=list)
@@ -50,5 +67,5 @@ class LocalExecutor:
             rec, exc = attempt(spec, self.reporter, force)
             out.add(rec)
             if exc is not None and self.fail_fast:
-                raise exc
+                raise fail_fast_stop(rec) from exc
         return out

@@ -5,30 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from bench.api.errors import BenchError
-from bench.launch.local import GridOutcome, attempt
+from bench.launch.local import GridOutcome, attempt, dead_worker_stop, fail_fast_stop
 from bench.train.resolve import RunSpec
 from bench.train.run import Reporter, send_note
 from bench.train.trackers import with_trackers
 
 
 class QueueReporter:
-    """Forwards a worker's progress events to the parent process."""
+    """Forwards a worker's progress events to the parent process. Best-effort: the queue lives in a
+    manager process, and when that is gone (killed, out of memory) the events are dropped, never the
+    run: the parent still gets every record through the pool and reports its end itself."""
 
     def __init__(self, q):
         self.q = q
 
+    def _put(self, event: tuple) -> None:
+        if self.q is None:
+            return
+        try:
+            self.q.put(event)
+        except (OSError, EOFError):  # BrokenPipeError, ConnectionRefusedError...: the manager is gone
+            self.q = None
+
     def begin(self, run_id: str, total_epochs: int) -> None:
-        self.q.put(("begin", run_id, total_epochs))
+        self._put(("begin", run_id, total_epochs))
 
     def epoch(self, run_id: str, phase: str, epoch: int, info: dict[str, Any]) -> None:
-        self.q.put(("epoch", run_id, phase, epoch, {k: info.get(k) for k in ("test_metric", "val_metric")}))
+        self._put(("epoch", run_id, phase, epoch, {k: info.get(k) for k in ("test_metric", "val_metric")}))
 
     def end(self, run_id: str, record: dict[str, Any]) -> None:
-        keep = ("status", "metric", "best_metric", "selected_epoch", "final_metric", "wall_time_s", "error")
-        self.q.put(("end", run_id, {k: record.get(k) for k in keep}))
+        self._put(("end", run_id, {k: record.get(k) for k in END_FIELDS}))
 
     def note(self, run_id: str, message: str) -> None:
-        self.q.put(("note", run_id, message))
+        self._put(("note", run_id, message))
+
+
+END_FIELDS = ("status", "metric", "best_metric", "selected_epoch", "final_metric", "wall_time_s", "error")
+"""What a run's ``end`` event carries to the parent's progress display."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -102,6 +115,7 @@ class PackedExecutor:
         import os
         import queue as queue_mod
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         out = GridOutcome()
         if not specs:
@@ -118,34 +132,61 @@ class PackedExecutor:
         ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, ncpu // slots)  # the CPUs this process may use (a SLURM task's allocation)
         ctx = mp.get_context("spawn")
-        q = ctx.Manager().Queue()
+        manager = ctx.Manager()  # the progress queue's process; shut down here, not left to the collector
+        q = manager.Queue()
         counter = ctx.Value("i", 0)
         specs = [dataclasses.replace(s, runs_per_gpu=self.k,
                                      device="cuda" if (gpus and s.device.startswith("cuda")) else s.device) for s in specs]
-        with ProcessPoolExecutor(max_workers=min(slots, len(specs)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, counter, gpus, threads)) as pool:
-            futs = {pool.submit(_worker_run, s, force, self.trackers): s for s in specs}
-            pending_f = set(futs)
-            while pending_f:
-                done, pending_f = wait(pending_f, timeout=0.2, return_when=FIRST_COMPLETED)
+        self._ended: set[str] = set()
+        self._lost = False
+        try:
+            with ProcessPoolExecutor(max_workers=min(slots, len(specs)), mp_context=ctx, initializer=_init_worker,
+                                     initargs=(q, counter, gpus, threads)) as pool:
+                futs = {pool.submit(_worker_run, s, force, self.trackers): s for s in specs}
+                pending_f = set(futs)
+                while pending_f:
+                    done, pending_f = wait(pending_f, timeout=0.2, return_when=FIRST_COMPLETED)
+                    self._drain(q, queue_mod)
+                    for f in done:
+                        try:
+                            rec = f.result()
+                        except BrokenProcessPool:
+                            _cancel(pending_f)
+                            n = len(out.done) + len(out.skipped)
+                            raise dead_worker_stop(f"the {n} finished run(s) are kept and the unfinished ones "
+                                                   f"resume from their last finished epoch") from None
+                        if rec.get("status") == "error":
+                            _cancel(pending_f)
+                            raise BenchError(rec["error"])
+                        out.add(rec)
+                        self._end_unreported(rec)
+                        if rec.get("status") == "failed" and self.fail_fast:
+                            _cancel(pending_f)
+                            raise fail_fast_stop(rec)
                 self._drain(q, queue_mod)
-                for f in done:
-                    rec = f.result()
-                    if rec.get("status") == "error":
-                        _cancel(pending_f)
-                        raise BenchError(rec["error"])
-                    out.add(rec)
-                    if rec.get("status") == "failed" and self.fail_fast:
-                        _cancel(pending_f)
-                        raise RuntimeError(f"run {rec['run_id']} failed: {rec.get('error')}")
-            self._drain(q, queue_mod)
+        finally:
+            manager.shutdown()
         return out
+
+    def _end_unreported(self, rec: dict[str, Any]) -> None:
+        """Once the progress queue is lost, the parent reports each run's end from its record."""
+        if self._lost and self.reporter is not None and not rec.get("skipped") and rec["run_id"] not in self._ended:
+            self._ended.add(rec["run_id"])
+            self.reporter.end(rec["run_id"], {k: rec.get(k) for k in END_FIELDS})
 
     def _drain(self, q, queue_mod) -> None:
         while True:
+            if self._lost:
+                return
             try:
                 ev = q.get_nowait()
-            except (queue_mod.Empty, EOFError, OSError):
+            except queue_mod.Empty:
+                return
+            except (EOFError, OSError):  # the manager process is gone: progress events with it, runs go on
+                self._lost = True
+                if self.reporter is not None:
+                    send_note(self.reporter, "grid", "the progress queue was lost (its process ended); the runs "
+                              "go on and report when they finish")
                 return
             if self.reporter is None:
                 continue
@@ -157,4 +198,5 @@ class PackedExecutor:
             elif kind == "note":
                 send_note(self.reporter, run_id, rest[0])
             else:
+                self._ended.add(run_id)
                 self.reporter.end(run_id, rest[0])

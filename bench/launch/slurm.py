@@ -13,13 +13,16 @@ which then train it themselves under the cache's file lock, so no two tasks ever
 teacher concurrently). Each task is a ``submitit.helpers.Checkpointable``: on a time limit or a
 pre-emption signal it is requeued and resumes from the run's own per-epoch checkpoint, so history
 epochs are neither repeated nor lost; a plain ``scancel`` + resubmission resumes the same way.
+
+A grid larger than the cluster's ``MaxArraySize`` (1001 tasks by default) is submitted as several
+arrays; its manifest lists them all, and ``bench status``, ``--retry-failed`` and ``bench collect``
+treat them as one grid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -27,19 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import BenchError, ConfigError
+from bench.launch.arrays import (  # noqa: F401  (TERMINAL, BAD, sacct_states: part of this module's interface)
+    BAD,
+    TERMINAL,
+    array_states,
+    arrays_of,
+    cluster_max_array_size,
+    grid_label,
+    sacct_states,
+    submit_in_arrays,
+)
 from bench.records.files import atomic_write_json, plain_json
 from bench.train.resolve import RunSpec, resolve
 from bench.train.run import run
 from bench.train.stop import stop_on_sigterm
 from bench.train.teachers import teacher_path
 from bench.train.trackers import parse_trackers, with_trackers
-
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-            "DEADLINE"}
-
-
-BAD = TERMINAL - {"COMPLETED"}
-
 
 CONFIG_FILE = "slurm.toml"
 
@@ -59,6 +65,8 @@ class SlurmOptions:
     """Further sbatch options, e.g. {"constraint": "a100", "exclude": "node12"}."""
     log: list[str] = field(default_factory=list)
     """Trackers every task logs its runs to (``--log``; tensorboard, mlflow, wandb)."""
+    max_array_size: int | None = None
+    """Tasks per job array; default: the cluster's ``MaxArraySize`` (a site may allow fewer per user)."""
 
     @classmethod
     def from_sources(cls, config: Path | None, cli: dict[str, Any], extra: list[str]) -> "SlurmOptions":
@@ -89,7 +97,14 @@ class SlurmOptions:
         opts = cls(**values)
         if opts.time < 1 or opts.cpus_per_task < 1 or opts.array_parallelism < 1 or opts.gpus_per_task < 0:
             raise ConfigError("SLURM options: time, cpus_per_task and array_parallelism must be >= 1, gpus_per_task >= 0")
+        if opts.max_array_size is not None and (not isinstance(opts.max_array_size, int) or opts.max_array_size < 1):
+            raise ConfigError(f"SLURM options: max_array_size must be an integer >= 1, got {opts.max_array_size!r}")
         return opts
+
+
+def array_size_limit(opts: SlurmOptions) -> int:
+    """Tasks one submitted array may hold: ``max_array_size`` when set, else the cluster's limit."""
+    return opts.max_array_size if opts.max_array_size is not None else cluster_max_array_size()
 
 
 def _executor(folder: Path, opts: SlurmOptions, name: str):
@@ -213,31 +228,48 @@ def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions, runs_per_tas
             tp = teacher_path(r, r.config["teacher_modality"])
             if not tp.exists():
                 teachers.setdefault(str(tp), s)
-    teacher_job = None
-    if teachers:
-        ex = _executor(logs, opts, "cmkd-teachers")
-        with ex.batch():
-            tjobs = [ex.submit(TeacherTask(s)) for s in teachers.values()]
-        teacher_job = tjobs[0].job_id.split("_")[0]
-    ex = _executor(logs, opts, "cmkd-runs")
-    if teacher_job:
-        ex.update_parameters(slurm_additional_parameters={**opts.extra, "dependency": f"afterany:{teacher_job}"})
     if runs_per_task < 1:
         raise BenchError("--runs-per-gpu must be >= 1")
+    limit = array_size_limit(opts)
+
+    def executor(name: str, after: list[str]):  # type: ignore[no-untyped-def]
+        def make(parallelism: int):  # type: ignore[no-untyped-def]
+            ex = _executor(logs, dataclasses.replace(opts, array_parallelism=parallelism), name)
+            if after:  # each run array waits for every teacher array
+                ex.update_parameters(slurm_additional_parameters={**opts.extra, "dependency": "afterany:" + ":".join(after)})
+            return ex
+        return make
+
+    teacher_jobs: list[str] = []
+    if teachers:
+        tjobs = submit_in_arrays([TeacherTask(s) for s in teachers.values()], limit, opts.array_parallelism,
+                                 executor("cmkd-teachers", []), "teacher")
+        teacher_jobs = list(dict.fromkeys(j.job_id.split("_")[0] for j in tjobs))
     groups = [specs[i:i + runs_per_task] for i in range(0, len(specs), runs_per_task)]
-    with ex.batch():
-        gjobs = [ex.submit(RunTask(g[0], opts.log) if len(g) == 1 else PackedRunTask(g, opts.log)) for g in groups]
-    jobs = [j for j, g in zip(gjobs, groups) for _ in g]
-    array_job = jobs[0].job_id.split("_")[0]
-    manifest = {
-        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "array_job": array_job, "teacher_job": teacher_job,
-        "teachers": list(teachers), "logs": str(logs), "options": dataclasses.asdict(opts), "runs_per_task": runs_per_task,
-        "tasks": [{"task": i, "job_id": j.job_id, "run_id": resolve(s).run_id, "spec": dataclasses.asdict(s)}
-                  for i, (j, s) in enumerate(zip(jobs, specs))],
-    }
-    path = results / "slurm" / "submissions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{array_job}.json"
-    atomic_write_json(path, manifest)
-    manifest["path"] = str(path)
+    run_ids = [resolve(s).run_id for s in specs]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    manifest: dict[str, Any] = {}
+
+    def record(gjobs: list[Any]) -> None:
+        """The manifest of what is submitted so far, rewritten after each array: a refused later
+        array leaves the earlier ones followed by ``bench status``."""
+        jobs = [j for j, g in zip(gjobs, groups) for _ in g]
+        arrays = list(dict.fromkeys(j.job_id.split("_")[0] for j in gjobs))
+        manifest.clear()
+        manifest.update({
+            "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "array_job": arrays[0], "array_jobs": arrays,
+            "teacher_job": teacher_jobs[0] if teacher_jobs else None, "teacher_jobs": teacher_jobs,
+            "teachers": list(teachers), "logs": str(logs), "options": dataclasses.asdict(opts),
+            "runs_per_task": runs_per_task, "max_array_size": limit,
+            "tasks": [{"task": i, "job_id": j.job_id, "run_id": run_ids[i], "spec": dataclasses.asdict(s)}
+                      for i, (j, s) in enumerate(zip(jobs, specs))],
+        })
+        path = results / "slurm" / "submissions" / f"{stamp}-{arrays[0]}.json"
+        atomic_write_json(path, manifest)
+        manifest["path"] = str(path)
+
+    submit_in_arrays([RunTask(g[0], opts.log) if len(g) == 1 else PackedRunTask(g, opts.log) for g in groups], limit,
+                     opts.array_parallelism, executor("cmkd-runs", teacher_jobs), "run", on_array=record)
     return manifest
 
 
@@ -250,44 +282,6 @@ def manifests(results: Path) -> list[dict[str, Any]]:
     return out
 
 
-def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    """Job/array-task id -> state, from sacct (accounting) falling back to squeue."""
-    ids = sorted({j for j in job_ids if j})
-    if not ids:
-        return {}
-    states: dict[str, str] = {}
-    try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"],
-                             capture_output=True, text=True, timeout=60)
-        for line in out.stdout.splitlines():
-            if "|" in line:
-                jid, st = line.split("|", 1)
-                states[jid.strip()] = st.split()[0] if st.strip() else "UNKNOWN"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(ids)], capture_output=True, text=True,
-                             timeout=60)
-        for line in out.stdout.splitlines():
-            if "|" in line:
-                jid, st = line.split("|", 1)
-                jid, st = jid.strip(), st.strip()
-                # live view wins, except that a cancelled task still winding down stays CANCELLED
-                if not (st == "COMPLETING" and states.get(jid) in TERMINAL):
-                    states[jid] = st
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return states
-
-
-def _expand_array_states(states: dict[str, str], tasks: list[dict[str, Any]], array_job: str) -> None:
-    # sacct may report a not-yet-started array as "123_[0-3]"
-    for key, st in list(states.items()):
-        if key.startswith(f"{array_job}_[") and key.endswith("]"):
-            for t in tasks:
-                states.setdefault(t["job_id"], st)
-
-
 def task_table(results: Path) -> list[dict[str, Any]]:
     """One row per submitted task of the latest submission of each run: state, record, error tail."""
     from bench.records.store import read_record, record_path
@@ -297,14 +291,12 @@ def task_table(results: Path) -> list[dict[str, Any]]:
     for m in manifests(results):
         for t in m["tasks"]:
             latest[t["run_id"]] = (m, t)
-    by_array: dict[str, list[dict[str, Any]]] = {}
+    by_grid: dict[str, tuple[dict, list[dict[str, Any]]]] = {}
     for m, t in latest.values():
-        by_array.setdefault(m["array_job"], []).append(t)
+        by_grid.setdefault(m["path"], (m, []))[1].append(t)
     states: dict[str, str] = {}
-    for arr, ts in by_array.items():
-        s = sacct_states([arr] + [t["job_id"] for t in ts])
-        _expand_array_states(s, ts, arr)
-        states.update(s)
+    for m, ts in by_grid.values():
+        states.update(array_states(arrays_of(m), ts))
     rows = []
     for run_id, (m, t) in latest.items():
         st = states.get(t["job_id"], "UNKNOWN")
@@ -323,7 +315,7 @@ def task_table(results: Path) -> list[dict[str, Any]]:
             error = (rec.get("traceback") or rec.get("error") or "")[-800:]
         elif st in BAD:
             error = _log_tail(Path(m["logs"]), t["job_id"]) or f"SLURM state {st}"
-        rows.append({"array_job": m["array_job"], "job_id": t["job_id"], "run_id": run_id, "slurm_state": st,
+        rows.append({"array_job": grid_label(m), "job_id": t["job_id"], "run_id": run_id, "slurm_state": st,
                      "status": status, "error": error, "record": rec["status"] if rec else None, "spec": t["spec"]})
     return rows
 
@@ -359,15 +351,14 @@ def wait(manifest: dict[str, Any], poll_s: float = 3.0, timeout_s: float | None 
     ids = [t["job_id"] for t in manifest["tasks"]]
     t0 = time.time()
     while True:
-        st = sacct_states([manifest["array_job"]] + ids)
-        _expand_array_states(st, manifest["tasks"], manifest["array_job"])
+        st = array_states(arrays_of(manifest), manifest["tasks"])
         done = {j: st.get(j, "UNKNOWN") for j in ids}
         if on_poll:
             on_poll(done)
         if all(s in TERMINAL for s in done.values()):
             return done
         if timeout_s is not None and time.time() - t0 > timeout_s:
-            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for array {manifest['array_job']}: {done}")
+            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for array {grid_label(manifest)}: {done}")
         time.sleep(poll_s)
 
 
