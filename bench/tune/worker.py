@@ -178,6 +178,9 @@ def work_in_processes(plan: TunePlan, k: int, poll: Callable[[], None] | None = 
     import multiprocessing as mp
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bench.launch.local import dead_worker_stop
 
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ctx = mp.get_context("spawn")
@@ -190,7 +193,11 @@ def work_in_processes(plan: TunePlan, k: int, poll: Callable[[], None] | None = 
             if poll is not None:
                 poll()
             for f in done:
-                r = f.result()
+                try:
+                    r = f.result()
+                except BrokenProcessPool:
+                    raise dead_worker_stop("finished trials are kept and the trials that were in progress are "
+                                           "queued again") from None
                 if "error" in r:
                     errors.append(r["error"])
                 elif "stopped" in r:
