@@ -19,7 +19,8 @@ proxy logits over all C classes (ties handled as in scipy), default krc = 0. The
 N, not by the number of selected samples.
 
 The **teacher keeps training** (bidirectional distillation): it is in the optimiser and in train
-mode, starting from the cached unimodal teacher; the student starts from scratch. The record
+mode, starting from the cached unimodal teacher (under ``train.teacher_control=random``: from the
+never-trained teacher network of the run's seed); the student starts from scratch. The record
 keeps the teacher's final test score as a diagnostic. Differences from the reference: model
 selection on a validation split (the reference selects on test for CREMA-D, on train for
 VGGSound), and tau-b is computed vectorised on the device instead of a per-sample scipy loop.

@@ -3,7 +3,9 @@
 Every peer minimises its own CE plus lambda/(K-1) * sum_l KL(sg[p_l] || p_k) at temperature 1.
 Here K = 2: the student and a peer network of the teacher modality. The peer is *trained too*
 (``teacher_trainable``), starting from the pre-trained unimodal teacher by default
-(``peer_init=pretrained``; ``scratch`` re-initialises it as in the paper). Update schedule: one
+(``peer_init=pretrained``; ``scratch`` re-initialises it as in the paper; under the random-teacher
+control, ``train.teacher_control=random``, the "pretrained" peer is the never-trained network of the
+run's seed, so both start from scratch). Update schedule: one
 forward of both networks, both losses with the other side detached, one optimiser step over
 both (the PyTorch port's "simultaneous" update; identical to two SGD optimisers with the same
 lr stepped on the same batch). The student is the network evaluated; the peer's final test

@@ -184,6 +184,39 @@ def test_dkd_warmup_two_classes_and_confident_student():
     assert torch.isfinite(out)  # log-sum-exp TCKD stays finite where the reference gives inf
 
 
+def test_dkd_warmup_scales_with_the_schedule_by_default():
+    """Issue #25: W = ceil(20/240 x epochs) by default, so the KD weight reaches 1 within a 10-epoch
+    schedule (it used to end at 0.5); warmup_mode=absolute is mdistiller's 20-epoch ramp exactly."""
+    from bench.api.method import MethodContext
+    from bench.methods.dkd import DKD, DKDParams
+
+    rel, ab = DKDParams(), DKDParams(warmup_mode="absolute")
+    assert {e: rel.warmup_epochs(e) for e in (10, 12, 15, 30, 240)} == {10: 1, 12: 1, 15: 2, 30: 3, 240: 20}
+    assert [dkd_warmup(e, rel.warmup_epochs(10)) for e in range(1, 11)] == [1.0] * 10
+    assert [dkd_warmup(e, rel.warmup_epochs(15)) for e in (1, 2, 15)] == [0.5, 1.0, 1.0]
+    assert [dkd_warmup(e, ab.warmup_epochs(10)) for e in range(1, 11)] == [e / 20 for e in range(1, 11)]
+    assert [dkd_warmup(e, ab.warmup_epochs(240)) for e in (1, 10, 20, 240)] == [0.05, 0.5, 1.0, 1.0]
+    zs, zt, y = rnd(8, 5, seed=30), rnd(8, 5, seed=31), torch.arange(8) % 5
+    ctx = MethodContext(5, 10, "classification", "audio", "visual", torch.device("cpu"))
+    m, ref = DKD(rel, ctx), DKD(ab, ctx)
+    full = dkd_loss(zs, zt, y)  # no warm-up factor
+    for e in (1, 5, 10):
+        assert (m.loss(_out(zs), _out(zt), y, e)["nckd"] + m.loss(_out(zs), _out(zt), y, e)["tckd"]).item() == \
+            pytest.approx(full.item(), rel=1e-12)
+        ramped = ref.loss(_out(zs), _out(zt), y, e)
+        assert (ramped["nckd"] + ramped["tckd"]).item() == pytest.approx(full.item() * e / 20, rel=1e-12)
+    assert m.report() == {"warmup_mode": "relative", "warmup_epochs": 1, "warmup_factor": [1.0] * 10}
+    assert ref.report()["warmup_epochs"] == 20 and ref.report()["warmup_factor"][-1] == 0.5
+    with pytest.raises(ValueError, match="warmup_mode"):
+        DKDParams(warmup_mode="ratio").validate()
+
+
+def _out(z):
+    from bench.models import ModelOutput
+
+    return ModelOutput(z, z, z, [], [])
+
+
 # ---------------------------------------------------------------- Feat
 def test_feat_identity_regressor_is_plain_mse():
     from bench.methods._connectors import ConvBNReg

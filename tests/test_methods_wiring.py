@@ -70,7 +70,7 @@ def test_connector_shapes_for_mismatched_maps():
     feat.setup(student, teacher, so, to)
     fs, ft = feat.regress(so, to)
     assert fs.shape == ft.shape == (6, 16, 6, 1)  # common grid = (min 16,6), (min 1,6); channels -> teacher's
-    vec = METHODS.get("feat")(METHODS.get("feat").Params(), ctx)
+    vec = METHODS.get("feat")(METHODS.get("feat").Params(mode="vector"), ctx)
     vec.setup(student, teacher, so, to)
     fs, ft = vec.regress(so, to)
     assert fs.shape == ft.shape == (6, 32)
@@ -113,11 +113,37 @@ def test_dkd_warmup_applied_in_method():
     teacher, student, xt, xs = _nets()
     ctx = MethodContext(6, 10, "classification", "audio", "visual", torch.device("cpu"))
     cls = METHODS.get("dkd")
-    m = cls(cls.Params(warmup=10), ctx)
+    m = cls(cls.Params(warmup=10, warmup_mode="absolute"), ctx)
     s_out, t_out = student(xs), teacher(xt).detach()
     y = torch.arange(6)
     e1, e10 = m.loss(s_out, t_out, y, 1), m.loss(s_out, t_out, y, 10)
     assert e1["nckd"].item() == pytest.approx(e10["nckd"].item() / 10, rel=1e-6)
+
+
+def test_feat_default_is_the_reference_hint_layer_map_else_vectors():
+    """Issue #25: mode=auto distils mdistiller's hint layer (the second stage's map, i.e. stage -2 of
+    three) where both networks have stage maps, and the pooled vectors where one has none (an MLP),
+    saying which in its report (the record's extra.method)."""
+    from bench.models.mlp import MLPBackbone
+
+    teacher, student, xt, xs = _nets()
+    ctx = MethodContext(6, 10, "classification", "audio", "visual", torch.device("cpu"))
+    cls = METHODS.get("feat")
+    with torch.no_grad():
+        so, to = student.eval()(xs), teacher.eval()(xt)
+    auto, ref = cls(cls.Params(), ctx), cls(cls.Params(mode="map", stage=-2), ctx)
+    auto.setup(student, teacher, so, to)
+    ref.setup(student, teacher, so, to)
+    assert auto.report()["mode"] == "map" and auto.report()["stage"] == 1
+    assert auto.regress(so, to)[0].shape == ref.regress(so, to)[0].shape == (6, 16, 6, 1)
+    assert auto.teacher_cache_fields() == {"feature_maps[1]"}
+    torch.manual_seed(0)
+    mlp = MLPBackbone(20, 6, (16, 12))
+    mo = mlp.eval()(torch.randn(6, 20))
+    vec = cls(cls.Params(), ctx)
+    vec.setup(mlp, teacher, mo, to)
+    assert vec.report()["mode"] == "vector" and "student network has no spatial stage map" in vec.report()["why"]
+    assert vec.regress(mo, to)[0].shape == (6, 32) and vec.teacher_cache_fields() == {"feature"}
 
 
 @pytest.mark.parametrize("direction", [("audio", "visual"), ("visual", "audio")])

@@ -102,12 +102,13 @@ def test_space_mistakes_name_the_method_and_the_key():
         assert "method 'dkd' search_space" in str(exc.value) and msg in str(exc.value), str(exc.value)
 
 
-HEAD_HASHES = {  # resolve(spec).config_hash of the default job at the commit before tuning existed
+HEAD_HASHES = {  # resolve(spec).config_hash of the default job at the commit before tuning existed (DKD and
+    # Feat changed deliberately with their version 2, #25)
     "afd_audio2visual": "07c8fc0d94", "afd_visual2audio": "9abdf18336", "c2kd_audio2visual": "7e4c04138a",
     "c2kd_visual2audio": "a5a15eefa8", "dist_audio2visual": "3041937b26", "dist_visual2audio": "336765d6e3",
-    "dkd_audio2visual": "6122c3be1f", "dkd_visual2audio": "e73e088c1d", "dml_audio2visual": "7ff37b4b1c",
+    "dkd_audio2visual": "7a32dd5c9f", "dkd_visual2audio": "5a83c36997", "dml_audio2visual": "7ff37b4b1c",
     "dml_visual2audio": "e3cba1e4f0", "fdcmkd_audio2visual": "1175d97469", "fdcmkd_visual2audio": "65393d638a",
-    "feat_audio2visual": "bf9caad099", "feat_visual2audio": "f36dd1c329", "logit_audio2visual": "90bb5eafd0",
+    "feat_audio2visual": "2c647c8a6a", "feat_visual2audio": "9b0510b81b", "logit_audio2visual": "90bb5eafd0",
     "logit_visual2audio": "a5da143540", "nkd_audio2visual": "af74cc5ce8", "nkd_visual2audio": "4d0ea630c3",
     "none_audio2visual": "dca449066f", "none_visual2audio": "7936a87e6d", "ofd_audio2visual": "efa6e8fc49",
     "ofd_visual2audio": "72a412d072", "pkd_audio2visual": "03cb9d167a", "pkd_visual2audio": "e9974f6d03",
@@ -215,7 +216,9 @@ def tuned_all(tmp_path_factory):
 def test_a_four_trial_study_per_method_completes(tuned_all):
     res, out, _ = tuned_all
     assert "nothing to tune for none" in out and "4/4" in out
-    for e in METHODS.entries():
+    from bench.api.registry import select_methods
+
+    for e in (METHODS.entry(m) for m in select_methods("all")):  # --methods all: the controls are not in it
         if e.name == "none":
             continue
         name = study_of(res, e.name)

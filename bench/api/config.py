@@ -228,6 +228,9 @@ class TrainConfig:
     selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
     deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
     pairing: str = hp("paired", "paired | unpaired (teacher inputs re-drawn at random from the same class at every step)")
+    teacher_control: str = hp("none", "none | shuffled (every training sample gets the teacher outputs of another "
+                                      "training sample of its class, fixed from the seed) | random (a freshly "
+                                      "initialised teacher of the seed, never trained)")
     # speed features (bench.train.acceleration): not part of the config hash; the record stores them resolved
     speed: str = hp("auto", "auto (each feature below at its default: on for CUDA) | off (fp32, eager, streamed, teacher recomputed: the reference set-up)")
     amp: str = hp("auto", "auto (bf16 on CUDA, fp16 + GradScaler without bf16, off on CPU) | bf16 | fp16 | off")
@@ -254,6 +257,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be poly, cosine, step or constant, got {self.schedule!r}")
         if self.pairing not in {"paired", "unpaired"}:
             raise ValueError(f"pairing must be 'paired' or 'unpaired', got {self.pairing!r}")
+        if self.teacher_control not in TEACHER_CONTROLS:
+            raise ValueError(f"teacher_control must be none, shuffled or random, got {self.teacher_control!r}")
         if self.selection not in {"val", "test"}:
             raise ValueError(f"selection must be 'val' or 'test', got {self.selection!r}")
         from bench.api.config import validate_choices
@@ -261,11 +266,17 @@ class TrainConfig:
         validate_choices(self)
 
 
+TEACHER_CONTROLS = ("none", "shuffled", "random")
+"""``train.teacher_control``: the trained teacher on the paired sample (none), another training
+sample's teacher outputs of the same class (shuffled), a never-trained teacher (random); see
+:mod:`bench.train.teacher_outputs`."""
+
+
 SPEED_KEYS = ("speed", "amp", "channels_last", "data_placement", "compile", "fused_optim", "teacher_cache")
 """``train.*`` keys that only change how fast a run goes; kept out of the config hash."""
 
 
-LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs")
+LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs", "teacher_control")
 """``train.*`` keys added after records existed: hashed only when not at their default, so every
 configuration from before keeps its config hash and run id."""
 

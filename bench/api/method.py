@@ -28,6 +28,17 @@ import torch.nn.functional as F
 from bench.models import Backbone, ModelOutput
 
 
+CONTROL = "Control"
+"""The category of the control methods (label smoothing, a teacher-free virtual teacher)."""
+
+
+def relative_epochs(reference: int, reference_total: int, epochs: int) -> int:
+    """An epoch count of a reference recipe rescaled to this run's schedule, keeping its ratio:
+    ``ceil(reference / reference_total * epochs)``, at least 1 (DKD's 20-epoch warm-up of 240
+    epochs is 1 epoch of 10). Integer arithmetic, so 20 of 240 at 12 epochs is exactly 1."""
+    return max(1, -(-reference * epochs // reference_total))
+
+
 @dataclass
 class NoParams:
     """This method has no hyper-parameters of its own."""
@@ -47,7 +58,11 @@ class MethodContext:
 class Method:
     name: ClassVar[str]
     category: ClassVar[str] = "Logits"
-    """Table-2 group: Uni-Modal | Logits | Feature | Cross-Modal."""
+    """Table-2 group: Uni-Modal | Logits | Feature | Cross-Modal, or ``Control`` (:data:`CONTROL`: a
+    baseline that isolates what a teacher adds; run by ``--methods controls``, not by ``all``)."""
+    version: ClassVar[int] = 1
+    """Bumped when a change alters the method's results at the same parameters (part of the run's
+    identity from 2 on, so version-1 identities, i.e. every earlier record, keep their hashes)."""
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams

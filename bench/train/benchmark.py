@@ -404,7 +404,7 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
     device-hours at the official split sizes. Returns the figures (also what goes to JSON)."""
     from dataclasses import replace as dc_replace
 
-    from bench.api.registry import METHODS
+    from bench.api.registry import METHODS, select_methods
     from bench.launch.grid import split_list
     from bench.train.device import resolve_device
     from bench.train.resolve import build_adapter, build_train_config, resolve_backbone
@@ -414,9 +414,7 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
     adapter = build_adapter(dataset, overrides)
     train = build_train_config(adapter, overrides)
     train = dc_replace(train, batch_size=batch_size or (train.batch_size if cuda else 8))
-    mnames = METHODS.names() if methods.strip().lower() == "all" else [m.lower() for m in split_list(methods)]
-    for m in mnames:
-        METHODS.entry(m)
+    mnames = select_methods(methods)
     dirs = (adapter.directions() if directions.strip().lower() == "all"
             else [adapter.parse_direction(x) for x in split_list(directions)])
     mode_list = tuple(split_list(modes))

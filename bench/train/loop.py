@@ -34,8 +34,9 @@ _DATA_CACHE: dict[str, dict[str, Split]] = {}
 def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = True) -> dict[str, Split]:
     """Adapter splits plus a carved validation split when the adapter has none (cached per process).
 
-    ``with_test=False`` (tuning trials): the test split is dropped as the adapter hands it over,
-    before any check reads it, and the result has no ``test`` entry."""
+    ``with_test=False`` (tuning): the adapter loads without its test split
+    (:meth:`~bench.data.DatasetAdapter.load_without_test`: a file-backed adapter never opens it),
+    and the result has no ``test`` entry."""
     key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": train.split_seed})
     if not with_test:
         if key in _DATA_CACHE:
@@ -43,9 +44,9 @@ def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = T
         key += "-without-test"
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    splits = dict(adapter.load())
+    splits = dict(adapter.load() if with_test else adapter.load_without_test())
     if not with_test:
-        splits.pop("test", None)
+        splits.pop("test", None)  # a plug-in's override that hands it over anyway: never checked nor used
     for name in ("train", "test") if with_test else ("train",):
         if name not in splits:
             raise BenchError(f"dataset {adapter.name!r} produced no {name!r} split")
@@ -213,7 +214,7 @@ def fit(
     plan = choose_placement(plan, train, splits, keys, device)  # type: ignore[arg-type]
     engine = Trainer(adapter=adapter, train_split=tr, student=student, student_modality=student_modality,
                      method=method, teacher=teacher, teacher_modality=teacher_modality, train=train, device=device,
-                     plan=plan, teacher_key=teacher_key)
+                     plan=plan, teacher_key=teacher_key, seed=seed)
     plan = engine.plan
     teacher_in_opt = engine.teacher_in_opt
     history: list[dict[str, Any]] = []

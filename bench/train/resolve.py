@@ -10,11 +10,12 @@ from typing import Any
 from bench.api.config import TrainConfig, build_params, hashed_train, params_dict
 from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
-from bench.api.names import check_component
+from bench.api.names import check_component, resolve_path
 from bench.api.registry import BACKBONES, DATASETS, METHODS
 from bench.data import DatasetAdapter
 from bench.models.registry import BackboneChoice, backbone_params, check_fits, spec_of
 from bench.records.provenance import stable_hash
+from bench.train.teacher_outputs import check_teacher_control
 
 ROLES = ("teacher", "student")
 """Scopes of the backbone parameters: ``--set teacher.KEY=V`` / ``--set student.KEY=V``."""
@@ -140,13 +141,16 @@ def resolve(spec: RunSpec) -> Resolved:
         "train": hashed_train(train),
         "seed": spec.seed,
     }
+    if method_cls.version != 1:  # only a changed method carries it: every version-1 identity keeps its hash
+        config["method_version"] = method_cls.version
+    check_teacher_control(train, adapter, method_cls)
     uses_teacher = method_cls.uses_teacher
     backbones = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"),
                                         spec.overrides.get(role, {}) if uses_teacher or role == "student" else {})
                  for role, mod in (("teacher", t), ("student", s))}
     ckpt = resolve_teacher_checkpoint(train)
     if not uses_teacher:  # a run without a teacher is the same run whatever teacher was configured
-        for k in ("teacher_backbone", "teacher_finetune_epochs"):
+        for k in ("teacher_backbone", "teacher_finetune_epochs", "teacher_control"):
             config["train"].pop(k, None)
         backbones["teacher"] = resolve_backbone(adapter, "teacher", t, "default", {})
         ckpt = None
@@ -201,7 +205,7 @@ def resolve_teacher_checkpoint(train: TrainConfig) -> TeacherCheckpoint | None:
             raise ConfigError("train.teacher_finetune_epochs fine-tunes a given teacher: set train.teacher_checkpoint "
                               "(or --teacher-checkpoint PATH) too")
         return None
-    p = Path(train.teacher_checkpoint).expanduser().resolve()
+    p = resolve_path(train.teacher_checkpoint, "train.teacher_checkpoint (--teacher-checkpoint)")
     if not p.is_file():
         raise ConfigError(f"train.teacher_checkpoint={train.teacher_checkpoint}: no such file")
     st = p.stat()

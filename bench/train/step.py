@@ -31,7 +31,7 @@ from bench.train.acceleration import (
     to_channels_last,
 )
 from bench.train.placement import BatchSource
-from bench.train.teacher_outputs import TeacherOutputs
+from bench.train.teacher_outputs import TeacherOutputs, shuffled_partners
 
 _TEACHER_OUTPUTS: dict[tuple, TeacherOutputs] = {}
 
@@ -63,12 +63,16 @@ def maybe_compile(model: nn.Module, plan: SpeedPlan):
 class Trainer:
     def __init__(self, *, adapter: DatasetAdapter, train_split: Split, student: Backbone, student_modality: str,
                  method: Method, teacher: Backbone | None, teacher_modality: str | None, train: Any,
-                 device: torch.device, plan: SpeedPlan, teacher_key: str | None = None):
+                 device: torch.device, plan: SpeedPlan, teacher_key: str | None = None, seed: int = 0):
         self.adapter, self.tr, self.student, self.s_mod = adapter, train_split, student, student_modality
         self.method, self.teacher, self.t_mod, self.train, self.device = method, teacher, teacher_modality, train, device
         self.need_t = method.uses_teacher and teacher is not None
         self.teacher_in_opt = self.need_t and method.teacher_trainable
         self.unpaired = self.need_t and train.pairing == "unpaired"
+        # the shuffled-teacher control: a fixed partner of the same class per sample (drawn from the seed)
+        self.partners = (shuffled_partners(train_split.labels, seed)
+                         if self.need_t and getattr(train, "teacher_control", "none") == "shuffled" else None)
+        repaired = self.unpaired or self.partners is not None
         if not self.need_t:
             plan = replace(plan, teacher_cache=False, teacher_cache_fields=[], teacher_cache_reason="the method uses no teacher")
         elif self.teacher_in_opt or not plan.teacher_cache_fields:
@@ -100,10 +104,10 @@ class Trainer:
                 if key:
                     _TEACHER_OUTPUTS.clear()  # one teacher's outputs at a time
                     _TEACHER_OUTPUTS[key] = self.tcache
-        fetch_t = self.need_t and not self.unpaired and self.tcache is None
+        fetch_t = self.need_t and not repaired and self.tcache is None
         self.fetch_mods = [student_modality] + ([teacher_modality] if fetch_t else [])  # type: ignore[list-item]
         self.src = BatchSource(train_split, self.fetch_mods, device, plan)
-        self.t_src = BatchSource(train_split, [teacher_modality], device, plan) if self.unpaired and self.tcache is None else None  # type: ignore[list-item]
+        self.t_src = BatchSource(train_split, [teacher_modality], device, plan) if repaired and self.tcache is None else None  # type: ignore[list-item]
         self.by_class = class_index(train_split.labels) if self.unpaired else {}
 
     # -- phases ----------------------------------------------------------------------------
@@ -116,9 +120,10 @@ class Trainer:
         """Network inputs (augmented on the device), labels, and the teacher's sample indices."""
         xb, y = self.adapter.batch(s_like, li, self.fetch_mods, self.device, True, gen)
         t_idx = idx
-        if self.unpaired:
+        if self.unpaired or self.partners is not None:
             # the teacher sees other samples of the same classes: only the label space is shared
-            t_idx = repair_by_class(self.tr.labels, idx, self.by_class, gen)
+            t_idx = (self.partners[idx.cpu()].to(idx.device) if self.partners is not None
+                     else repair_by_class(self.tr.labels, idx, self.by_class, gen))
             if self.t_src is not None:
                 ts, tli = self.t_src.gather(t_idx)
                 xb[self.t_mod] = self.adapter.batch(ts, tli, [self.t_mod], self.device, True, gen)[0][self.t_mod]  # type: ignore[index]

@@ -14,6 +14,13 @@ training histories). It applies when all of these hold:
   synthetic set and AV-Digits; **not** visual frames (random crop, flip, frame choice), VGGSound
   audio (random 5-s crop) or NYU-Depth (joint scale/crop/flip);
 * the cached tensors fit the memory budget (feature maps of every training sample can be large).
+
+Teacher controls (``train.teacher_control``, :func:`check_teacher_control`) change which teacher a
+sample gets, for any method: ``shuffled`` hands every training sample the teacher outputs of
+another training sample of its class (:func:`shuffled_partners`: class-level knowledge only), and
+``random`` uses a freshly initialised teacher that is never trained
+(:func:`bench.train.teachers.random_teacher`). A method minus its shuffled control is the
+sample-level knowledge it transfers; a method minus its random control is what a trained teacher adds.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 import torch
 
+from bench.api.errors import ConfigError
 from bench.data import Split, batch_indices
 from bench.models import ModelOutput
 from bench.train.acceleration import SpeedPlan, frozen_forward
@@ -30,6 +38,48 @@ from bench.train.placement import BatchSource, free_device_bytes
 
 CPU_CACHE_BUDGET = 2 * 2**30
 """Teacher-output cache budget on CPU (bytes)."""
+
+
+def check_teacher_control(train: Any, adapter: Any, method_cls: Any) -> None:
+    """Refuse a teacher control that cannot mean what it says, before anything is read or trained."""
+    control = train.teacher_control
+    if control == "none" or not method_cls.uses_teacher:
+        return
+    if control == "shuffled":
+        if getattr(adapter, "paired_by", "sample") == "class":
+            raise ConfigError(
+                f"train.teacher_control=shuffled on {adapter.name!r}: its modalities are paired by class, not by "
+                f"sample, so every sample already receives the teacher outputs of another sample of its class; "
+                f"the shuffled-teacher control is the method itself by construction (nothing to run)")
+        if adapter.task != "classification":
+            raise ConfigError(f"train.teacher_control=shuffled needs image-level labels (it re-pairs samples "
+                              f"within a class); {adapter.name!r} is {adapter.task}")
+        if train.pairing == "unpaired":
+            raise ConfigError("train.teacher_control=shuffled with train.pairing=unpaired: both re-pair the teacher's "
+                              "samples within a class (a fixed partner vs one redrawn at every step); choose one")
+    if control == "random" and train.teacher_checkpoint:
+        raise ConfigError("train.teacher_control=random uses a never-trained teacher; it cannot be combined with "
+                          "train.teacher_checkpoint")
+
+
+def shuffled_partners(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """``partner[i]``: the training sample whose teacher outputs sample ``i`` receives under the
+    shuffled-teacher control. Within each class the samples are put in an order drawn from the run
+    seed and each takes the next one's outputs (one cycle per class), so the partner is always
+    another sample of the same class and every sample's outputs are used exactly once; fixed for
+    the whole run, unlike ``train.pairing=unpaired``, which redraws (with replacement, possibly the
+    sample itself) at every step."""
+    lab = labels.cpu()
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + 7_777_777) % 2**62)
+    partner = torch.arange(len(lab))
+    for c in torch.unique(lab):
+        pool = torch.nonzero(lab == c).flatten()
+        if len(pool) < 2:
+            raise ConfigError(f"train.teacher_control=shuffled: class {int(c)} has {len(pool)} training sample, "
+                              f"so no other sample of its class can lend it teacher outputs")
+        order = pool[torch.randperm(len(pool), generator=gen)]
+        partner[order] = order.roll(-1)
+    return partner
 
 
 def _parse_field(name: str) -> tuple[str, int | None]:

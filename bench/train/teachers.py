@@ -8,7 +8,9 @@ Unimodal teachers are trained once per (dataset, modality, seed, schedule, backb
 a checkpoint under ``results/teachers/`` and shared by every run that needs them (a file lock makes
 concurrent processes wait instead of training twice). A user's trained teacher
 (``train.teacher_checkpoint``) is used frozen, or fine-tuned for ``train.teacher_finetune_epochs``
-epochs (cached like a trained one, keyed by the file's sha256)."""
+epochs (cached like a trained one, keyed by the file's sha256). The random-teacher control
+(``train.teacher_control=random``) is the teacher network freshly initialised from the run's seed,
+never trained, never cached (:func:`random_teacher`)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from bench.models import Backbone
 from bench.models.registry import build_for, first_mismatch, load_weights_file
 from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
 from bench.records.provenance import stable_hash
+from bench.train.acceleration import plan_speed
 from bench.train.device import seed_everything
 from bench.train.loop import evaluate, fit
 from bench.train.resolve import Resolved
@@ -63,7 +66,7 @@ def teacher_resume_path(path: Path) -> Path:
 
 def teacher_epochs_to_train(r: Resolved) -> int:
     """Teacher epochs this run still has to train (0: cached, or a checkpoint used as it is)."""
-    if not r.method_cls.uses_teacher:
+    if not r.method_cls.uses_teacher or r.train.teacher_control == "random":
         return 0
     if r.teacher_checkpoint is not None:
         n = r.train.teacher_finetune_epochs
@@ -138,6 +141,8 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
     training it; a cached teacher file that cannot be read back is moved aside (``.corrupt``) and
     the teacher trained again, with a note."""
     modality = r.config["teacher_modality"]
+    if r.train.teacher_control == "random":
+        return random_teacher(r, splits, device)
     if r.teacher_checkpoint is not None and r.train.teacher_finetune_epochs == 0:
         return _frozen_checkpoint_teacher(r, splits, device)
     path = teacher_path(r, modality)
@@ -148,7 +153,10 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
                 state = load_torch_file(path, "cached teacher", device, required=("model", "info"),
                                         remedy="Delete it to train the teacher again")
                 model.load_state_dict(state["model"])
-                return model, dict(state["info"], cached=True, checkpoint=str(path))
+                info = state["info"]
+                if "test" in splits and info.get("test_metric") is None:  # trained while tuning
+                    info = _score_on_test(r, path, state, model, splits, device)
+                return model, dict(info, cached=True, checkpoint=str(path))
             except (CorruptFileError, RuntimeError) as exc:
                 if not isinstance(exc, CorruptFileError):
                     exc = CorruptFileError(path, "cached teacher", exc)
@@ -164,10 +172,15 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
             epochs = r.train.teacher_finetune_epochs
         ce = _plain_ce_method(r, modality, device, epochs)
         resumed: list[int] = []
+        with_test = "test" in splits  # bench tune trains it without (tuning never reads the test split)
         res = fit(adapter=r.adapter, splits=splits, student=model, student_modality=modality, method=ce,
                   teacher=None, teacher_modality=None, train=r.train, epochs=epochs,
                   seed=r.spec.seed, device=device, on_epoch=on_epoch, salt=17,
-                  checkpoint=teacher_resume_path(path), on_resume=resumed.append, on_note=on_note)
+                  checkpoint=teacher_resume_path(path), on_resume=resumed.append, on_note=on_note,
+                  evaluate_test=with_test)
+        last_unscored = res.history[-1]["test_metric"] is None
+        final = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                 if last_unscored and res.selected_epoch != len(res.history) else None)
         model.load_state_dict(res.best_state)
         sel = res.history[res.selected_epoch - 1]
         info = {
@@ -178,9 +191,37 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
             **({"finetuned_from": r.teacher_checkpoint.path, "finetuned_from_sha256": r.teacher_checkpoint.sha256}
                if r.teacher_checkpoint is not None else {}),
         }
-        atomic_torch_save({"model": model.state_dict(), "info": info, "history": res.history}, path)
+        state = {"model": model.state_dict(), "info": info, "history": res.history,
+                 **({"final_model": final} if final is not None else {})}
+        if with_test and None in (info["test_metric"], info["final_test_metric"]):  # resumed from tuning's epochs
+            info = _score_on_test(r, path, state, model, splits, device)
+        else:
+            atomic_torch_save(state, path)
         teacher_resume_path(path).unlink(missing_ok=True)
         return model, dict(info, cached=False, checkpoint=str(path))
+
+
+def _score_on_test(r: Resolved, path: Path, state: dict[str, Any], model: Backbone, splits: dict[str, Split],
+                   device: torch.device) -> dict[str, Any]:
+    """The test scores of a teacher that ``bench tune`` trained (tuning never reads the test split,
+    so it kept the last epoch's weights too, ``final_model``, when another epoch was selected): the
+    first run that has the test split scores the selected and the last epoch's weights, as training
+    would have each epoch, and completes the cached file (same path: the teacher's identity never
+    depended on test)."""
+    modality = r.config["teacher_modality"]
+    plan, bs, test = plan_speed(r.train, device), r.train.eval_batch_size, splits["test"]
+    info = dict(state["info"])
+    if info.get("test_metric") is None:
+        info["test_metric"] = evaluate(model, r.adapter, test, modality, device, bs, plan=plan)
+    if info.get("final_test_metric") is None:
+        if state.get("final_model") is None:  # the selected epoch is the last one
+            info["final_test_metric"] = info["test_metric"]
+        else:
+            last = build_network(r, "teacher", splits, device)
+            last.load_state_dict(state["final_model"])
+            info["final_test_metric"] = evaluate(last, r.adapter, test, modality, device, bs, plan=plan)
+    atomic_torch_save({"model": state["model"], "info": info, "history": state.get("history", [])}, path)
+    return info
 
 
 def _frozen_checkpoint_teacher(r: Resolved, splits: dict[str, Split],
@@ -192,12 +233,31 @@ def _frozen_checkpoint_teacher(r: Resolved, splits: dict[str, Split],
     modality = r.config["teacher_modality"]
     model = build_network(r, "teacher", splits, device)
     load_teacher_checkpoint(r, model)
-    bs = r.train.eval_batch_size
-    val = evaluate(model, r.adapter, splits["val"], modality, device, bs) if "val" in splits else None
     info = {"modality": modality, "epochs": 0, "source": "checkpoint", "checkpoint": ck.path, "sha256": ck.sha256,
-            "val_metric": val, "test_metric": evaluate(model, r.adapter, splits["test"], modality, device, bs),
-            "cached": True}
+            **_scores(r, model, splits, modality, device), "cached": True}
     return model, info
+
+
+def random_teacher(r: Resolved, splits: dict[str, Split], device: torch.device) -> tuple[Backbone, dict[str, Any]]:
+    """The random-teacher control: the teacher network as a trained teacher of this seed starts
+    (seeded like :func:`get_teacher` before it trains), never trained and never written to or read
+    from ``results/teachers/``. Methods that train their teacher with the student (DML, C2KD) start
+    from it. Evaluated once, so the record shows what it knows (about chance)."""
+    modality = r.config["teacher_modality"]
+    seed_everything(r.spec.seed, r.train.deterministic)
+    model = build_network(r, "teacher", splits, device)
+    info = {"modality": modality, "epochs": 0, "source": "random",
+            "control": "random teacher: freshly initialised from the run seed, never trained",
+            **_scores(r, model, splits, modality, device), "cached": False, "checkpoint": None}
+    return model, info
+
+
+def _scores(r: Resolved, model: Backbone, splits: dict[str, Split], modality: str,
+            device: torch.device) -> dict[str, float | None]:
+    """An untrained-here teacher's validation and test metrics (None for a split that is absent)."""
+    bs = r.train.eval_batch_size
+    return {f"{s}_metric": evaluate(model, r.adapter, splits[s], modality, device, bs) if s in splits else None
+            for s in ("val", "test")}
 
 
 def _plain_ce_method(r: Resolved, modality: str, device: torch.device, epochs: int) -> Method:
