@@ -30,4 +30,13 @@ def test_rows_group_by_networks_and_method_and_the_test_compares_the_same_method
     assert "| avdigits | a2v | dataset default: resnet, 0.31M parameters | timm(model=resnet34" in text
     tests = [ln for ln in text.splitlines() if ln.startswith("- ")]
     assert len(tests) == 1 and "Logit" in tests[0] and "difference +4.00" in tests[0]  # w/o KD is not paired
-    assert "(significant at 0.05)" in tests[0]
+    # paired on seeds 0, 1, 2 (every seed exactly 4 points up): the verdict, not "significant"
+    assert "over 3 seed(s)" in tests[0] and tests[0].endswith(": better") and "Holm-corrected over the 1" in text
+
+
+def test_unmatched_seeds_are_named_and_a_noisy_pair_is_inconclusive():
+    recs = [rec("logit", s, v, SMALL, SMALL) for s, v in enumerate([76.0, 80.0, 77.0])]
+    recs += [rec("logit", s, v, SMALL, TIMM) for s, v in enumerate([79.0, 77.0, 78.5, 90.0])]
+    line = [ln for ln in render(pair_rows(recs), ["a"]).splitlines() if ln.startswith("- ")][0]
+    assert ": inconclusive (seed(s) 3 of \\[timm(model=resnet34" in line and line.endswith("unmatched)")
+    assert "over 3 seed(s)" in line

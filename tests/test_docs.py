@@ -162,7 +162,6 @@ def test_method_pages_cover_the_registry_and_the_hand_written_table():
     assert "| `ratio` | `float` | `0.5` |" in fd and "teacher-output cache reads" in fd
 
 
-@pytest.mark.xfail(strict=True, reason="issue #29 open: the README is not yet rewritten as the ~150-line landing page")
 def test_readme_is_a_landing_page():
     """The two commands stay first, unchanged; the rest of the documentation lives on the site."""
     text = (ROOT / "README.md").read_text()

@@ -65,40 +65,56 @@ def test_ranks_gains_wtl_negative_transfer(tmp_path):
     assert rows["m1"]["mean_gain"] == pytest.approx((10 + 0.5 + 10) / 3)
     assert rows["m2"]["mean_gain"] == pytest.approx((1 + 10.5) / 2)
     assert rows["m3"]["mean_gain"] == pytest.approx((-10 - 9.5 + 0) / 3)
-    assert (rows["m1"]["wins"], rows["m1"]["ties"], rows["m1"]["losses"]) == (2, 1, 0)
-    assert (rows["m2"]["wins"], rows["m2"]["ties"], rows["m2"]["losses"]) == (1, 1, 0)
-    assert (rows["m3"]["wins"], rows["m3"]["ties"], rows["m3"]["losses"]) == (0, 1, 2)
+    # paired on seeds: not significant is "inconclusive" (it used to be printed "tie")
+    def bei(m):
+        return tuple(rows[m][v] for v in ("better", "equivalent", "inconclusive", "worse"))
+
+    assert (bei("m1"), bei("m2"), bei("m3")) == ((2, 0, 1, 0), (1, 0, 1, 0), (0, 0, 1, 2))
     assert [rows[m]["negative_transfer"] for m in ("m1", "m2", "m3")] == [0, 0, 2]
     assert (rows["m2"]["cells"], rows["m2"]["grid"]) == (2, 3) and rows["m1"]["coverage"] == 1.0
     assert rows["m4"]["cells"] == 0 and any("m4" in n and "conflict" in n for n in lb.notes)
-    # the per-cell p-value is scipy's Welch test
-    from scipy.stats import ttest_ind
+    # the per-cell p-value is scipy's paired t-test on the seed-matched values
+    from scipy.stats import ttest_rel
 
-    p = ttest_ind([50, 52, 54], [50, 51, 52], equal_var=False).pvalue
+    p = ttest_rel([50, 52, 54], [50, 51, 52]).pvalue
     assert lb.verdicts[("m2", ("A", "visual"))]["p"] == pytest.approx(p)
+    assert lb.verdicts[("m2", ("A", "visual"))]["ci"] == pytest.approx([1 - 4.302653 / 3 ** 0.5, 1 + 4.302653 / 3 ** 0.5])
     # statistically tied with the best on A/visual: nobody (m1 is clearly ahead)
     assert lb.tied_best[("A", "visual")] == ["m1"]
 
 
-def test_friedman_equals_scipy_and_cd_diagram(tmp_path):
-    from scipy.stats import friedmanchisquare
+def test_friedman_iman_davenport_and_cd_diagram_on_ten_blocks(tmp_path, monkeypatch):
+    """Ten datasets (independent blocks): Friedman as scipy (no ties here), the Iman-Davenport F,
+    Nemenyi CD, the diagram; on the three-cell fixture (2 blocks) the same tests are refused."""
+    from scipy.stats import f as f_dist
+    from scipy.stats import friedmanchisquare, studentized_range
 
-    lb = build_leaderboard(load_records(make_results(tmp_path / "res")))
+    root = tmp_path / "ten"
+    base = {"none": 50.0, "m1": 60.0, "m3": 40.0}
+    for i in range(10):
+        monkeypatch.setitem(CELLS, (f"D{i}", "visual"), "a2v")
+        for m, v in base.items():
+            for s in range(3):
+                write_record(root, fake(m, f"D{i}", "visual", s, v + {"none": 0, "m1": -4, "m3": 4}[m] * (i % 4) + 0.3 * s))
+    lb = build_leaderboard(load_records(root))
     f = lb.friedman
-    assert f["methods"] == ["none", "m1", "m3"] and set(f["excluded"]) == {"m2", "m4"}
-    mat = np.array([[np.mean(VALUES[c][m]) for m in ("none", "m1", "m3")] for c in VALUES])
-    assert f["statistic"] == pytest.approx(friedmanchisquare(*mat.T).statistic)
-    assert f["pvalue"] == pytest.approx(friedmanchisquare(*mat.T).pvalue)
-    from scipy.stats import studentized_range
-
-    assert f["cd"] == pytest.approx(studentized_range.ppf(0.95, 3, np.inf) / np.sqrt(2) * np.sqrt(3 * 4 / 18))
+    assert f["methods"] == ["none", "m1", "m3"] and f["n_blocks"] == 10
+    mat = np.array(f["matrix"])
+    chi = friedmanchisquare(*mat.T).statistic
+    assert f["statistic"] == pytest.approx(chi)
+    assert f["F"] == pytest.approx(9 * chi / (10 * 2 - chi)) and f["pvalue"] == pytest.approx(f_dist.sf(f["F"], 2, 18))
+    assert f["cd"] == pytest.approx(studentized_range.ppf(0.95, 3, np.inf) / np.sqrt(2) * np.sqrt(3 * 4 / 60))
+    assert set(f["vs_control"]) == {"m1", "m3"}
     paths = cd_diagram(lb, tmp_path / "cd")
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     from PIL import Image
 
     im = Image.open(paths[0])
     assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 5  # a drawn, non-blank image
-    assert "Friedman chi2=" in lb.stats_statement() and "alpha=0.05" in lb.stats_statement()
+    assert "Iman-Davenport F=" in lb.stats_statement() and "alpha=0.05" in lb.stats_statement()
+    few = build_leaderboard(load_records(make_results(tmp_path / "res")))
+    assert few.friedman["statistic"] is None and "2 independent block(s)" in few.friedman["refused"]
+    assert cd_diagram(few, tmp_path / "cd2") == [] and "Demsar 2006" in few.stats_statement()
 
 
 def test_refusals(tmp_path):
@@ -158,7 +174,8 @@ def test_cli_formats(tmp_path):
     assert [x["method"] for x in data["rows"]][:2] == ["m1", "m2"]
     r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "markdown", "--cells"])
     # default rule: ranked on the 2 cells every ranked method has (m2 lacks B/visual)
-    assert "| 1.50 | 2/3 | m1 |" in r.output and "Welch" in r.output and "61.00±1.00 (best)" in r.output
+    assert "| 1.50 | 2/3 | m1 |" in r.output and "paired t-test" in r.output and "61.00±1.00 (best)" in r.output
+    assert "Holm-corrected" in r.output and "ROPE of ±0.5" in r.output and "W/T/L" not in r.output
     assert "left out of the ranking: B/visual (missing: m2)" in r.output
     r = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "markdown", "--rank-cells", "own"])
     assert "| 1.33 | 3/3 | m1 |" in r.output and "own-cells rule" in r.output

@@ -50,7 +50,7 @@ def table(
     kind: str = typer.Argument("comparison", help="comparison | segmentation | ablation | threshold | sensitivity"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table to this file"),
-    fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | rich"),
+    fmt: str = typer.Option("latex", "--format", help="latex | markdown | csv | json | rich"),
     datasets: Optional[str] = typer.Option(None, "--datasets", help="comma-separated datasets (column order)"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (row order; comparison tables)"),
     decimals: int = typer.Option(1, "--decimals", help="digits after the decimal point (0-10)"),
@@ -62,13 +62,18 @@ def table(
     booktabs: bool = typer.Option(True, "--booktabs/--no-booktabs"),
     standalone: bool = typer.Option(False, "--standalone", help="a complete, compilable LaTeX document"),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="sensitivity: also write a heatmap to PATH.png/.pdf"),
-    mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells statistically tied with the best (Welch over seeds)"),
+    mark_tied: bool = typer.Option(False, "--mark-tied", help="dagger on cells not significantly below the best "
+                                   "(paired t-test on seed-matched differences, Holm)"),
     marks: str = typer.Option("all", "--marks", help="all: every row competes for bold/underline | kd-only: the KD methods only, "
                                                       "w/o KD shown but not ranked (the FD-CMKD paper's convention)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired: which protocol's records to tabulate"),
     alpha: float = typer.Option(0.05, "--alpha", help="level of --mark-tied and --vs-baseline"),
-    vs_baseline: bool = typer.Option(False, "--vs-baseline", help="▲/▼ on cells significantly better/worse than w/o KD (Welch over seeds)"),
-    correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the --vs-baseline tests"),
+    vs_baseline: bool = typer.Option(False, "--vs-baseline", help="▲/▼/≈ on cells better/worse than / equivalent to w/o KD "
+                                     "(paired t-test, TOST against the ROPE)"),
+    correction: str = typer.Option("holm", "--correction", help="holm | bonferroni | none over each family of tests the "
+                                   "table shows"),
+    rope: float = typer.Option(0.5, "--rope", help="region of practical equivalence, +- metric points (equivalent = TOST inside it)"),
+    intervals: bool = typer.Option(False, "--intervals", help="a 95 % CI column (t-interval of the seed mean) after each column"),
     params: str = typer.Option("default", "--params", help="default (as published) | tuned (bench run --tuned) | both "
                                "(side by side, with each method's gain from tuning)"),
 ) -> None:
@@ -79,7 +84,8 @@ def table(
     _show(render_table(results, kind, fmt=fmt, datasets=datasets, methods=methods, decimals=decimals, std=std,
                        value=value, caption=caption, caption_latex=caption_latex, label=label, booktabs=booktabs,
                        standalone=standalone, heatmap=heatmap, mark_tied=mark_tied, marks=marks, pairing=pairing,
-                       alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction, params=params))
+                       alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction, params=params, rope=rope,
+                       intervals=intervals))
 
 
 @app.command()
@@ -89,9 +95,12 @@ def leaderboard(
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods (default: all present)"),
     fmt: str = typer.Option("rich", "--format", "-f", help="rich | markdown | csv | latex | json | html"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file (a folder for --format html)"),
-    cells: bool = typer.Option(False, "--cells", help="also show mean±std per cell (~best = tied with the best, Welch)"),
+    cells: bool = typer.Option(False, "--cells", help="also show mean±std per cell (~best = not significantly below the best)"),
     alpha: float = typer.Option(0.05, "--alpha", help="significance level of the per-cell and Nemenyi tests"),
-    correction: str = typer.Option("none", "--correction", help="none | holm | bonferroni over the per-cell tests"),
+    correction: str = typer.Option("holm", "--correction", help="holm | bonferroni | none over each family of per-cell tests"),
+    rope: float = typer.Option(0.5, "--rope", help="region of practical equivalence, +- metric points"),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="independent blocks: dataset (default: cells sharing a "
+                                         "dataset are one block) | cell | NAME=ds1,ds2;NAME2=ds3"),
     cd: Optional[Path] = typer.Option(None, "--cd", help="write the critical-difference diagram to PATH.png/.pdf"),
     decimals: int = typer.Option(2, "--decimals", help="digits after the decimal point of gains and cells (0-10)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
@@ -104,7 +113,7 @@ def leaderboard(
 
     res = render_leaderboard(list(results or [Path("results")]), fmt=fmt, datasets=datasets, methods=methods, out=out,
                              cells=cells, alpha=alpha, correction=correction, cd=cd, decimals=decimals,
-                             pairing=pairing, rank_cells=rank_cells, params=params)
+                             pairing=pairing, rank_cells=rank_cells, params=params, rope=rope, blocks=blocks)
     if fmt == "html":
         res.notes.append("open the page from the file system; no server needed")
     _show(res)

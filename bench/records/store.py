@@ -38,7 +38,7 @@ COLUMNS = [
     "run_id", "status", "dataset", "task", "direction", "teacher_modality", "student_modality", "method",
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
-    "git_commit", "error", "path", "method_params", "pairing", "tuned",
+    "git_commit", "error", "path", "method_params", "pairing", "tuned", "split_fingerprint", "num_classes",
 ]
 
 
@@ -250,6 +250,12 @@ def load_records(results: str | Path | Iterable[str | Path], status: str | None 
     return out
 
 
+def split_fingerprint(rec: dict[str, Any]) -> str | None:
+    """The fingerprint of the test split a record was scored on (None for records made before
+    fingerprints): two runs are paired only when it is the same (bench.report.stats.paired)."""
+    return (rec.get("split_fingerprint") or {}).get("test")
+
+
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
@@ -267,6 +273,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "method_params": (r.get("config") or {}).get("method_params") or {},
             "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
             "tuned": ((r.get("config") or {}).get("tuned") or {}).get("study"),  # bench run --tuned: the study
+            "split_fingerprint": split_fingerprint(r), "num_classes": r.get("num_classes"),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.records.store import load_records
-from bench.report.tables import display_name, md_escape, welch_p
+from bench.records.store import load_records, split_fingerprint
+from bench.report.stats import paired as P
+from bench.report.tables import display_name, md_escape
 
 
 def network(entry: dict[str, Any]) -> str:
@@ -38,15 +39,16 @@ def pair_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (dataset, direction, student, teacher, method), recs in sorted(groups.items()):
         vals = [float(r["best_metric"]) for r in recs]
+        keyed = {(int(r["seed"]), split_fingerprint(r)): float(r["best_metric"]) for r in recs}
         t_metrics = [float(r["teacher"]["test_metric"]) for r in recs if r.get("teacher")]
         rows.append({"dataset": dataset, "direction": direction, "student": student, "teacher": teacher,
-                     "method": method, "seeds": sorted(int(r["seed"]) for r in recs), "values": vals,
+                     "method": method, "seeds": sorted(int(r["seed"]) for r in recs), "values": vals, "keyed": keyed,
                      "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "teacher_metric": statistics.mean(t_metrics) if t_metrics else None})
     return rows
 
 
-def render(rows: list[dict[str, Any]], sources: list[str]) -> str:
+def render(rows: list[dict[str, Any]], sources: list[str], rope: float = P.ROPE) -> str:
     lines = ["# Backbone pairs", "",
              f"Records from {', '.join(f'`{s}`' for s in sources)}; test top-1 (%) at the validation-selected "
              "epoch, mean ± std over seeds; the teacher's test top-1 at its own validation-selected epoch. "
@@ -59,18 +61,24 @@ def render(rows: list[dict[str, Any]], sources: list[str]) -> str:
         cells = (r["dataset"], r["direction"], r["student"], r["teacher"], display_name(r["method"]))
         lines.append("| " + " | ".join(md_escape(c) for c in cells) + f" | {','.join(map(str, r['seeds']))} | "
                      f"{r['mean']:.2f} ± {r['std']:.2f} | {t} |")
-    lines += ["", "Same method, different networks (teacher -> student; Welch t-test over seeds, two-sided):", ""]
     by_method: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         by_method.setdefault((r["dataset"], r["direction"], r["method"]), []).append(r)
-    for (dataset, direction, method), rs in sorted(by_method.items()):
-        for i, a in enumerate(rs):
-            for b in rs[i + 1:]:
-                p = welch_p(a["values"], b["values"])
-                verdict = "significant" if p < 0.05 else "not significant"
-                lines.append(md_escape(f"- {dataset} {direction} {display_name(method)}: {pair(a)} {a['mean']:.2f} vs "
-                                       f"{pair(b)} {b['mean']:.2f}, difference {b['mean'] - a['mean']:+.2f}, "
-                                       f"p = {p:.3g} ({verdict} at 0.05)"))
+    family = {(key, i, j): (rs[j]["keyed"], rs[i]["keyed"]) for key, rs in sorted(by_method.items())
+              for i in range(len(rs)) for j in range(i + 1, len(rs))}
+    results = P.compare_family(family, rope=rope)
+    tested = sum(1 for r in results.values() if r.p is not None)
+    lines += ["", "Same method, different networks (teacher -> student), second minus first: "
+              + md_escape(P.rule_text("comparisons below", tested, rope=rope)) + ":", ""]
+    for ((dataset, direction, method), i, j), res in results.items():
+        a, b = by_method[(dataset, direction, method)][i], by_method[(dataset, direction, method)][j]
+        ci = "" if res.ci is None else f" [{res.ci[0]:+.2f}, {res.ci[1]:+.2f}]"
+        p = "" if res.p is None else f", p = {res.p:.3g}, corrected p = {res.p_adj:.3g}"
+        unmatched = res.unmatched_text(pair(b), pair(a))
+        lines.append(md_escape(f"- {dataset} {direction} {display_name(method)}: {pair(a)} {a['mean']:.2f} vs "
+                               f"{pair(b)} {b['mean']:.2f}, paired difference "
+                               f"{'-' if res.diff is None else format(res.diff, '+.2f')}{ci} over {res.n} seed(s){p}: "
+                               f"{res.verdict}" + (f" ({unmatched})" if unmatched else "")))
     return "\n".join(lines) + "\n"
 
 

@@ -5,18 +5,12 @@ rank, ``scipy.stats.rankdata``) under one of two rules (:data:`RANK_RULES`): ``c
 ranks the methods among each other only on the cells every ranked method has, so all ranks are
 averages over the same cells against the same opponents; ``own`` averages each method's ranks over
 the cells it has (a method that ran only its two best cells can then stand first). Then the mean gain over w/o KD in points,
-win/tie/loss counts against w/o KD from a per-cell **Welch t-test over seeds**
-(``scipy.stats.ttest_ind(equal_var=False)``; "tie" = not significant at ``alpha``; optional
-Holm/Bonferroni correction over all tested cells via statsmodels), the number of cells with
-negative transfer (mean below w/o KD), and coverage (cells present / cells in the grid).
-
-Across cells: the **Friedman test** (``scipy.stats.friedmanchisquare``) on the cells x methods
-matrix of the methods that cover every cell, the **Nemenyi** post-hoc test
-(``scikit_posthocs.posthoc_nemenyi_friedman``) and the critical difference
-``CD = q_alpha / sqrt(2) * sqrt(k (k + 1) / (6 N))`` with ``q_alpha`` from
-``scipy.stats.studentized_range`` (Demsar 2006), drawn as a CD diagram
-(``scikit_posthocs.critical_difference_diagram``). Too few seeds for a cell test, or too few
-cells/methods for Friedman, are reported as such, never papered over.
+per-cell verdicts against w/o KD (better / equivalent / inconclusive / worse, a **paired t-test on
+per-seed differences**, Holm over every comparison shown, TOST against a ROPE), the number of cells
+with negative transfer (mean below w/o KD), coverage, and the aggregates with stratified-bootstrap
+intervals; across independent blocks Friedman / Iman-Davenport, Wilcoxon-Holm and the Nemenyi CD,
+refused below a minimum number of blocks. All of it is :mod:`bench.report.leaderboard_stats`'s,
+computed by :mod:`bench.report.stats`.
 
 Records of one (method, cell) made with different configurations are not pooled: the cell is a
 conflict and left out. Methods registered from plug-ins are told apart by source hash when
@@ -36,14 +30,15 @@ import numpy as np
 from bench.api.errors import BenchError
 from bench.report.cells import one_per_seed
 from bench.report.rerun import reproduce_command  # noqa: F401 - the page's import
-from bench.report.tables import BASELINE, display_name, order_methods, welch_p
+from bench.report.stats import paired as P
+from bench.report.tables import BASELINE, display_name, order_methods
 
 RANK_RULES = {
     "common": ("Mean rank, common-cells rule: rank 1 = best mean in a cell (ties share the average rank); "
                "the methods with at least one usable result are ranked among each other only on the cells "
                "that every one of them has, so every mean rank averages the same cells against the same "
                "opponents. Cells some method lacks are left out of the ranking but still count in gain, "
-               "W/T/L and coverage."),
+               "verdicts and coverage."),
     "own": ("Mean rank, own-cells rule: rank 1 = best mean in a cell (ties share the average rank), each "
             "method's ranks averaged over the cells it has; methods with different coverage are ranked on "
             "different cells, so read the rank together with the coverage."),
@@ -63,6 +58,13 @@ class CellStat:
     @property
     def n(self) -> int:
         return len(self.values)
+
+    @property
+    def keyed(self) -> dict[tuple[int, Any], float]:
+        """(seed, test-split fingerprint) -> value: what the paired tests match."""
+        from bench.records.store import split_fingerprint
+
+        return {(int(r["seed"]), split_fingerprint(r)): float(r["best_metric"]) for r in self.records}
 
 
 @dataclass
@@ -87,6 +89,15 @@ class Leaderboard:
     """Common rule: cells left out of the ranking -> the ranked methods that lack them."""
     unranked: list[str] = field(default_factory=list)
     """Methods without any usable (non-conflict) cell: listed, not ranked."""
+    rope: float = P.ROPE
+    best_detail: dict = field(default_factory=dict)
+    """(method, cell) -> the paired comparison with the cell's best."""
+    families: dict = field(default_factory=dict)
+    blocks: dict = field(default_factory=dict)
+    """cell -> its block (cells sharing a dataset by default)."""
+    loo: dict = field(default_factory=dict)
+    profile_runs: dict = field(default_factory=dict)
+    """method -> block -> per-seed normalised scores (the performance profile)."""
 
     def method_label(self, m: str) -> str:
         base, _, h = m.partition("@")
@@ -116,19 +127,10 @@ class Leaderboard:
     def stats_statement(self, rank: bool = True) -> str:
         """Every test, level and rule behind the numbers, in words (``rank=False``: without the rank
         sentences, which the HTML page writes itself for the selected cells)."""
-        corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[self.correction]
-        s = (f"Per cell: Welch t-test over seeds vs {display_name(self.baseline)} (scipy.stats.ttest_ind, "
-             f"equal_var=False), alpha={self.alpha}, {corr} over all tested cells; tie = not significant; "
-             f"negative transfer = mean below {display_name(self.baseline)}. ")
-        if rank:
-            s = f"{RANK_RULES[self.rank_rule]} {self.rank_detail()} " + s
-        f = self.friedman
-        if f.get("statistic") is not None:
-            s += (f"Across cells: Friedman chi2={f['statistic']:.3f}, p={f['pvalue']:.3g} over N={f['n_cells']} cells x "
-                  f"k={f['k']} methods; Nemenyi post-hoc (scikit-posthocs), CD={f['cd']:.3f} at alpha={self.alpha}.")
-        else:
-            s += f"Across cells: {f.get('refused', 'Friedman test not run')}."
-        return s
+        from bench.report.leaderboard_stats import statement
+
+        s = statement(self)
+        return f"{RANK_RULES[self.rank_rule]} {self.rank_detail()} " + s if rank else s
 
 
 def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
@@ -138,16 +140,21 @@ def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
 
 
 def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
-                      methods: list[str] | None = None, alpha: float = 0.05, correction: str = "none",
-                      baseline: str = BASELINE, pairing: str | None = "paired",
-                      rank_cells: str = "common") -> Leaderboard:
+                      methods: list[str] | None = None, alpha: float = 0.05, correction: str = P.DEFAULT_CORRECTION,
+                      baseline: str = BASELINE, pairing: str | None = "paired", rank_cells: str = "common",
+                      rope: float = P.ROPE, blocks: str | None = "dataset", min_blocks: int | None = None) -> Leaderboard:
+    """The leaderboard of ``records``; ``blocks`` declares which cells are one independent block
+    (:func:`bench.report.stats.aggregate.blocks_from_spec`), ``min_blocks`` the fewest blocks the
+    across-block tests run on (default :data:`bench.report.stats.across.MIN_BLOCKS`)."""
+    from bench.report import leaderboard_stats as LS
+    from bench.report.stats.across import MIN_BLOCKS
+
     if rank_cells not in RANK_RULES:
         raise BenchError(f"--rank-cells {rank_cells!r}: expected 'common' (rank on the cells every method has) "
                          f"or 'own' (each method on its own cells)")
-    if correction not in ("none", "holm", "bonferroni"):
-        raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
-    if not 0 < alpha < 1:
-        raise BenchError(f"--alpha {alpha}: expected a level in (0, 1)")
+    P.check_correction(correction)
+    P.check_alpha(alpha)
+    P.check_rope(rope)
     recs = [r for r in records if r.get("status") == "ok"]
     if pairing is not None:  # the two protocols are different benchmarks: never ranked together
         recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
@@ -178,7 +185,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
         if c not in cells:
             cells.append(c)
     metric = "/".join(sorted({str(r.get("metric", "top1")) for r in recs}))  # "mIoU/top1": cells of both
-    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells)
+    lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells, rope=rope)
     lb.notes += hidden
     for m in mkeys:
         for c in cells:
@@ -203,45 +210,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
 
     means = {(m, c): s.mean for (m, c), s in lb.stats.items() if not s.conflict}
     ranks, lb.rank_used, lb.rank_left_out, lb.unranked = rank_cells_rule(means, mkeys, cells, rank_cells)
-    # per-cell tests against the baseline
-    tests: list[tuple[tuple[str, tuple[str, str]], float]] = []
-    for m in mkeys:
-        if m == baseline:
-            continue
-        for c in cells:
-            a, b = ok(m, c), ok(baseline, c)
-            if a is None or b is None:
-                continue
-            if a.n < 2 or b.n < 2:
-                lb.verdicts[(m, c)] = {"verdict": "untested", "p": None, "diff": a.mean - b.mean}
-                continue
-            p = welch_p(a.values, b.values)
-            tests.append(((m, c), p))
-            lb.verdicts[(m, c)] = {"verdict": None, "p": p, "diff": a.mean - b.mean}
-    if tests:
-        ps = np.array([p for _, p in tests])
-        if correction != "none":
-            from statsmodels.stats.multitest import multipletests
-
-            ps = multipletests(ps, alpha=alpha, method=correction)[1]
-        for ((m, c), _), p in zip(tests, ps):
-            v = lb.verdicts[(m, c)]
-            v["p_adj"] = float(p)
-            v["verdict"] = "tie" if p >= alpha else ("win" if v["diff"] > 0 else "loss")
-    # statistically tied with the best, per cell
-    for c in cells:
-        present = [m for m in mkeys if ok(m, c)]
-        if not present:
-            continue
-        best = max(present, key=lambda m: ok(m, c).mean)  # type: ignore[union-attr]
-        tied = []
-        for m in present:
-            if m == best:
-                continue
-            a, b = ok(m, c), ok(best, c)
-            if a.n >= 2 and b.n >= 2 and welch_p(a.values, b.values) >= alpha:  # type: ignore[union-attr]
-                tied.append(m)
-        lb.tied_best[c] = [best] + tied
+    LS.cell_verdicts(lb, ok, rope)
     # summary rows
     for m in mkeys:
         present = [c for c in cells if ok(m, c)]
@@ -252,15 +221,14 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             "mean_rank": float(np.mean(list(ranks[m].values()))) if ranks[m] else None,
             "rank_cells": len(ranks[m]),
             "mean_gain": float(np.mean(gains)) if (gains and m != baseline) else None,
-            "wins": vs.count("win"), "ties": vs.count("tie"), "losses": vs.count("loss"),
-            "untested": vs.count("untested"),
+            **{v: vs.count(v) for v in P.VERDICTS},
             "negative_transfer": sum(1 for g in gains if g < 0) if m != baseline else None,
             "cells": len(present), "grid": len(cells), "coverage": len(present) / len(cells),
             "seeds": sorted({s for c in present for s in ok(m, c).seeds}),  # type: ignore[union-attr]
             "source_hash": next((r.get("method_source_hash") for c in present for r in ok(m, c).records), None),  # type: ignore[union-attr]
         })
     lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
-    lb.friedman = _friedman(lb, ok)
+    LS.aggregates(lb, ok, blocks, MIN_BLOCKS if min_blocks is None else min_blocks)
     return lb
 
 
@@ -311,36 +279,6 @@ def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, A
     return out, notes
 
 
-def _friedman(lb: Leaderboard, ok) -> dict[str, Any]:
-    from scipy.stats import friedmanchisquare, studentized_range
-
-    full = [m for m in lb.methods if all(ok(m, c) for c in lb.cells)]
-    dropped = [m for m in lb.methods if m not in full]
-    n, k = len(lb.cells), len(full)
-    out: dict[str, Any] = {"methods": full, "excluded": dropped, "n_cells": n, "k": k, "statistic": None}
-    if k < 3 or n < 2:
-        out["refused"] = (f"Friedman/Nemenyi refused: need >= 3 methods covering every cell and >= 2 cells, have "
-                          f"{k} method(s) over {n} cell(s)" + (f" ({len(dropped)} method(s) with missing cells excluded)" if dropped else ""))
-        return out
-    mat = np.array([[ok(m, c).mean for m in full] for c in lb.cells])
-    stat, p = friedmanchisquare(*mat.T)
-    q = float(studentized_range.ppf(1 - lb.alpha, k, np.inf)) / math.sqrt(2)
-    cd = q * math.sqrt(k * (k + 1) / (6.0 * n))
-    from scipy.stats import rankdata
-
-    avg = np.mean([rankdata(-row, method="average") for row in mat], axis=0)
-    out.update({"statistic": float(stat), "pvalue": float(p), "cd": cd, "q_alpha": q, "matrix": mat.tolist(),
-                "avg_ranks": {m: float(r) for m, r in zip(full, avg)}})
-    try:
-        import scikit_posthocs as sp
-
-        nem = sp.posthoc_nemenyi_friedman(mat)
-        out["nemenyi_p"] = [[float(x) for x in row] for row in np.asarray(nem)]
-    except Exception as exc:  # noqa: BLE001 - report, do not crash the leaderboard
-        out["nemenyi_error"] = str(exc)
-    return out
-
-
 def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     """Write the critical-difference diagram as PNG and PDF; [] with a note when refused."""
     f = lb.friedman
@@ -358,17 +296,26 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     sig = pd.DataFrame(f["nemenyi_p"], index=labels, columns=labels)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.3), dpi=150)
     sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
-    ax.set_title(f"Mean rank over {f['n_cells']} cells (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f});\n"
+    ax.set_title(f"Mean rank over {f['n_blocks']} blocks (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f});\n"
                  f"bars join methods not significantly different", fontsize=8)  # two lines: fits the figure
     fig.tight_layout()
     return save_figure(fig, out_base)
 
 
 COLUMNS = [("rank", "mean rank"), ("ranked_on", "ranked on"), ("method", "method"), ("category", "category"),
-           ("gain", "gain vs w/o KD"), ("wtl", "W/T/L"), ("neg", "neg. transfer"), ("coverage", "coverage")]
+           ("gain", "gain vs w/o KD"), ("wtl", "B/E/I/W vs w/o KD"), ("neg", "neg. transfer"), ("coverage", "coverage"),
+           ("rank_ci", "mean rank 95 % CI"), ("iqm", "IQM norm. score [95 % CI]"),
+           ("poi", "P(improvement) [95 % CI]")]
 
 
-RIGHT = {"rank", "ranked_on", "gain", "neg", "coverage"}
+RIGHT = {"rank", "ranked_on", "gain", "neg", "coverage", "rank_ci", "iqm", "poi"}
+
+
+def _ci(x: Any, ci: Any, dec: int, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    f = f"+.{dec}f" if signed else f".{dec}f"
+    return f"{x:{f}}" + ("" if ci is None else f" [{ci[0]:{f}}, {ci[1]:{f}}]")
 
 
 def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
@@ -377,9 +324,12 @@ def _row_cells(r: dict[str, Any], dec: int) -> list[str]:
         "-" if r["mean_rank"] is None else f"{r['mean_rank']:.2f}",
         "-" if r["mean_rank"] is None else f"{r['rank_cells']}/{r['grid']}", r["display"], r["category"],
         "-" if g is None else f"{g:+.{dec}f}",
-        "-" if r["method"] == BASELINE else f"{r['wins']}/{r['ties']}/{r['losses']}" + (f" (+{r['untested']} untested)" if r["untested"] else ""),
+        "-" if r["method"] == BASELINE else f"{r['better']}/{r['equivalent']}/{r['inconclusive']}/{r['worse']}"
+        + (f" (+{r['untested']} untested)" if r["untested"] else ""),
         "-" if r["negative_transfer"] is None else str(r["negative_transfer"]),
         f"{r['cells']}/{r['grid']}",
+        "-" if not r.get("mean_rank_ci") else f"[{r['mean_rank_ci'][0]:.2f}, {r['mean_rank_ci'][1]:.2f}]",
+        _ci(r.get("iqm"), r.get("iqm_ci"), dec, signed=True), _ci(r.get("p_improve"), r.get("p_improve_ci"), dec),
     ]
 
 
@@ -418,12 +368,23 @@ def to_csv(lb: Leaderboard) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "category", "mean_rank", "mean_gain", "wins", "ties", "losses", "untested",
-                "negative_transfer", "cells", "grid", "rank_cells"] + [csv_text(f"{d}/{m}") for d, m in lb.cells])
+    stats = ["mean_rank_ci", "iqm", "iqm_ci", "norm_mean", "norm_mean_ci", "p_improve", "p_improve_ci"]
+    w.writerow(["method", "category", "mean_rank", "mean_gain", *P.VERDICTS, "negative_transfer", "cells", "grid",
+                "rank_cells"] + [f"{k}_{e}" if k.endswith("_ci") else k for k in stats for e in (
+                    ("low", "high") if k.endswith("_ci") else ("",))]
+               + [csv_text(f"{d}/{m}{x}") for d, m in lb.cells for x in ("", " verdict", " diff", " diff_ci_low",
+                                                                          " diff_ci_high", " p", " p_adj")])
     for r in lb.rows:
-        w.writerow([csv_text(r["display"]), csv_text(r["category"]), r["mean_rank"], r["mean_gain"], r["wins"], r["ties"], r["losses"],
-                    r["untested"], r["negative_transfer"], r["cells"], r["grid"], r["rank_cells"]]
-                   + [("" if (s := lb.stats.get((r["method"], c))) is None or s.conflict else s.mean) for c in lb.cells])
+        cols = []
+        for c in lb.cells:
+            s, v = lb.stats.get((r["method"], c)), lb.verdicts.get((r["method"], c)) or {}
+            ci = v.get("ci") or (None, None)
+            cols += ["" if s is None or s.conflict else s.mean, v.get("verdict", ""), v.get("diff"), ci[0], ci[1],
+                     v.get("p"), v.get("p_adj")]
+        w.writerow([csv_text(r["display"]), csv_text(r["category"]), r["mean_rank"], r["mean_gain"],
+                    *(r[v] for v in P.VERDICTS), r["negative_transfer"], r["cells"], r["grid"], r["rank_cells"]]
+                   + [x for k in stats for x in ((r.get(k) or (None, None)) if k.endswith("_ci") else (r.get(k),))]
+                   + cols)
     return buf.getvalue()
 
 
@@ -432,7 +393,7 @@ def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
     from bench.report.output import plain_text
     from bench.report.tables import tex_escape
 
-    lines = [r"\begin{tabular}{rrllrrrr}", r"\toprule",
+    lines = [r"\begin{tabular}{rrllrrrrrrr}", r"\toprule",
              " & ".join(tex_escape(h) for _, h in COLUMNS) + r" \\", r"\midrule"]
     for r in lb.rows:
         lines.append(" & ".join(tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
@@ -447,7 +408,9 @@ def to_json(lb: Leaderboard) -> dict[str, Any]:
         "cells": [list(c) for c in lb.cells], "rows": lb.rows, "statistics": lb.stats_statement(),
         "rank_rule": lb.rank_rule, "rank_cells": [list(c) for c in lb.rank_used],
         "rank_left_out": {f"{c[0]}|{c[1]}": ms for c, ms in lb.rank_left_out.items()},
-        "friedman": {k: v for k, v in lb.friedman.items() if k != "matrix"}, "notes": lb.notes,
+        "friedman": {k: v for k, v in lb.friedman.items() if k != "matrix"}, "notes": lb.notes, "rope": lb.rope,
+        "blocks": {f"{c[0]}|{c[1]}": b for c, b in lb.blocks.items()}, "leave_one_out": lb.loo,
+        "vs_best": {f"{m}|{c[0]}|{c[1]}": v for (m, c), v in lb.best_detail.items()},
         "per_cell": {f"{m}|{c[0]}|{c[1]}": {"mean": s.mean if not s.conflict else None, "std": s.std, "n": s.n,
                                             "seeds": s.seeds, "conflict": s.conflict,
                                             **({"vs_baseline": lb.verdicts[(m, c)]} if (m, c) in lb.verdicts else {})}

@@ -1,11 +1,13 @@
 """The static, self-contained HTML leaderboard (no server, no CDN: opens from the file system).
 
 The page embeds the per-cell numbers as JSON and recomputes the summary in the browser when the
-reader filters datasets / student modalities (ranks, gains, W/T/L and negative transfer are
+reader filters datasets / student modalities (ranks, gains, verdict counts and negative transfer are
 functions of the selected cells) or categories (rows; ranks are among the methods shown), under
 the same rank rule as the Python side (``--rank-cells``; a switch on the page). Columns sort on click; the initial sort
 can be given in the URL fragment (``index.html#sort=gain&dir=desc``), which the tests use to
-drive the same code path from a headless browser. The CD diagram is inlined as a data: URI.
+drive the same code path from a headless browser. The CD diagram is inlined as a data: URI. The
+statistics panels (legend, aggregates with error bars, verdict matrix, performance profile) are
+:mod:`bench.report.leaderboard_panels`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.report import leaderboard_panels as panels
 from bench.report.leaderboard import RANK_RULES, Leaderboard, reproduce_command, to_json
 from bench.report.tables import CATEGORY_ORDER
 
@@ -41,6 +44,7 @@ def page_data(lb: Leaderboard) -> dict[str, Any]:
             cells[keys[c]] = {
                 "mean": None if s.conflict else s.mean, "std": s.std, "n": s.n, "seeds": sorted(s.seeds),
                 "conflict": s.conflict, "verdict": v.get("verdict"), "p": v.get("p_adj", v.get("p")),
+                "diff": v.get("diff"), "ci": v.get("ci"),
                 "tied_best": m in lb.tied_best.get(c, []), "best": lb.tied_best.get(c, [None])[0] == m,
                 "commit": sorted({str(x.get("git_commit")) for x in s.records}),
                 "config_hash": sorted({str(x["config_hash"]) for x in s.records}),
@@ -104,7 +108,7 @@ table.cells td,table.cells th{font-size:12px;padding:3px 6px}
 .curves{display:flex;flex-wrap:wrap;gap:10px 18px;margin:8px 0 4px}
 .curves figure{margin:0} .curves figcaption{font-size:12px;color:#3b4458;margin-bottom:2px}
 .curves img{border:1px solid #e4e7ee;border-radius:4px;margin-right:4px}
-"""
+""" + panels.CSS
 
 
 JS = r"""
@@ -149,7 +153,8 @@ function compute(){ // the rule of bench.report.leaderboard.rank_cells_rule, on 
     const isBase = m.key===D.baseline, rk = ranks[m.key];
     rows.push({m, rank: rk ? rk.reduce((a,b)=>a+b,0)/rk.length : null, rankCells: rk ? rk.length : 0,
       gain: (!isBase && gains.length) ? gains.reduce((a,b)=>a+b,0)/gains.length : null,
-      wins: v.filter(x=>x==='win').length, ties: v.filter(x=>x==='tie').length, losses: v.filter(x=>x==='loss').length,
+      better: v.filter(x=>x==='better').length, equivalent: v.filter(x=>x==='equivalent').length,
+      inconclusive: v.filter(x=>x==='inconclusive').length, worse: v.filter(x=>x==='worse').length,
       untested: v.filter(x=>x==='untested').length, neg: isBase ? null : gains.filter(g=>g<0).length,
       cov: pres.length, grid: cells.length, isBase});
   }
@@ -168,7 +173,7 @@ function compute(){ // the rule of bench.report.leaderboard.rank_cells_rule, on 
 }
 function val(r,k){ if(k==='method') return r.m.name.toLowerCase(); if(k==='category') return r.m.category;
   if(k==='ranked_on') return r.rank===null ? null : r.rankCells;
-  if(k==='wtl') return r.isBase ? null : r.wins - r.losses; if(k==='coverage') return r.grid ? r.cov/r.grid : 0; return r[k]; }
+  if(k==='wtl') return r.isBase ? null : r.better - r.worse; if(k==='coverage') return r.grid ? r.cov/r.grid : 0; return r[k]; }
 function render(){
   const out = compute(), rows = out.rows;
   rows.sort((a,b)=>{const x=val(a,sortKey), y=val(b,sortKey);
@@ -183,7 +188,7 @@ function render(){
     const a = el('a', r.m.name); a.href = '#'+r.m.anchor; td(null, 'l').appendChild(a);
     td(null, 'l').appendChild(el('span', r.m.category, 'cat'));
     td(r.gain===null ? '-' : (r.gain>=0?'+':'')+r.gain.toFixed(2), r.gain===null ? '' : (r.gain<0 ? 'neg' : 'pos'));
-    const w = td(r.isBase ? '-' : r.wins+'/'+r.ties+'/'+r.losses);
+    const w = td(r.isBase ? '-' : r.better+'/'+r.equivalent+'/'+r.inconclusive+'/'+r.worse);
     if(!r.isBase && r.untested) w.appendChild(el('small', ' (+'+r.untested+' untested)'));
     td(r.neg===null ? '-' : r.neg); td(r.cov+'/'+r.grid);
     tb.appendChild(tr);
@@ -210,7 +215,8 @@ render();
 """
 
 
-def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench leaderboard") -> str:
+def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench leaderboard",
+                profile_png: Path | None = None) -> str:
     """The page. Names from the records are escaped where Python writes them (``html.escape``,
     quotes included) and set as text where the script writes them; the data blob cannot end its
     element; a Content-Security-Policy allows nothing but this inline script and style (by hash)
@@ -233,7 +239,7 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
     datasets = list(dict.fromkeys(c["dataset"] for c in data["cells"]))
     mods = list(dict.fromkeys(c["modality"] for c in data["cells"]))
     heads = [("rank", "Mean rank"), ("ranked_on", "Ranked on"), ("method", "Method"), ("category", "Category"),
-             ("gain", "Gain vs w/o KD"), ("wtl", "W/T/L vs w/o KD"), ("neg", "Neg. transfer"), ("coverage", "Coverage")]
+             ("gain", "Gain vs w/o KD"), ("wtl", "B/E/I/W vs w/o KD"), ("neg", "Neg. transfer"), ("coverage", "Coverage")]
     th = "".join(f'<th data-key="{k}" class="{"l" if k in ("method", "category") else ""}">{esc(t)}</th>' for k, t in heads)
     details = []
     for m in data["methods"]:
@@ -244,9 +250,11 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
                 rows.append(f"<tr><td class='l'>{esc(c['label'])}</td><td colspan=5 class='l'>missing</td></tr>")
                 continue
             mean = "conflict" if x["conflict"] else f"{x['mean']:.2f}" + (f" ± {x['std']:.2f}" if x["std"] is not None else "")
-            mark = " (best)" if x["best"] else (" (tied with best)" if x["tied_best"] else "")
+            mark = " (best)" if x["best"] else (" (~best)" if x["tied_best"] else "")
+            vs = str(x["verdict"] or "-") + ("" if x["diff"] is None else f" {x['diff']:+.2f}") + (
+                "" if not x["ci"] else f" [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}]")
             rows.append(f"<tr><td class='l'>{esc(c['label'])} ({esc(str(x['direction']))})</td><td>{esc(mean)}{mark}</td>"
-                        f"<td>{esc(','.join(map(str, x['seeds'])))}</td><td>{esc(str(x['verdict'] or '-'))}</td>"
+                        f"<td>{esc(','.join(map(str, x['seeds'])))}</td><td>{esc(vs)}</td>"
                         f"<td class='l'>{esc(', '.join(c_[:10] for c_ in x['commit']))}</td>"
                         f"<td class='l'><code>{esc(x['command'])}</code></td></tr>")
         any_cell = next(iter(m["cells"].values()), None)
@@ -275,7 +283,11 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
 </div>
 <table id="board"><thead><tr>{th}</tr></thead><tbody></tbody></table>
 <p class="stats" id="rank-rule">{esc(RANK_RULES[lb.rank_rule] + ' ' + lb.rank_detail())}</p>
+{panels.legend(lb)}
 <div class="stats">{esc(lb.stats_statement(rank=False))}{''.join('<br>' + esc(n) for n in lb.notes)}</div>
+{panels.aggregates(lb)}
+{panels.profile_img(profile_png)}
+{panels.verdict_matrix(lb)}
 {img}
 <h2>Per-method detail</h2>
 {''.join(details)}
@@ -307,13 +319,16 @@ def _curves_html(lb: Leaderboard, method: str, esc) -> str:  # type: ignore[no-u
 
 
 def write_site(lb: Leaderboard, out: Path) -> Path:
-    """``out/index.html`` (+ ``cd_diagram.png/pdf`` and ``leaderboard.json`` beside it)."""
+    """``out/index.html`` (+ ``cd_diagram.png/pdf``, ``profile.png/pdf`` and ``leaderboard.json`` beside it)."""
     from bench.records.files import atomic_write_bytes
     from bench.report.leaderboard import cd_diagram
 
+    from bench.report.stats.aggregate import performance_profile
+
     out.mkdir(parents=True, exist_ok=True)
     paths = cd_diagram(lb, out / "cd_diagram")
-    page = render_html(lb, paths[0] if paths else None)
+    prof = performance_profile(lb.profile_runs, {m: lb.method_label(m) for m in lb.methods}, out / "profile")
+    page = render_html(lb, paths[0] if paths else None, profile_png=prof[0] if prof else None)
     atomic_write_bytes(out / "index.html", page.encode("utf-8"))
     atomic_write_bytes(out / "leaderboard.json", json.dumps(_finite(to_json(lb)), indent=2, default=str).encode())
     return out / "index.html"

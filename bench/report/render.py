@@ -24,7 +24,7 @@ from bench.report.tuning import (
 )
 
 TABLE_KINDS = ("comparison", "segmentation", "ablation", "threshold", "sensitivity")
-TABLE_FORMATS = ("latex", "markdown", "csv", "rich")
+TABLE_FORMATS = ("latex", "markdown", "csv", "json", "rich")
 VALUES = ("best_metric", "final_metric", "reference_best_metric")
 LEADERBOARD_FORMATS = ("rich", "markdown", "csv", "latex", "json", "html")
 
@@ -48,31 +48,33 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
                  caption: str | None = None, caption_latex: bool = False, label: str | None = None,
                  booktabs: bool = True, standalone: bool = False, heatmap: Path | None = None,
                  mark_tied: bool = False, marks: str = "all", pairing: str = "paired", alpha: float = 0.05,
-                 out: Path | None = None, vs_baseline: bool = False, correction: str = "none",
-                 params: str = "default") -> Rendered:
+                 out: Path | None = None, vs_baseline: bool = False, correction: str = "holm",
+                 params: str = "default", rope: float = 0.5, intervals: bool = False) -> Rendered:
     """The paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation
-    (Table 4), threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, ``heatmap``)."""
+    (Table 4), threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, ``heatmap``). The
+    statistical marks (``mark_tied``, ``vs_baseline``, at chance) are :mod:`bench.report.table_stats`'s."""
     from bench.records.store import load_results
     from bench.report import studies
+    from bench.report import table_stats as marks_of
+    from bench.report.stats.paired import check_correction, check_rope
     from bench.report.tables import (
         MARK_RULES,
         build_comparison,
         check_label,
         md_escape,
         to_csv,
+        to_json,
         to_latex,
         to_markdown,
         to_rich,
     )
-    from bench.report.tables import mark_tied as do_mark_tied
-    from bench.report.tables import mark_vs_baseline
 
     if kind not in TABLE_KINDS:
         raise BenchError(f"bench table {kind!r}: expected one of {', '.join(TABLE_KINDS)}")
     if value not in VALUES:
         raise BenchError(f"--value {value!r}: expected best_metric, final_metric or reference_best_metric")
     if fmt not in TABLE_FORMATS:
-        raise BenchError(f"--format {fmt!r}: expected latex, markdown, csv or rich")
+        raise BenchError(f"--format {fmt!r}: expected latex, markdown, csv, json or rich")
     if pairing not in ("paired", "unpaired"):
         raise BenchError(f"--pairing {pairing!r}: expected paired or unpaired")
     if marks not in MARK_RULES:
@@ -84,8 +86,10 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
         raise BenchError("--mark-tied applies to the comparison and segmentation tables")
     if vs_baseline and not comparison:
         raise BenchError("--vs-baseline applies to the comparison and segmentation tables")
-    if correction not in ("none", "holm", "bonferroni"):
-        raise BenchError(f"--correction {correction!r}: expected none, holm or bonferroni")
+    check_correction(correction)
+    check_rope(rope)
+    if fmt == "json" and not comparison:
+        raise BenchError(f"--format json applies to the comparison and segmentation tables, not {kind}")
     if methods is not None and not comparison:
         raise BenchError(f"--methods applies to the comparison and segmentation tables; the {kind} table is FD-CMKD's")
     if check_params(params) != "default" and not comparison:
@@ -149,10 +153,11 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
             ms = with_tuned_rows(ms, params)
             comp = build_comparison(df, value=value, methods=ms, datasets=ds, decimals=decimals, marks=marks)
             comp.notes += notes
+            marks_of.mark_chance(comp, df)
             if mark_tied:
-                do_mark_tied(comp, df, value, alpha)
+                marks_of.mark_tied(comp, alpha, rope, correction)
             if vs_baseline:
-                mark_vs_baseline(comp, df, value, alpha, correction)
+                marks_of.mark_vs_baseline(comp, alpha, rope, correction)
             if want_seg:
                 comp.title = "Semantic segmentation on NYU-Depth V2 (depth <-> RGB)"
             if pairing == "unpaired":
@@ -162,9 +167,13 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
             return res
         if fmt == "latex":
             res.text = to_latex(comp, decimals=decimals, std=std, caption=caption, label=label, booktabs=booktabs,
-                                caption_is_latex=caption_latex)
+                                caption_is_latex=caption_latex, intervals=intervals)
         elif fmt == "markdown":
-            res.text = to_markdown(comp, decimals=decimals, std=std)
+            res.text = to_markdown(comp, decimals=decimals, std=std, intervals=intervals)
+        elif fmt == "json":
+            import json
+
+            res.text = json.dumps(to_json(comp), indent=2, default=float) + "\n"
         else:
             res.text = to_csv(comp)
     if standalone:
@@ -177,8 +186,9 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
 
 def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str | None = None,
                        methods: str | None = None, out: Path | None = None, cells: bool = False, alpha: float = 0.05,
-                       correction: str = "none", cd: Path | None = None, decimals: int = 2, pairing: str = "paired",
-                       rank_cells: str = "common", params: str = "default") -> Rendered:
+                       correction: str = "holm", cd: Path | None = None, decimals: int = 2, pairing: str = "paired",
+                       rank_cells: str = "common", params: str = "default", rope: float = 0.5,
+                       blocks: str | None = None) -> Rendered:
     """Rank methods over every (dataset, student modality) cell, with statistics; ``html`` writes
     the offline page (a folder), ``cd`` the critical-difference diagram."""
     from bench.records.store import load_records
@@ -203,11 +213,11 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
     every = load_records([str(p) for p in results], status="ok")
     recs, pnotes = select_params_records(every, check_params(params))
     lb = L.build_leaderboard(recs, datasets=ds, methods=with_tuned_rows(ms, params), alpha=alpha, correction=correction,
-                             pairing=pairing, rank_cells=rank_cells)
+                             pairing=pairing, rank_cells=rank_cells, rope=rope, blocks=blocks)
     lb.notes += pnotes
     if params == "both":  # the two leaderboards' orders, side by side
         lb.notes += rank_change_note(rank_changes(every, datasets=ds, methods=ms, alpha=alpha, correction=correction,
-                                                  pairing=pairing, rank_cells=rank_cells))
+                                                  pairing=pairing, rank_cells=rank_cells, rope=rope, blocks=blocks))
     res = Rendered()
     if cd is not None:
         try:

@@ -7,8 +7,8 @@ Fig. 5 l1 x l2 sensitivity) on ``synthetic``. The runs are an ordinary grid in o
 finished runs are skipped, an interrupted one resumes, so running the command again finishes the
 job. Then every output is rebuilt from the records:
 
-    comparison.md / .tex / .pdf / .png     mean ± std over seeds, ties with the best marked (Welch)
-    comparison_vs_baseline.md              each method against w/o KD per cell: better / tie / worse
+    comparison.md / .tex / .pdf / .png     mean ± std over seeds, † = not significantly below the best (paired)
+    comparison_vs_baseline.md              each method against w/o KD per cell: better / worse / equivalent / inconclusive
     leaderboard.md, leaderboard/index.html (+ cd_diagram.png), leaderboard.png (the page in Chromium)
     ablation.*, threshold.*, sensitivity.* (+ sensitivity_heatmap.png)     FD-CMKD studies
     protocol_gap.md                        reference protocol (best test epoch) minus validation selection
@@ -218,7 +218,8 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     from bench.report import leaderboard as L
     from bench.report.render import render_leaderboard, render_table
     from bench.report.studies import prefer_defaults, standalone
-    from bench.report.tables import build_comparison, mark_vs_baseline, to_markdown
+    from bench.report.table_stats import mark_chance, mark_vs_baseline
+    from bench.report.tables import build_comparison, to_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"results": str(results), "skipped": {},
@@ -259,7 +260,8 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     df = everything[everything["dataset"].isin(comparison_sets)]
     kept, _notes = prefer_defaults(df)
     comp = build_comparison(kept, datasets=comparison_sets)
-    mark_vs_baseline(comp, kept)
+    mark_chance(comp, kept)
+    mark_vs_baseline(comp)
     (out / "comparison_vs_baseline.md").write_text(to_markdown(comp, std=True))
     summary["vs_baseline"] = {f"{m}|{c[0]}|{c[1]}": v for (m, c), v in comp.vs_baseline.items()}
     table("ablation", "ablation", datasets=STUDY_DATASET)

@@ -4,7 +4,7 @@ Layout of the comparison table (FD-CMKD Table 2): rows = methods grouped by cate
 (Uni-Modal / Logits / Feature / Cross-Modal), columns = dataset x student modality, each cell
 the mean over seeds of the selected-epoch test metric (optionally +- sample std). Per column the
 best mean is bold and the second underlined; equal means (at the printed precision) share the
-mark, and the caption says so. ``marks="all"`` ranks every row; ``marks="kd-only"`` (the FD-CMKD
+mark, and the caption says so (the marks † ▲ ▼ ≈ ◦ are :mod:`bench.report.table_stats`'s). ``marks="all"`` ranks every row; ``marks="kd-only"`` (the FD-CMKD
 paper's convention) ranks the KD methods only: the w/o KD row is shown but never marked. Missing cells print as "--" and are never dropped. Records of one
 cell made with different configurations (other than the seed) are not averaged together: the
 cell is flagged with a dagger and the caption names it.
@@ -28,15 +28,17 @@ BASELINE = "none"
 MARK_RULES = ("all", "kd-only")
 
 
-CATEGORY_ORDER = ["Uni-Modal", "Logits", "Feature", "Cross-Modal"]
+CATEGORY_ORDER = ["Uni-Modal", "Control", "Logits", "Feature", "Cross-Modal"]
 
 
-PAPER_ORDER = ["none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd", "ucmkd"]
+PAPER_ORDER = ["none", "ls", "tfkd", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd",
+               "ucmkd"]
 
 
 DISPLAY = {
     "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
     "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
+    "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)",
 }
 
 
@@ -58,6 +60,24 @@ class Cell:
     n: int
     conflict: bool = False
     configs: int = 1
+    seeds: dict = field(default_factory=dict)
+    """(seed, split fingerprint) -> value: what the paired tests of :mod:`bench.report.table_stats` match."""
+    chance: bool = False
+    """The seed-mean 95 % interval contains chance (1/num_classes): flagged ◦, whatever its rank."""
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """95 % t-interval of the mean over seeds."""
+        from bench.report.stats.paired import seed_interval
+
+        return seed_interval(list(self.seeds.values())) if not self.conflict else None
+
+
+def seed_values(sub: pd.DataFrame, value: str) -> dict:
+    """One cell's (seed, split fingerprint) -> value, for the paired comparisons."""
+    fp = sub["split_fingerprint"] if "split_fingerprint" in sub else pd.Series(None, index=sub.index)
+    one = sub.assign(_fp=fp).drop_duplicates(subset=["config_hash"])
+    return {(int(s), None if pd.isna(f) else str(f)): float(v) for s, f, v in zip(one["seed"], one["_fp"], one[value])}
 
 
 @dataclass
@@ -79,14 +99,19 @@ class Comparison:
     title: str = "Comparison of KD methods"
     notes: list[str] = field(default_factory=list)
     tied: set = field(default_factory=set)
-    """(row, column) cells statistically tied with the column's best (see :func:`mark_tied`)."""
+    """(row, column) cells not shown below the column's best (:func:`bench.report.table_stats.mark_tied`)."""
     tied_rule: str = ""
     marks_rule: str = "all"
     """Which rows compete for bold/underline: "all" or "kd-only" (w/o KD shown, not ranked)."""
     vs_baseline: dict = field(default_factory=dict)
-    """(row, column) -> "better" | "worse" | "tie" | "untested" against w/o KD (see :func:`mark_vs_baseline`)."""
+    """(row, column) -> "better" | "worse" | "equivalent" | "inconclusive" | "untested" against w/o KD
+    (:func:`bench.report.table_stats.mark_vs_baseline`)."""
     vs_rule: str = ""
     """Plain-text statement of the test behind ``vs_baseline`` (empty: not marked)."""
+    detail: dict = field(default_factory=dict)
+    """(row, column) -> {"vs_baseline": Paired, "vs_best": Paired}: differences, intervals, p-values."""
+    chance_rule: str = ""
+    """What ◦ means, when some cell is at chance."""
 
     def label_of(self, m: str) -> str:
         return self.row_labels.get(m, display_name(m))
@@ -141,7 +166,7 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
                 continue
             mean = float(per_seed.mean())
             std = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None
-            cells[(m, col)] = Cell(mean, std, int(len(per_seed)))
+            cells[(m, col)] = Cell(mean, std, int(len(per_seed)), seeds=seed_values(sub, value))
     metric = "/".join(sorted(df["metric"].astype(str).unique())) if len(df) else "top1"  # "mIoU/top1": mixed
     comp = Comparison(meths, cats, col_order, cells, metric, conflicts=conflicts, row_labels=dict(row_labels or {}),
                       marks_rule=marks)
@@ -149,92 +174,23 @@ def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: l
     return comp
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p-value over seeds; equal constant samples -> 1, different -> 0."""
-    import math
-
-    import numpy as np
-    from scipy.stats import ttest_ind
-
-    if np.var(a) == 0 and np.var(b) == 0:
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return 1.0 if math.isnan(p) else p
+CHANCE_MARK = "◦"
+"""At chance (:func:`bench.report.table_stats.mark_chance`)."""
 
 
-def mark_tied(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05) -> None:
-    """Mark cells whose seeds are not significantly different from the column's best (Welch t-test).
-
-    Cells with fewer than two seeds (or a best with fewer than two) are not tested and not marked.
-    Where several cells share the best mark (equal at the printed precision), the reference is the
-    one with the highest unrounded mean; the others carry the best mark themselves.
-    """
-    for col in comp.columns:
-        best = [m for m in comp.methods if comp.marks.get((m, col)) == "best"]
-        if not best:
-            continue
-        best = [max(best, key=lambda m: comp.cells[(m, col)].mean)]
-        def seeds(m: str) -> list[float]:
-            sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
-            return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
-        b = seeds(best[0])
-        if len(b) < 2:
-            continue
-        for m in comp.methods:
-            c = comp.cells[(m, col)]
-            if m == best[0] or c.mean is None or c.conflict or comp.marks.get((m, col)) == "best":
-                continue
-            a = seeds(m)
-            if len(a) < 2:
-                continue
-            if welch_p(a, b) >= alpha:
-                comp.tied.add((m, col))
-    comp.tied_rule = (f"$^\\dagger$ = not significantly different from the best (Welch t-test over seeds, "
-                      f"alpha={alpha}, no correction)")
+VS_SYMBOL = {"better": "▲", "worse": "▼", "equivalent": "≈"}
+VS_TEX = {"better": r"$^{\uparrow}$", "worse": r"$^{\downarrow}$", "equivalent": r"$^{\approx}$"}
+SYMBOL_TEX = {"▲/▼": r"$^{\uparrow}$/$^{\downarrow}$", "≈": r"$^{\approx}$", "†": r"$^\dagger$",
+              CHANCE_MARK: r"$^{\circ}$"}
+"""The plain-text marks of a legend and what LaTeX prints for them."""
 
 
-VS_SYMBOL = {"better": "▲", "worse": "▼"}
-VS_TEX = {"better": r"$^{\uparrow}$", "worse": r"$^{\downarrow}$"}
-
-
-def mark_vs_baseline(comp: Comparison, df: pd.DataFrame, value: str = "best_metric", alpha: float = 0.05,
-                     correction: str = "none") -> None:
-    """Per cell, is the method significantly better or worse than w/o KD in that column? Welch
-    t-test over seeds (two-sided), optionally Holm/Bonferroni over every tested cell of the table;
-    "tie" = not significant, "untested" = fewer than two seeds on either side. This is what says
-    whether a method helps, hurts or ties, which the best/second marks do not."""
-    if correction not in ("none", "holm", "bonferroni"):
-        raise ValueError(f"correction must be none, holm or bonferroni, got {correction!r}")
-
-    def seeds(m: str, col: tuple[str, str]) -> list[float]:
-        sub = df[(df["method"] == m) & (df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
-        return sub.drop_duplicates(subset=["config_hash"])[value].astype(float).tolist()
-
-    tests = []
-    for col in comp.columns:
-        base = comp.cells.get((BASELINE, col))
-        if base is None or base.mean is None or base.conflict:
-            continue
-        b = seeds(BASELINE, col)
-        for m in comp.methods:
-            c = comp.cells[(m, col)]
-            if m == BASELINE or c.mean is None or c.conflict:
-                continue
-            a = seeds(m, col)
-            if len(a) < 2 or len(b) < 2:
-                comp.vs_baseline[(m, col)] = "untested"
-                continue
-            tests.append(((m, col), welch_p(a, b), c.mean - base.mean))
-    ps = [p for _, p, _ in tests]
-    if tests and correction != "none":
-        from statsmodels.stats.multitest import multipletests
-
-        ps = list(multipletests(ps, alpha=alpha, method=correction)[1])
-    for (key, _p, diff), p in zip(tests, ps):
-        comp.vs_baseline[key] = "tie" if p >= alpha else ("better" if diff > 0 else "worse")
-    corr = {"none": "no correction", "holm": "Holm correction", "bonferroni": "Bonferroni correction"}[correction]
-    comp.vs_rule = (f"▲/▼ = significantly better/worse than {display_name(BASELINE)} in that column (Welch t-test over "
-                    f"seeds, alpha={alpha}, {corr} over the {len(tests)} tested cells); unmarked = not significant")
+def tex_symbols(text: str) -> str:
+    """A legend written with the plain marks, escaped for LaTeX, with the marks as LaTeX prints them."""
+    out = tex_escape(text)
+    for plain, tex in SYMBOL_TEX.items():
+        out = out.replace(plain, tex)
+    return out
 
 
 def ranked_rows(comp: Comparison) -> list[str]:
@@ -340,10 +296,13 @@ def marks_sentence(comp: Comparison, bold: str, underline: str) -> str:
 
 
 def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption: str | None = None,
-             label: str = "tab:comparison", booktabs: bool = True, caption_is_latex: bool = False) -> str:
+             label: str = "tab:comparison", booktabs: bool = True, caption_is_latex: bool = False,
+             intervals: bool = False) -> str:
     """The table as LaTeX; every name from the records (datasets, modalities, methods, notes) and the
-    caption are escaped as plain text unless ``caption_is_latex`` (then the caption is the user's source)."""
-    ncol = len(comp.columns)
+    caption are escaped as plain text unless ``caption_is_latex`` (then the caption is the user's source).
+    ``intervals``: a 95 % CI column (t-interval of the seed mean) after each result column."""
+    per = 2 if intervals else 1
+    ncol = len(comp.columns) * per
     top, mid, bot = (r"\toprule", r"\midrule", r"\bottomrule") if booktabs else (r"\hline", r"\hline", r"\hline")
     lines = [r"\begin{table}[t]", r"\centering", r"\small"]
     metric_word = " / ".join(tex_escape(METRIC_WORDS.get(x, x)) for x in comp.metric.split("/")) + " (\\%)"
@@ -362,10 +321,11 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         cap += " " + tex_escape(CONFLICT_RULE + "; ".join(comp.conflicts)) + "."
     for n in comp.notes:
         cap += " " + tex_escape(n)
-    if comp.tied_rule:
-        cap += " " + comp.tied_rule + "."
-    if comp.vs_rule:
-        cap += " " + tex_escape(comp.vs_rule).replace("▲/▼", r"$^{\uparrow}$/$^{\downarrow}$") + "."
+    if intervals:
+        cap += " 95 \\% CI = t-interval of the mean over seeds."
+    for rule in (comp.tied_rule, comp.vs_rule, comp.chance_rule):
+        if rule:
+            cap += " " + tex_symbols(rule) + "."
     lines.append(r"\caption{" + cap + "}")
     lines.append(r"\label{" + check_label(label) + "}")
     nlead = len(comp.lead_columns)
@@ -377,14 +337,15 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     col = 2 + nlead
     datasets = list(dict.fromkeys(d for d, _ in comp.columns))
     for d in datasets:
-        k = sum(1 for dd, _ in comp.columns if dd == d)
+        k = sum(1 for dd, _ in comp.columns if dd == d) * per
         header1.append(rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(d)}}}")
         rules.append(rf"\cmidrule(lr){{{col}-{col + k - 1}}}" if booktabs else "")
         col += k
     lines.append(" & ".join(header1) + r" \\")
     if any(rules):
         lines.append(" ".join(r for r in rules if r))
-    header2 = [""] * (1 + nlead) + [tex_escape(MODALITY_SHORT.get(m, m)) for _, m in comp.columns]
+    header2 = [""] * (1 + nlead) + [h for _, m in comp.columns
+                                    for h in [tex_escape(MODALITY_SHORT.get(m, m))] + ["95 \\% CI"] * (per - 1)]
     lines.append(" & ".join(header2) + r" \\")
     lines.append(mid)
     prev_cat = None
@@ -404,8 +365,10 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
                 txt = rf"\underline{{{txt}}}"
             if (m, colkey) in comp.tied:
                 txt += r"$^\dagger$"
-            txt += VS_TEX.get(comp.vs_baseline.get((m, colkey), ""), "")
+            txt += VS_TEX.get(comp.vs_baseline.get((m, colkey), ""), "") + (SYMBOL_TEX[CHANCE_MARK] if c.chance else "")
             row.append(txt)
+            if intervals:
+                row.append(_ci_text(c, decimals))
         lines.append(" & ".join(row) + r" \\")
     lines.append(bot)
     lines.append(r"\end{tabular}")
@@ -413,9 +376,16 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> str:
+def _ci_text(c: Cell, decimals: int) -> str:
+    ci = c.ci
+    return "--" if ci is None else f"[{ci[0]:.{decimals}f}, {ci[1]:.{decimals}f}]"
+
+
+def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False, intervals: bool = False) -> str:
+    """``intervals``: a 95 % CI column (t-interval of the seed mean) after each result column."""
     head = ["Method"] + [md_escape(h) for h in comp.lead_columns] + [
-        f"{md_escape(d)} {md_escape(MODALITY_SHORT.get(m, m))}" for d, m in comp.columns]
+        h for d, m in comp.columns
+        for h in [f"{md_escape(d)} {md_escape(MODALITY_SHORT.get(m, m))}"] + (["95 % CI"] if intervals else [])]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in comp.methods:
         row = [md_escape(comp.label_of(m))] + [("✓" if v else "") for v in comp.lead_values.get(m, [])]
@@ -424,15 +394,18 @@ def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False) -> st
             mark = comp.marks.get((m, col))
             txt = f"**{txt}**" if mark == "best" else f"<u>{txt}</u>" if mark == "second" else txt
             row.append(txt + _plain_marks(comp, m, col))
+            if intervals:
+                row.append(_ci_text(comp.cells[(m, col)], decimals))
         out.append("| " + " | ".join(row) + " |")
     legend = legend_lines(comp, "bold", "underlined")
     return "\n".join(out) + "\n" + ("\n" + "\n".join(f"{md_escape(x)}  " for x in legend) + "\n" if legend else "")
 
 
 def _plain_marks(comp: Comparison, m: str, col: tuple[str, str]) -> str:
-    """† (tied with the best) and ▲/▼ (against w/o KD) for the plain-text formats."""
+    """† (not below the best), ▲/▼/≈ (against w/o KD) and ◦ (at chance) for the plain-text formats."""
     return (" †" if (m, col) in comp.tied else "") + (
-        f" {VS_SYMBOL[v]}" if (v := comp.vs_baseline.get((m, col))) in VS_SYMBOL else "")
+        f" {VS_SYMBOL[v]}" if (v := comp.vs_baseline.get((m, col))) in VS_SYMBOL else "") + (
+        f" {CHANCE_MARK}" if comp.cells[(m, col)].chance else "")
 
 
 def legend_lines(comp: Comparison, bold: str, underline: str) -> list[str]:
@@ -440,10 +413,9 @@ def legend_lines(comp: Comparison, bold: str, underline: str) -> list[str]:
     out = [marks_sentence(comp, bold, underline)]
     if comp.ties:
         out.append("Ties at the printed precision share the mark: " + "; ".join(comp.ties) + ".")
-    if comp.tied_rule:
-        out.append(comp.tied_rule.replace("$^\\dagger$", "†") + ".")
-    if comp.vs_rule:
-        out.append(comp.vs_rule + ".")
+    for rule in (comp.tied_rule, comp.vs_rule, comp.chance_rule):
+        if rule:
+            out.append(rule + ".")
     if comp.conflicts:
         out.append(CONFLICT_RULE + "; ".join(comp.conflicts) + ".")
     out += comp.notes
@@ -460,8 +432,32 @@ def to_csv(comp: Comparison) -> str:
             rows.append({"method": csv_text(comp.label_of(m)), "category": csv_text(comp.categories.get(m)),
                          "dataset": csv_text(col[0]), "student_modality": csv_text(col[1]),
                          "mean": c.mean, "std": c.std, "n_seeds": c.n, "conflict": c.conflict,
-                         "mark": comp.marks.get((m, col), "")})
+                         "mark": comp.marks.get((m, col), ""), **cell_statistics(comp, m, col, flat=True)})
     return pd.DataFrame(rows).to_csv(index=False)
+
+
+def cell_statistics(comp: Comparison, m: str, col: tuple[str, str], flat: bool = False) -> dict:
+    """A cell's interval, chance flag and paired comparisons (against w/o KD and the column's best:
+    difference, 95 % interval, p, corrected p, verdict), for CSV (``flat``) and JSON."""
+    c = comp.cells[(m, col)]
+    lo, hi = c.ci or (None, None)
+    out: dict = {"ci_low": lo, "ci_high": hi, "at_chance": c.chance, "not_below_best": (m, col) in comp.tied}
+    for name, p in (comp.detail.get((m, col)) or {}).items():
+        d = p.as_dict()
+        lo, hi = d["ci"] or (None, None)
+        out.update({f"{name}_{k}": v for k, v in (("verdict", d["verdict"]), ("diff", d["diff"]), ("diff_ci_low", lo),
+                    ("diff_ci_high", hi), ("p", d["p"]), ("p_adj", d["p_adj"]), ("p_tost_adj", d["p_tost_adj"]),
+                    ("unmatched_seeds", " ".join(map(str, d["only_a"] + d["only_b"]))))} if flat else {name: d})
+    return out
+
+
+def to_json(comp: Comparison) -> dict:
+    """Every cell with its statistics, and the rules, as data."""
+    cells = [{"method": m, "label": comp.label_of(m), "dataset": col[0], "student_modality": col[1], "mean": c.mean,
+              "std": c.std, "n_seeds": c.n, "conflict": c.conflict, "mark": comp.marks.get((m, col), ""),
+              **cell_statistics(comp, m, col)} for m in comp.methods for col in comp.columns if (c := comp.cells[(m, col)])]
+    return {"metric": comp.metric, "columns": [list(c) for c in comp.columns],
+            "rules": legend_lines(comp, "bold", "underlined"), "cells": cells}
 
 
 def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str | None = None):

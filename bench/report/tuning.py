@@ -4,7 +4,9 @@ A tuned record (``bench run --tuned``) carries ``config.tuned`` (study, trial, v
 (the default of every command, so existing outputs do not change) leaves tuned records out and
 shows each method as published; ``tuned`` shows each method's tuned records (a method that has
 none, e.g. one with nothing to tune, keeps its default records, with a note); ``both`` shows the
-two side by side as "DKD" and "DKD (tuned)" rows and reports each method's gain from tuning.
+two side by side as "DKD" and "DKD (tuned)" rows and reports each method's gain from tuning, with
+the paired verdict of tuned against default (both run with the same seeds: matched by seed,
+Holm over every (method, cell) compared; :mod:`bench.report.stats.paired`).
 """
 
 from __future__ import annotations
@@ -75,18 +77,28 @@ def select_params_records(recs: list[dict[str, Any]],
         return tuned + rest, ([("no tuned records of " + ", ".join(display_name(m) for m in missing)
                                 + ": default records ranked (nothing to tune, or not tuned yet)")] if missing else [])
     renamed = [dict(r, method=r["method"] + TUNED_SUFFIX) for r in tuned]
+    from bench.records.store import split_fingerprint
+
     frame = pd.DataFrame([{"method": r["method"], "dataset": r["dataset"], "student_modality": r["student_modality"],
-                           "config_hash": r["config_hash"], "best_metric": r["best_metric"]} for r in plain + renamed])
+                           "config_hash": r["config_hash"], "best_metric": r["best_metric"], "seed": r["seed"],
+                           "split_fingerprint": split_fingerprint(r)} for r in plain + renamed])
     return plain + renamed, gain_notes(gains(frame), per_cell=False)
 
 
+GAIN_COLUMNS = ["method", "dataset", "student_modality", "default", "tuned", "gain", "n_default", "n_tuned",
+                "diff_ci_low", "diff_ci_high", "p_adj", "verdict"]
+
+
 def gains(df: pd.DataFrame, value: str = "best_metric") -> pd.DataFrame:
-    """Per method and cell of a ``both`` frame: default mean, tuned mean (over seeds) and the gain
-    from tuning (tuned - default, in points). Cells without both are left out."""
+    """Per method and cell of a ``both`` frame: default mean, tuned mean (over seeds), the gain from
+    tuning (tuned - default, in points) and the paired comparison of tuned against default on their
+    matched seeds (95 % interval, Holm-corrected p, verdict). Cells without both are left out."""
+    from bench.report.stats.paired import compare_family
+    from bench.report.tables import seed_values
+
     rows = []
     if df.empty:
-        return pd.DataFrame(columns=["method", "dataset", "student_modality", "default", "tuned", "gain", "n_default",
-                                     "n_tuned"])
+        return pd.DataFrame(columns=GAIN_COLUMNS)
     one = df.drop_duplicates(subset=["config_hash"])
     tuned_keys = [m for m in dict.fromkeys(one["method"]) if m.endswith(TUNED_SUFFIX)]
     for tm in tuned_keys:
@@ -97,23 +109,32 @@ def gains(df: pd.DataFrame, value: str = "best_metric") -> pd.DataFrame:
                 continue
             dm, tmean = float(base[value].astype(float).mean()), float(sub[value].astype(float).mean())
             rows.append({"method": m, "dataset": d, "student_modality": s, "default": dm, "tuned": tmean,
-                         "gain": tmean - dm, "n_default": len(base), "n_tuned": len(sub)})
-    return pd.DataFrame(rows, columns=["method", "dataset", "student_modality", "default", "tuned", "gain", "n_default",
-                                       "n_tuned"])
+                         "gain": tmean - dm, "n_default": len(base), "n_tuned": len(sub),
+                         "_pair": (seed_values(sub, value), seed_values(base, value))})
+    res = compare_family({i: r.pop("_pair") for i, r in enumerate(rows)})
+    for i, r in enumerate(rows):
+        ci = res[i].ci or (None, None)
+        r.update({"diff_ci_low": ci[0], "diff_ci_high": ci[1], "p_adj": res[i].p_adj, "verdict": res[i].verdict})
+    return pd.DataFrame(rows, columns=GAIN_COLUMNS)
 
 
 def gain_notes(g: pd.DataFrame, per_cell: bool = True) -> list[str]:
-    """One line: each method's gain from tuning (per cell, or the mean over its cells)."""
+    """One line: each method's gain from tuning (per cell with its paired interval and verdict, or
+    the mean over its cells with the count of each verdict)."""
     if g.empty:
         return []
     parts = []
     for m, sub in g.groupby("method", sort=False):
         if per_cell:
-            cells = ", ".join(f"{r.gain:+.2f} on {r.dataset}/{r.student_modality}" for r in sub.itertuples())
+            cells = ", ".join(f"{r.gain:+.2f} on {r.dataset}/{r.student_modality} ("
+                              + ("" if pd.isna(r.diff_ci_low) else f"[{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}], ")
+                              + f"{r.verdict})" for r in sub.itertuples())
             parts.append(f"{display_name(m)} {cells}")
         else:
-            parts.append(f"{display_name(m)} {sub['gain'].mean():+.2f} (mean over {len(sub)} cell(s))")
-    return ["gain from tuning (tuned - default mean, points): " + "; ".join(parts)]
+            counts = ", ".join(f"{n} {v}" for v, n in sub["verdict"].value_counts().sort_index().items())
+            parts.append(f"{display_name(m)} {sub['gain'].mean():+.2f} (mean over {len(sub)} cell(s); {counts})")
+    return ["gain from tuning (tuned - default mean, points): " + "; ".join(parts)
+            + f" (paired on seeds, Holm over the {len(g)} cell(s) compared, ROPE ±0.5)"]
 
 
 def with_tuned_rows(methods: list[str] | None, params: str) -> list[str] | None:
