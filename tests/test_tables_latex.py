@@ -43,7 +43,7 @@ def results(tmp_path):
     for s, (a, b, c, d) in enumerate([(50, 60, 55, 58), (52, 62, 57, 58)]):
         write_record(r, rec("none", "crema", "visual", s, a))
         write_record(r, rec("logit", "crema", "visual", s, b))
-        write_record(r, rec("feat", "crema", "visual", s, c, {"mode": "vector"}))
+        write_record(r, rec("feat", "crema", "visual", s, c, {"mode": "auto"}))  # Feat v2 default
         write_record(r, rec("fdcmkd", "crema", "visual", s, d, fd()))
     for m, v in (("none", 70.0), ("logit", 75.0), ("feat", 75.0), ("fdcmkd", 72.0), ("dkd", 71.0)):
         write_record(r, rec(m, "crema", "audio", 0, v, fd() if m == "fdcmkd" else None))
