@@ -129,3 +129,31 @@ def test_page_shows_legend_intervals_and_verdicts(results, tmp_path):
     import re
 
     assert "2 independent block(s)" in page and not re.search(r"\btie\b", page)
+
+
+def test_page_panels_paint_in_headless_chromium(results, tmp_path):
+    """The statistics as a reader sees them: Chromium loads the page (its CSP allows only data:
+    images), the error-bar images decode and paint their points, and the verdict cells are there."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+    from test_leaderboard import _browser, chromium
+
+    if chromium() is None:
+        pytest.skip("needs Debian chromium (installed by .ci/run)")
+    site = tmp_path / "site"
+    r = cli.invoke(app, ["leaderboard", "-r", str(results), "--format", "html", "--out", str(site)])
+    assert r.exit_code == 0, r.output
+    url = (site / "index.html").resolve().as_uri()
+    dom = _browser(["--virtual-time-budget=3000", "--dump-dom", url])
+    assert dom.returncode == 0, dom.stderr[-500:]
+    bars = re.findall(r'<img class="bar" alt="([^"]+)"', dom.stdout)
+    assert len(bars) >= 4 and all(re.fullmatch(r"-?[\d.]+ \[-?[\d.]+, -?[\d.]+\]", b) for b in bars), bars
+    assert re.search(r'class="v v-better"', dom.stdout) and "inconclusive" in dom.stdout
+    shot = tmp_path / "page.png"
+    o = _browser(["--window-size=1280,3200", "--hide-scrollbars", f"--screenshot={shot}", url])
+    assert o.returncode == 0, o.stderr[-500:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    points = int((np.abs(img - [29, 78, 216]).sum(axis=2) < 40).sum())  # the bars' points (#1d4ed8)
+    assert points > 4 * 20, points  # each painted point is a disc of ~30 pixels
