@@ -272,9 +272,12 @@ def test_kill_9_then_resume_repeats_no_finished_trial(tuned_all, tmp_path):
         except KeyError:
             return False
         st = states(s)
-        if st.get("COMPLETE", 0) + st.get("PRUNED", 0) >= 2 and st.get("RUNNING", 0) == 1:
+        running = [t for t in s.get_trials() if t.state.name == "RUNNING"]
+        # mid-trial: its worker attribute is written after ask() has set every parameter (a kill inside
+        # ask() leaves a trial with only some of them, whose retry samples the rest)
+        if st.get("COMPLETE", 0) + st.get("PRUNED", 0) >= 2 and len(running) == 1 and running[0].user_attrs.get("worker"):
             seen["before"] = {t.number: (t.params, t.value, t.datetime_complete) for t in finished(s)}
-            seen["running"] = next(t.number for t in s.get_trials() if t.state.name == "RUNNING")
+            seen["running"] = running[0].number
             return True
         return False
 
