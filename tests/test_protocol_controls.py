@@ -194,3 +194,34 @@ def test_controls_run_end_to_end(tmp_path, method, extra):
         assert rec["config"]["train"]["teacher_control"] == extra["train"]["teacher_control"]
     if method == "dml":  # the peer trains from the random teacher; no teacher file exists
         assert rec["teacher"]["source"] == "random" and not (tmp_path / "teachers").exists()
+
+
+def test_teacher_controls_are_rows_of_their_own_in_tables_and_the_leaderboard(tmp_path):
+    """A method's shuffled- and random-teacher records are compared under their own names, never
+    averaged into (or flagged as a conflict of) the method's row."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from bench.records.store import write_record
+    from bench.report.leaderboard import build_leaderboard
+    from bench.report.tuning import select_params_records
+    from test_tables_latex import rec
+
+    res = tmp_path / "res"
+    for s in range(3):
+        write_record(res, rec("none", "toy", "visual", s, 50.0 + s))
+        write_record(res, rec("logit", "toy", "visual", s, 60.0 + s))
+        for control, v in (("shuffled", 55.0), ("random", 45.0)):
+            r = rec("logit", "toy", "visual", s, v + s)
+            r["config"]["train"] = {"teacher_control": control}
+            r["config_hash"] += control
+            r["group_hash"] += control
+            write_record(res, r)
+    out = CliRunner().invoke(app, ["table", "-r", str(res), "--format", "markdown"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in out.output.splitlines() if ln.startswith("| ")}
+    assert rows["Logit"].startswith("**61.0") and rows["Logit (shuffled teacher)"] == "<u>56.0</u>"
+    assert rows["Logit (random teacher)"].startswith("46.0") and "conflict" not in out.output.lower()
+    recs, _ = select_params_records([__import__("json").loads(p.read_text()) for p in (res / "records").glob("*.json")])
+    lb = build_leaderboard(recs)
+    assert {r["display"] for r in lb.rows} >= {"Logit", "Logit (shuffled teacher)", "Logit (random teacher)"}

@@ -39,6 +39,7 @@ COLUMNS = [
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
     "git_commit", "error", "path", "method_params", "pairing", "tuned", "split_fingerprint", "num_classes",
+    "teacher_control",
 ]
 
 
@@ -256,6 +257,12 @@ def split_fingerprint(rec: dict[str, Any]) -> str | None:
     return (rec.get("split_fingerprint") or {}).get("test")
 
 
+def teacher_control(rec: dict[str, Any]) -> str:
+    """``train.teacher_control`` of a record: none (the trained teacher on the paired sample),
+    shuffled or random (the controls of bench.train.teacher_outputs); none for records before it."""
+    return ((rec.get("config") or {}).get("train") or {}).get("teacher_control") or "none"
+
+
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
@@ -274,6 +281,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
             "tuned": ((r.get("config") or {}).get("tuned") or {}).get("study"),  # bench run --tuned: the study
             "split_fingerprint": split_fingerprint(r), "num_classes": r.get("num_classes"),
+            "teacher_control": teacher_control(r),
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

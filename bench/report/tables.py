@@ -47,9 +47,22 @@ TUNED_SUFFIX = ":tuned"
 registered name can contain ``:``."""
 
 
+CONTROL_SUFFIXES = {"shuffled": ":shuffled-teacher", "random": ":random-teacher"}
+"""Row key suffix of a method's teacher-control records (``train.teacher_control``): a control is a
+row of its own, named "Logit (shuffled teacher)", never averaged into the method's row."""
+
+_SUFFIX_LABELS = {TUNED_SUFFIX: " (tuned)", **{v: f" ({k} teacher)" for k, v in CONTROL_SUFFIXES.items()}}
+
+
+def base_method(key: str) -> str:
+    """The registered method of a row key (``logit:shuffled-teacher:tuned`` -> ``logit``)."""
+    return key.split(":", 1)[0]
+
+
 def display_name(method: str) -> str:
-    if method.endswith(TUNED_SUFFIX):
-        return display_name(method[: -len(TUNED_SUFFIX)]) + " (tuned)"
+    for suffix, label in _SUFFIX_LABELS.items():
+        if method.endswith(suffix):
+            return display_name(method[: -len(suffix)]) + label
     return DISPLAY.get(method, method)
 
 
@@ -121,7 +134,7 @@ def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[st
     def key(m: str) -> tuple[int, int, str]:
         cat = categories.get(m) or "Cross-Modal"
         ci = CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
-        base = m.removesuffix(TUNED_SUFFIX)  # a tuned row right below its default row
+        base = base_method(m)  # a tuned or teacher-control row right below its method's row
         pi = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
         return (ci, pi, m)
 

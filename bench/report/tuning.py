@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.api.errors import BenchError
-from bench.report.tables import TUNED_SUFFIX, display_name
+from bench.report.tables import CONTROL_SUFFIXES, TUNED_SUFFIX, display_name
 
 PARAMS = ("default", "tuned", "both")
 
@@ -33,14 +33,33 @@ def _tuned_mask(df: pd.DataFrame) -> pd.Series:
     return df["tuned"].notna()
 
 
+def control_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Teacher-control records (``train.teacher_control`` shuffled / random) under their own row
+    keys (:data:`~bench.report.tables.CONTROL_SUFFIXES`), so they are compared, never averaged."""
+    if "teacher_control" not in df or df.empty:
+        return df
+    suffix = df["teacher_control"].map(lambda c: CONTROL_SUFFIXES.get(c, ""))
+    return df.assign(method=df["method"] + suffix)
+
+
+def control_records(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`control_rows` for record dicts (the leaderboard)."""
+    from bench.records.store import teacher_control
+
+    return [dict(r, method=r["method"] + CONTROL_SUFFIXES[c]) if (c := teacher_control(r)) in CONTROL_SUFFIXES
+            else r for r in recs]
+
+
 def select_params(df: pd.DataFrame, params: str = "default") -> tuple[pd.DataFrame, list[str]]:
-    """The records a comparison shows under ``params``, and notes on what was left out or added."""
+    """The records a comparison shows under ``params``, and notes on what was left out or added;
+    teacher-control records as rows of their own (:func:`control_rows`)."""
     from bench.report.studies import prefer_defaults
 
     check_params(params)
     tuned = _tuned_mask(df)
-    plain, notes = prefer_defaults(df[~tuned])
-    t = df[tuned]
+    plain, notes = prefer_defaults(df[~tuned])  # on registered names, before control rows are renamed
+    plain = control_rows(plain)
+    t = control_rows(df[tuned])
     if params == "default":
         if len(t):
             notes.append(f"{len(t)} tuned record(s) not shown (--params tuned or both shows them)")
@@ -61,6 +80,7 @@ def select_params_records(recs: list[dict[str, Any]],
                           params: str = "default") -> tuple[list[dict[str, Any]], list[str]]:
     """:func:`select_params` for record dicts (the leaderboard); tuned rows renamed in ``both``."""
     check_params(params)
+    recs = control_records(recs)
 
     def is_tuned(r: dict[str, Any]) -> bool:
         return bool((r.get("config") or {}).get("tuned"))
