@@ -45,11 +45,16 @@ class PredictionsError(BenchError):
 def split_fingerprint_of(split: Any) -> str:
     """The hash of a split's sample ids (0..n-1, its canonical order) and labels: two runs with the
     same fingerprint were scored on the same samples with the same labels, in the same order."""
-    labels = np.ascontiguousarray(torch.as_tensor(split.labels).cpu().numpy().astype("<i8"))
+    labels = split.labels  # a tensor, or a memory-mapped view (dense labels of a prepared cache): read in chunks
+    shape = tuple(labels.shape)
+    n = shape[0]
     h = hashlib.sha256(b"cmkd-bench split fingerprint v1\n")
-    h.update(f"{labels.shape}\n".encode())
-    h.update(np.arange(labels.shape[0], dtype="<i8").tobytes())
-    h.update(labels.tobytes())
+    h.update(f"{shape}\n".encode())
+    h.update(np.arange(n, dtype="<i8").tobytes())
+    rows = max(1, (1 << 24) // max(1, int(np.prod(shape[1:], dtype=np.int64))))
+    for i in range(0, n, rows):
+        part = torch.as_tensor(labels[i:i + rows]).cpu().numpy()
+        h.update(np.ascontiguousarray(part.astype("<i8")).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -165,9 +170,10 @@ def results_folder_of(rec: dict[str, Any], default: str | Path) -> Path:
     return parent.parent if parent.name == "records" else parent
 
 
-def _record_splits(rec: dict[str, Any]) -> dict[str, Any]:
+def _record_splits(rec: dict[str, Any], overrides: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The dataset splits of a record, loaded as the runner loaded them (its dataset parameters and
-    validation carve)."""
+    validation carve). Where the data lies (a prepared cache, a raw folder) is no part of a record:
+    the dataset's defaults, or ``overrides`` (``--set nyudv2.cache=PATH``), which win."""
     from bench.report.rerun import _text
     from bench.train.loop import load_splits
     from bench.train.resolve import build_adapter, build_train_config
@@ -176,6 +182,7 @@ def _record_splits(rec: dict[str, Any]) -> dict[str, Any]:
     ds = cfg.get("dataset") or {}
     name = rec.get("dataset_folder") or rec["dataset"]
     params = {k: _text(v) for k, v in (ds.get("params") or {}).items() if v is not None}
+    params.update((overrides or {}).get(rec["dataset"], {}))
     train = {k: _text(v) for k, v in (cfg.get("train") or {}).items() if k in ("val_fraction", "split_seed")}
     adapter = build_adapter(name, {rec["dataset"]: params, "folder": params, "train": train})
     return {"adapter": adapter, "splits": load_splits(adapter, build_train_config(adapter, {"train": train}))}
@@ -250,9 +257,11 @@ def check_record(results: Path, rec: dict[str, Any], load: Callable[[dict[str, A
     return problems
 
 
-def verify(results: str | Path, records: list[dict[str, Any]]) -> dict[str, list[str]]:
+def verify(results: str | Path, records: list[dict[str, Any]],
+           overrides: dict[str, dict[str, str]] | None = None) -> dict[str, list[str]]:
     """Re-score every ok record's stored predictions against its dataset's labels: ``ok`` (run ids),
-    ``no_predictions`` (records from before predictions were stored) and ``problems`` (one line each)."""
+    ``no_predictions`` (records from before predictions were stored) and ``problems`` (one line each).
+    ``overrides``: dataset settings a record does not hold (where its prepared cache or raw files are)."""
     out: dict[str, list[str]] = {"ok": [], "no_predictions": [], "problems": []}
     cache: dict[str, dict[str, Any]] = {}
 
@@ -263,7 +272,7 @@ def verify(results: str | Path, records: list[dict[str, Any]]) -> dict[str, list
         key = stable_hash([rec.get("dataset_folder"), rec["dataset"], cfg.get("dataset"),
                            {k: v for k, v in (cfg.get("train") or {}).items() if k in ("val_fraction", "split_seed")}])
         if key not in cache:
-            cache[key] = _record_splits(rec)
+            cache[key] = _record_splits(rec, overrides)
         return cache[key]
 
     for rec in records:
