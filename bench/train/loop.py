@@ -127,7 +127,7 @@ def _evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: 
                     top = logits.topk(min(TOP_K, k), dim=1)
                     kept.setdefault("pred", []).append(pred.to(torch.int32))
                     kept.setdefault("topk_values", []).append(top.values.to(torch.float16))
-                    kept.setdefault("topk_indices", []).append(top.indices.to(torch.int16))
+                    kept.setdefault("topk_indices", []).append(top.indices.to(torch.int16 if k <= 32767 else torch.int32))
     model.train(was_training)
     preds = {name: torch.cat(parts).cpu() for name, parts in kept.items()} if collect else None
     if conf is not None:
