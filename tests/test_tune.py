@@ -439,6 +439,7 @@ def test_trials_never_read_the_test_split(tmp_path):
     flag.write_text("1")
     work(plan)
     assert not log.exists(), log.read_text()
+    assert not (tmp_path / "res" / "predictions").exists()  # trials keep no per-sample predictions
     for st in plan.studies:
         with study_lock(st):
             assert counts(open_study(st))["finished"] == 2, st.name

@@ -33,16 +33,42 @@ def _show(res) -> None:  # type: ignore[no-untyped-def]
 def results(
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
     all_: bool = typer.Option(False, "--all", help="include failed runs"),
+    verify: bool = typer.Option(False, "--verify", help="re-score every record's stored per-sample predictions "
+                                "(predictions/RUN_ID.npz) against the dataset's labels and compare with its best and "
+                                "final metric: one line per mismatch or damaged file, exit status 1 on any"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="with --verify: where a dataset's data lies, which "
+                                             "records do not hold, e.g. nyudv2.cache=PATH (default: the dataset's)"),
 ) -> None:
     """Show collected records, one line per run."""
     from bench.records.store import load_results
     from bench.report.console import records_table
 
+    if verify:
+        _verify(results, parse_overrides(set_ or []))
+        return
+    if set_:
+        raise BenchError("--set applies to --verify only")
     df = load_results(results, status=None if all_ else "ok")
     if df.empty:
         console.print(f"no records in {escape(str(results))}")
         return
     console.print(records_table(df, results))
+
+
+def _verify(results: Path, overrides: dict[str, dict[str, str]]) -> None:
+    from bench.records.predictions import NO_PREDICTIONS, verify
+    from bench.records.store import load_records
+
+    recs = load_records(results, status="ok")
+    out = verify(results, recs, overrides)
+    for rid in out["no_predictions"]:
+        console.print(f"{escape(plain_text(rid))}: {NO_PREDICTIONS}", soft_wrap=True)
+    for line in out["problems"]:
+        err_console.print(f"[red]FAIL[/red] {escape(plain_text(line))}", soft_wrap=True)
+    console.print(f"verified {len(recs)} record(s) in {escape(str(results))}: {len(out['ok'])} re-score exactly, "
+                  f"{len(out['no_predictions'])} without predictions, {len(out['problems'])} problem(s)")
+    if out["problems"]:
+        raise typer.Exit(1)
 
 
 @app.command()

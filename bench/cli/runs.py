@@ -247,6 +247,8 @@ def collect(
         rep = collect_finished(results)
         console.print(f"{len(rep['present'])} record(s) already present, {len(rep['recovered'])} recovered from "
                       f"finished tasks, {len(rep['unfinished'])} task(s) without a result yet")
+        for c in rep.get("notes", []):
+            err_console.print(f"[yellow]note[/yellow] {escape(c)}")
         return
     rep = do_collect([str(p) for p in from_], results)
     console.print(f"{len(rep['copied'])} copied, {len(rep['duplicate'])} duplicate(s) skipped, "

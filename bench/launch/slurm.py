@@ -400,11 +400,32 @@ def collect_finished(results: Path) -> dict[str, list[str]]:
                 out["notes"].append(f"{t['run_id']}: {exc}")
                 rec = None
             if rec is not None:
+                note = _predictions_here(results, rec)
+                if note is not None:
+                    out["notes"].append(f"{t['run_id']}: {note}")
                 write_record(results, rec)
                 out["recovered"].append(t["run_id"])
             else:
                 out["unfinished"].append(t["run_id"])
     return out
+
+
+def _predictions_here(results: Path, rec: dict[str, Any]) -> str | None:
+    """A recovered record's predictions file into ``results/predictions``: already there (a task on
+    a shared filesystem wrote it), or copied from the task's results folder (the folder of its
+    ``predictions_path``), read as plain arrays and checked by sha256 like a collected model; else
+    the note why (the record keeps its fields, and ``bench results --verify`` names the missing file)."""
+    from bench.records.predictions import PredictionsError, adopt_predictions, predictions_file, read_predictions
+
+    given = rec.get("predictions_path")
+    if not given:
+        return None
+    try:
+        read_predictions(predictions_file(results, rec["run_id"]), rec.get("predictions_sha256"))
+        return None
+    except (PredictionsError, BenchError):
+        pass
+    return adopt_predictions(dict(rec), Path(str(given)).parent.parent, results)  # the record stays as the task wrote it
 
 
 def retry_candidates(results: Path) -> set[str]:

@@ -7,6 +7,8 @@ Layout of a results folder::
       teachers/<dataset>/<modality>/<fingerprint>.pt   cached unimodal teachers
       checkpoints/<run_id>.pt     last finished epoch of an unfinished run (for resume)
       models/<run_id>.pt          final student weights (when --save-model)
+      predictions/<run_id>.npz    per-sample val/test predictions of the selected and last epoch
+                                  (bench.records.predictions; re-scored by bench results --verify)
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ _OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
     "teacher": (lambda v: isinstance(v, dict), "an object"),
     "error": (lambda v: isinstance(v, str), "a string"),
     "selection": (lambda v: v in ("val", "test"), "'val' or 'test'"),
+    "split_fingerprint": (lambda v: isinstance(v, dict) and all(isinstance(x, str) or x is None for x in v.values()),
+                          "an object of per-split fingerprints (strings or null)"),
+    "predictions_path": (lambda v: isinstance(v, str), "a string"),
+    "predictions_sha256": (lambda v: isinstance(v, str), "a string"),
 }
 
 
@@ -339,7 +345,10 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
     A record whose identity does not hold together (:func:`identity_problem`) is refused, naming
     its file (``invalid``).
     A copied record's saved model comes along into ``dest/models``, checked by hash, or its
-    ``model_path`` is dropped with a note (``notes``; :func:`bench.records.models.adopt_model`).
+    ``model_path`` is dropped with a note (``notes``; :func:`bench.records.models.adopt_model`);
+    its predictions file into ``dest/predictions``, checked by hash, or a note says why not (the
+    record keeps its fields: ``bench results --verify`` names the missing file;
+    :func:`bench.records.predictions.adopt_predictions`).
     """
     dest = Path(dest)
     dest_dir = records_dir(dest)
@@ -359,7 +368,12 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
     def put(r: dict[str, Any], src: str | Path) -> None:
         from bench.records.models import adopt_model
 
+        from bench.records.predictions import adopt_predictions
+
         note = adopt_model(r, src, dest)  # its model file comes along, checked, or its model_path goes
+        if note is not None:
+            report["notes"].append(f"{r['run_id']}: {note}")
+        note = adopt_predictions(r, src, dest)  # its predictions file comes along, checked by sha256
         if note is not None:
             report["notes"].append(f"{r['run_id']}: {note}")
         write_record(dest, r)

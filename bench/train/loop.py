@@ -72,6 +72,27 @@ def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = T
 def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,
              batch_size: int, plan: SpeedPlan | None = None, fwd: Callable[..., ModelOutput] | None = None) -> float:
     """Top-1 accuracy (%) or mIoU (%) of ``model`` on ``split`` (counts stay on the device)."""
+    return _evaluate(model, adapter, split, modality, device, batch_size, plan, fwd, collect=False)[0]
+
+
+def evaluate_with_predictions(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str,
+                              device: torch.device, batch_size: int, plan: SpeedPlan | None = None,
+                              fwd: Callable[..., ModelOutput] | None = None) -> tuple[float, dict[str, torch.Tensor]]:
+    """:func:`evaluate`, and what it scored, per sample in the split's order (on the CPU): ``pred``
+    (predicted class) with ``topk_values`` (float16) and ``topk_indices`` (int16) of the TOP_K
+    largest logits for classification; ``confusion`` (per image, int32 ``[n, k, k]``, rows = label,
+    columns = prediction) for dense tasks, never pixels. :func:`score_predictions` of them gives
+    the metric back exactly."""
+    return _evaluate(model, adapter, split, modality, device, batch_size, plan, fwd, collect=True)  # type: ignore[return-value]
+
+
+TOP_K = 5
+"""How many of the largest logits a run's predictions file keeps per sample (classification)."""
+
+
+def _evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,
+              batch_size: int, plan: SpeedPlan | None, fwd: Callable[..., ModelOutput] | None,
+              collect: bool) -> tuple[float, dict[str, torch.Tensor] | None]:
     plan = plan or all_off()
     fwd = fwd if fwd is not None else model
     was_training = model.training
@@ -80,6 +101,7 @@ def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: s
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     conf = torch.zeros(k, k, dtype=torch.long, device=device) if adapter.metric == "mIoU" else None
+    kept: dict[str, list[torch.Tensor]] = {}
     source = BatchSource(split, [modality], device, plan)
     with torch.inference_mode(), plan.autocast(device):
         for s_like, li, _idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
@@ -90,14 +112,42 @@ def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: s
                 if pred.shape[-2:] != y.shape[-2:]:
                     pred = nn.functional.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
                 valid = y != adapter.ignore_index if adapter.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
-                conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
+                if collect:  # one k x k table per image: the sum over images is `conf`
+                    img = torch.arange(y.shape[0], device=device).view(-1, *([1] * (y.dim() - 1))).expand_as(y)
+                    per = torch.bincount((img[valid] * k + y[valid]) * k + pred[valid], minlength=y.shape[0] * k * k)
+                    per = per.view(-1, k, k)
+                    conf += per.sum(0)
+                    kept.setdefault("confusion", []).append(per.to(torch.int32))
+                else:
+                    conf += torch.bincount(y[valid] * k + pred[valid], minlength=k * k).view(k, k)
             else:
                 correct += (pred == y).sum()
                 total += int(y.numel())
+                if collect:
+                    top = logits.topk(min(TOP_K, k), dim=1)
+                    kept.setdefault("pred", []).append(pred.to(torch.int32))
+                    kept.setdefault("topk_values", []).append(top.values.to(torch.float16))
+                    kept.setdefault("topk_indices", []).append(top.indices.to(torch.int16 if k <= 32767 else torch.int32))
     model.train(was_training)
+    preds = {name: torch.cat(parts).cpu() for name, parts in kept.items()} if collect else None
     if conf is not None:
-        return miou_from_confusion(conf)
-    return 100.0 * int(correct) / max(total, 1)
+        return miou_from_confusion(conf), preds
+    return accuracy_from_counts(int(correct), total), preds
+
+
+def accuracy_from_counts(correct: int, total: int) -> float:
+    """Top-1 accuracy (%) from the number of correct predictions and of predictions."""
+    return 100.0 * int(correct) / max(int(total), 1)
+
+
+def score_predictions(metric: str, preds: dict[str, torch.Tensor], labels: torch.Tensor | None) -> float:
+    """The metric of stored predictions (:func:`evaluate_with_predictions`), computed as
+    :func:`evaluate` computes it: mIoU from the summed per-image confusion counts, accuracy from
+    ``pred`` against ``labels``."""
+    if metric == "mIoU":
+        return miou_from_confusion(torch.as_tensor(preds["confusion"]).long().sum(0))
+    pred, y = torch.as_tensor(preds["pred"]).long(), torch.as_tensor(labels).long()
+    return accuracy_from_counts(int((pred == y).sum()), int(y.numel()))
 
 
 def miou_from_confusion(conf: torch.Tensor) -> float:
@@ -167,6 +217,9 @@ class FitResult:
     selected_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
     plan: SpeedPlan | None = None
+    predictions: dict[str, dict[str, dict[str, torch.Tensor]]] | None = None
+    """With ``collect_predictions``: ``{"selected": {split: arrays}, "last": {split: arrays}}``, the
+    :func:`evaluate_with_predictions` arrays of the evaluated splits at the selected and the last epoch."""
 
 
 def fit(
@@ -190,6 +243,7 @@ def fit(
     teacher_key: str | None = None,
     on_note: Callable[[str], None] | None = None,
     evaluate_test: bool = True,
+    collect_predictions: bool = False,
 ) -> FitResult:
     """Train ``student`` with ``method`` for ``epochs`` epochs; evaluate every epoch.
 
@@ -198,7 +252,10 @@ def fit(
     reference protocol, labelled as such in the record). ``plan``: the speed features
     (:mod:`bench.train.acceleration`; default: resolved from ``train`` for ``device``).
     ``evaluate_test=False`` (tuning trials): ``splits`` need no test entry and test is never read;
-    every ``test_metric`` is None.
+    every ``test_metric`` is None. ``collect_predictions``: keep the per-sample predictions of the
+    selected and of the last epoch (:attr:`FitResult.predictions`), in the epoch checkpoint too, so
+    that a resumed run has them; a checkpoint written before they were kept is completed by
+    evaluating the selected and the last weights again.
     """
     tr, va = splits["train"], splits.get("val")
     te = splits["test"] if evaluate_test else None
@@ -222,6 +279,7 @@ def fit(
     best_key = -math.inf
     selected = 0
     start_epoch = 1
+    kept: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # "selected" / "last" -> split -> arrays
     state = _read_resume_checkpoint(checkpoint, device, {"student": student, "method": method.modules,
                                      **({"teacher": teacher} if teacher_in_opt else {})}, engine, on_note)
     if state is not None:
@@ -234,6 +292,8 @@ def fit(
         best_key = state["best_key"]
         selected = state["selected"]
         start_epoch = len(history) + 1
+        if collect_predictions and isinstance(state.get("predictions"), dict):
+            kept = {k: v for k, v in state["predictions"].items() if k in ("selected", "last") and isinstance(v, dict)}
         if on_resume is not None and history:
             on_resume(len(history))
     check_each_step = device.type != "cuda"  # on CUDA a per-step check would stall the GPU
@@ -271,9 +331,18 @@ def fit(
             raise FloatingPointError(f"non-finite loss during epoch {epoch} (epoch means: "
                                      + ", ".join(f"{k}={v:.4g}" for k, v in means.items()) + ")")
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": sum(means.values()), "terms": means}
-        row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size, **ev) if va is not None else None
-        row["test_metric"] = (evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
-                              if te is not None else None)
+        if collect_predictions:
+            now: dict[str, dict[str, torch.Tensor]] = {}
+            for name, sp in (("val", va), ("test", te)):
+                row[f"{name}_metric"] = None
+                if sp is not None:
+                    row[f"{name}_metric"], now[name] = evaluate_with_predictions(
+                        student, adapter, sp, student_modality, device, train.eval_batch_size, **ev)
+            kept["last"] = now
+        else:
+            row["val_metric"] = evaluate(student, adapter, va, student_modality, device, train.eval_batch_size, **ev) if va is not None else None
+            row["test_metric"] = (evaluate(student, adapter, te, student_modality, device, train.eval_batch_size, **ev)
+                                  if te is not None else None)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         key = row["val_metric"] if train.selection == "val" else row["test_metric"]
@@ -281,12 +350,15 @@ def fit(
             best_key = key
             selected = epoch
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            if collect_predictions:
+                kept["selected"] = kept["last"]
         if checkpoint is not None:
             atomic_torch_save({
                 "student": student.state_dict(), "method": method.state_dict(),
                 "teacher": teacher.state_dict() if teacher_in_opt else None,  # type: ignore[union-attr]
                 **engine.state_dict(), "history": history, "best_state": best_state,
                 "best_key": best_key, "selected": selected,
+                **({"predictions": kept} if collect_predictions else {}),
             }, checkpoint)
         if on_epoch:
             on_epoch(epoch, row)
@@ -299,4 +371,39 @@ def fit(
     if teacher_in_opt and te is not None:
         extra["teacher_final_test_metric"] = evaluate(teacher, adapter, te, teacher_modality, device,  # type: ignore[arg-type]
                                                       train.eval_batch_size, plan=plan)
-    return FitResult(history, best_state, selected, extra, plan)
+    predictions = None
+    if collect_predictions:
+        splits_now = {"val": va, "test": te}
+        for which, weights, epoch_no in (("last", None, len(history)), ("selected", best_state, selected)):
+            if which not in kept:  # resumed from a checkpoint that did not keep them: evaluate those weights again
+                kept[which] = _predict_again(student, weights, adapter, splits_now, student_modality, device, train,
+                                             history[epoch_no - 1], ev, on_note, which, epoch_no)
+        predictions = kept
+    return FitResult(history, best_state, selected, extra, plan, predictions)
+
+
+def _predict_again(student: Backbone, weights: dict[str, torch.Tensor] | None, adapter: DatasetAdapter,
+                   splits: dict[str, Split | None], modality: str, device: torch.device, train: TrainConfig,
+                   row: dict[str, Any], ev: dict[str, Any], on_note: Callable[[str], None] | None, which: str,
+                   epoch: int) -> dict[str, dict[str, torch.Tensor]]:
+    """The predictions of ``weights`` (None: the student as it is), evaluated now; a metric that
+    does not come out as the history's (a nondeterministic kernel) is noted: ``bench results
+    --verify`` will then report the record."""
+    saved = None
+    if weights is not None:
+        saved = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        student.load_state_dict(weights)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        for name, sp in splits.items():
+            if sp is None:
+                continue
+            metric, out[name] = evaluate_with_predictions(student, adapter, sp, modality, device,
+                                                          train.eval_batch_size, **ev)
+            if metric != row.get(f"{name}_metric") and on_note is not None:
+                on_note(f"the {which} epoch's ({epoch}) {name} predictions, evaluated again after resuming, score "
+                        f"{metric!r}, the history {row.get(f'{name}_metric')!r}")
+    finally:
+        if saved is not None:
+            student.load_state_dict(saved)
+    return out

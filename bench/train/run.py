@@ -43,6 +43,7 @@ from bench.records.files import (
     load_torch_file,
     remove_stale_temp_files,
 )
+from bench.records.predictions import split_fingerprints, write_predictions
 from bench.records.provenance import git_commit, runtime_environment
 from bench.records.store import SCHEMA_VERSION, read_record, record_path, write_record
 from bench.train.acceleration import plan_speed
@@ -162,7 +163,7 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
                   device=device, checkpoint=ckpt,
                   on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
                   on_resume=lambda n: base.__setitem__("resumed_from_epoch", n), plan=plan,
-                  teacher_key=tinfo["checkpoint"] if tinfo else None, on_note=note)
+                  teacher_key=tinfo["checkpoint"] if tinfo else None, on_note=note, collect_predictions=True)
         sel = res.history[res.selected_epoch - 1]
         ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
         rec = dict(
@@ -176,6 +177,12 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
             wall_time_s=time.perf_counter() - t0, started_at=started.isoformat(),
             finished_at=datetime.now(timezone.utc).isoformat(), **({"notes": notes} if notes else {}),
         )
+        fingerprints = split_fingerprints(splits)  # the statistics pair seeds only on the same test split
+        rec["split_fingerprint"] = fingerprints
+        ppath, psha = write_predictions(results, r.run_id, res.predictions, fingerprints,  # type: ignore[arg-type]
+                                        {"selected": res.selected_epoch, "last": res.history[-1]["epoch"]})
+        rec["predictions_path"] = str(ppath)
+        rec["predictions_sha256"] = psha  # bench results --verify re-scores the file; bench collect checks the copy
         if spec.save_model:
             mpath = join_under(results / "models", f"{r.run_id}.pt")
             atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
