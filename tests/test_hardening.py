@@ -153,6 +153,37 @@ def test_failed_force_rerun_keeps_ok_record(tmp_path):
     assert [r["status"] for r in load_records(res_dir)] == ["ok"]
 
 
+def test_rerun_whose_record_cannot_be_written_leaves_the_good_runs_files(tmp_path, monkeypatch):
+    """A --force rerun that trains but cannot write its record (a full disk) leaves the good run's
+    predictions and saved model as they were: the rerun's files are staged and swapped in only
+    after its record is written."""
+    import errno
+
+    import bench.train.run as run_mod
+    from bench.records.predictions import verify
+
+    res_dir = tmp_path / "res"
+    args = ["run", "--methods", "logit", "--datasets", "synthetic", "--directions", "a2v", "-r", str(res_dir),
+            "--device", "cpu", "--epochs", "2", "--teacher-epochs", "1", "--save-model", "--set", "synthetic.n_train=240",
+            "--set", "synthetic.n_test=60", "--set", "synthetic.width=4"]
+    assert cli.invoke(app, args).exit_code == 0
+    ok = load_records(res_dir)[0]
+    files = {k: Path(ok[k]).read_bytes() for k in ("predictions_path", "model_path")}
+
+    def full_disk(*_a, **_k):  # noqa: ANN002, ANN003
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_mod, "write_record", full_disk)
+    r2 = cli.invoke(app, args + ["--force"])
+    assert r2.exit_code == 1 and "No space left on device" in " ".join(r2.output.split())
+    monkeypatch.undo()
+    assert {k: Path(ok[k]).read_bytes() for k in files} == files
+    assert not list(res_dir.rglob("*.rerun"))
+    assert read_record(ok["path"])["predictions_sha256"] == ok["predictions_sha256"]
+    checked = verify(res_dir, [read_record(ok["path"])])
+    assert checked["ok"] == [ok["run_id"]] and checked["problems"] == []
+
+
 # --------------------------------------------------------------------------------------------
 # 5. files honour the umask (shared results folders)
 

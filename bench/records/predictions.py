@@ -89,13 +89,15 @@ def encode(predictions: dict[str, dict[str, dict[str, torch.Tensor]]], fingerpri
 
 
 def write_predictions(results: str | Path, run_id: str, predictions: dict[str, dict[str, dict[str, torch.Tensor]]],
-                      fingerprints: dict[str, str | None], epochs: dict[str, int]) -> tuple[Path, str]:
-    """Write ``predictions/<run_id>.npz`` atomically; returns its path and sha256."""
+                      fingerprints: dict[str, str | None], epochs: dict[str, int],
+                      stage: Callable[[Path], Path] = lambda p: p) -> tuple[Path, str]:
+    """Write ``predictions/<run_id>.npz`` atomically (at ``stage(path)`` until the record is
+    written, for a rerun); returns its final path and sha256."""
     from bench.records.files import atomic_write_bytes
 
     data = encode(predictions, fingerprints, epochs)
     path = predictions_file(results, run_id)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(stage(path), data)
     return path, hashlib.sha256(data).hexdigest()
 
 

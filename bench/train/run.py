@@ -137,6 +137,16 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
         ckpt.unlink()
     base = _record_base(r, device)
     notes: list[str] = []
+    staged: dict[Path, Path] = {}
+
+    def stage(final: Path) -> Path:
+        """Where a file of this run is written until its record is: beside the good run's file on a
+        --force rerun (swapped in after the record), so a failed rerun never replaces a good result."""
+        if previous is None:
+            return final
+        tmp = final.with_name(final.name + ".rerun")
+        staged[tmp] = final
+        return tmp
 
     def note(message: str) -> None:
         notes.append(message)
@@ -180,19 +190,27 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
         fingerprints = split_fingerprints(splits)  # the statistics pair seeds only on the same test split
         rec["split_fingerprint"] = fingerprints
         ppath, psha = write_predictions(results, r.run_id, res.predictions, fingerprints,  # type: ignore[arg-type]
-                                        {"selected": res.selected_epoch, "last": res.history[-1]["epoch"]})
+                                        {"selected": res.selected_epoch, "last": res.history[-1]["epoch"]},
+                                        stage=stage)
         rec["predictions_path"] = str(ppath)
         rec["predictions_sha256"] = psha  # bench results --verify re-scores the file; bench collect checks the copy
         if spec.save_model:
             mpath = join_under(results / "models", f"{r.run_id}.pt")
             atomic_torch_save({"student": res.best_state, "final_student": student.state_dict(),
-                               "method": method.state_dict(), "config": r.config}, mpath)
+                               "method": method.state_dict(), "config": r.config}, stage(mpath))
             rec["model_path"] = str(mpath)
-            rec["model_sha256"] = sha256_file(mpath)  # bench collect copies the file and checks it against this
+            rec["model_sha256"] = sha256_file(stage(mpath))  # bench collect copies the file and checks it against this
         write_record(results, rec)  # may fail (full disk): the checkpoint stays, a rerun finishes the run
+        for staged_path, final in staged.items():  # the rerun's record is written: its files replace the old run's
+            os.replace(staged_path, final)
+        staged.clear()
     except KeyboardInterrupt:
+        for staged_path in staged:
+            staged_path.unlink(missing_ok=True)
         raise
     except Exception as exc:
+        for staged_path in staged:  # a failed rerun leaves the good run's record, predictions and model as they were
+            staged_path.unlink(missing_ok=True)
         rec = dict(base, status="failed", error=f"{type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc()[-4000:], wall_time_s=time.perf_counter() - t0,
                    started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
