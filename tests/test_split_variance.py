@@ -173,3 +173,164 @@ def test_a_fixed_split_teacher_is_not_reused_under_per_seed_splits(tmp_path, mon
     assert teacher_rows[0] != teacher_rows[1]  # each trained on its own mode's splits
     assert "split_fingerprint" not in fixed and fixed["splits"]["mode"] == "fixed"  # pairing of old records unchanged
     assert np.isfinite(per["teacher"]["test_metric"])
+
+
+# -- teachers in every table ------------------------------------------------------------------------
+
+CATS = {"none": "Uni-Modal", "logit": "Logits", "dkd": "Logits"}
+TEACHER = {0: 80.0, 1: 82.0, 2: 84.0}  # the audio teacher of seeds 0-2: 82.0 ± 2.0
+STUDENT = {"none": (50.0, 51.0, 52.0), "logit": (60.0, 61.0, 62.0), "dkd": (55.0, 57.0, 56.0)}
+
+
+def _rec(method, seed, value, teacher=None, ds="crema", mod="visual", tmod="audio", extra=None):
+    h = f"{method}{ds}{mod}{seed}{extra or ''}"
+    return {
+        "schema": 1, "run_id": f"{ds}_a2v_{method}_s{seed}_{h[-8:]:0>8}", "status": "ok", "method": method,
+        "method_category": CATS[method], "dataset": ds, "task": "classification", "teacher_modality": tmod,
+        "student_modality": mod, "direction": "a2v", "seed": seed, "metric": "top1",
+        "config": {"method_params": {}, "train": {}, "dataset": {"params": {}}},
+        "config_hash": h, "group_hash": f"{method}{ds}{mod}{extra or ''}", "best_metric": value,
+        "final_metric": value, "history": [{"epoch": 1, "test_metric": value}],
+        "teacher": teacher,
+    }
+
+
+def _teacher(seed, value=None, name=None, source=None):
+    t = {"modality": "audio", "test_metric": TEACHER[seed] if value is None else value, "cached": True,
+         "checkpoint": f"results/teachers/crema/audio/{name or f'seed{seed}-0123456789ab'}.pt"}
+    if source:
+        t.update(source=source, checkpoint=None)
+    return t
+
+
+@pytest.fixture
+def graded(tmp_path):
+    from bench.records.store import write_record
+
+    r = tmp_path / "res"
+    for s in (0, 1, 2):
+        for m, vals in STUDENT.items():
+            write_record(r, _rec(m, s, vals[s], None if m == "none" else _teacher(s)))
+    return r
+
+
+def _table(results, *args):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = CliRunner().invoke(app, ["table", "comparison", "-r", str(results), *args])
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+def test_teacher_row_in_markdown_and_latex_with_mean_std_and_no_mark(graded):
+    md = _table(graded, "--format", "markdown", "--std")
+    lines = md.splitlines()
+    row = next(x for x in lines if x.startswith("| _Teacher"))
+    assert row == "| _Teacher (modality)_ | _82.0 ± 2.0 (A)_ |"
+    assert lines.index(row) == 2  # above the methods, right under the header
+    assert "**" not in row and "<u>" not in row and not any(s in row for s in "▲▼≈†◦")
+    assert "| **61.0 ± 1.0** |" in md.replace("| Logit ", "|")  # the best is still the best method, not the teacher
+    assert "Teacher (modality): the unimodal teacher the KD rows distil" in md and "never ranked" in md
+    tex = _table(graded, "--std")
+    cells = {line.split("&")[0].strip(): line for line in tex.splitlines() if "&" in line}
+    trow = cells[r"\textit{Teacher (modality)}"]
+    assert trow.strip() == r"\textit{Teacher (modality)} & \textit{82.0 $\pm$ 2.0 (A)} \\"
+    assert r"\textbf" not in trow and r"\underline" not in trow and "^" not in trow
+    assert r"\textbf{61.0 $\pm$ 1.0}" in cells["Logit"]
+    after = tex.splitlines()[tex.splitlines().index(trow) + 1]
+    assert after == r"\midrule"  # set apart from the ranked rows
+    assert "Teacher (modality): the unimodal teacher" in tex
+
+
+def test_teacher_row_gets_no_verdict_and_is_data_in_json(graded):
+    import json as js
+
+    vs = _table(graded, "--format", "markdown", "--vs-baseline", "--mark-tied")
+    row = next(x for x in vs.splitlines() if x.startswith("| _Teacher"))
+    assert not any(s in row for s in "▲▼≈†◦*")
+    data = js.loads(_table(graded, "--format", "json"))
+    (t,) = data["teachers"]
+    assert t["dataset"] == "crema" and t["student_modality"] == "visual" and t["teacher_modality"] == "audio"
+    assert t["mean"] == pytest.approx(82.0) and t["std"] == pytest.approx(2.0) and t["seeds"] == [0, 1, 2]
+    assert {c["method"] for c in data["cells"]} == {"none", "logit", "dkd"}  # not a cell of the comparison
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="needs texlive (installed by .ci/run)")
+def test_teacher_row_compiles_with_latex(graded, tmp_path):
+    import subprocess
+
+    tex = tmp_path / "cmp.tex"
+    _table(graded, "--standalone", "--std", "--vs-baseline", "--out", str(tex))
+    p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout[-2000:]
+    text = subprocess.run(["pdftotext", str(tex.with_suffix(".pdf")), "-"], capture_output=True, text=True).stdout
+    assert "Teacher (modality)" in text and "82.0 ± 2.0 (A)" in text
+
+
+def test_teacher_row_leaves_out_random_teachers_and_names_disagreeing_ones(tmp_path):
+    import pandas as pd
+
+    from bench.records.store import to_frame
+    from bench.report.tables import add_teachers, build_comparison, to_markdown
+
+    recs = [_rec("logit", s, 60.0 + s, _teacher(s)) for s in (0, 1)]
+    recs.append(_rec("dkd", 0, 55.0, _teacher(0, value=10.0, source="random"), extra="rnd"))  # the control
+    recs.append(_rec("dkd", 1, 56.0, _teacher(1, value=70.0, name="seed1-ffffffffffff"), extra="lr"))
+    df = to_frame(recs)
+    comp = build_comparison(df)
+    add_teachers(comp, df)
+    (t,) = comp.teachers[("crema", "visual")]
+    assert t["values"] == [80.0, 82.0] and t["disagree"] == [1]  # 10.0 (random) left out; seed 1: logit's, by name
+    assert "at seed(s) 1 the KD rows distilled more than one audio teacher" in to_markdown(comp)
+    assert pd.isna(df.loc[2, "teacher_key"]) and df.loc[0, "teacher_key"] == "seed0-0123456789ab.pt"
+
+
+def test_leaderboard_shows_teachers_outside_the_ranking(graded, tmp_path):
+    from bench.records.store import load_records
+    from bench.report import leaderboard as L
+    from bench.report.leaderboard_page import page_data, render_html
+
+    lb = L.build_leaderboard(load_records(graded, status="ok"))
+    (t,) = lb.teachers[("crema", "visual")]
+    assert t["mean"] == pytest.approx(82.0) and t["std"] == pytest.approx(2.0) and t["n_seeds"] == 3
+    assert [r["method"] for r in lb.rows] == ["logit", "dkd", "none"]  # the teacher is no row of the ranking
+    md = L.to_markdown(lb)
+    assert "crema/visual: 82.00 ± 2.00 (audio, 3 seeds)" in md and "never ranked" in md
+    assert L.to_json(lb)["teachers"][0]["mean"] == pytest.approx(82.0)
+    page = render_html(lb, None)
+    assert "Teachers (reference, not ranked)" in page and "82.00 ± 2.00" in page
+    assert "<i>Teacher (modality)</i>" in page
+    data = page_data(lb)
+    assert {m["key"] for m in data["methods"]} == {"none", "logit", "dkd"} and data["teachers"][0]["cell"] == "c0"
+
+
+def test_summary_json_carries_the_teachers(graded, tmp_path, monkeypatch):
+    """``bench reproduce offline``'s outputs from hand-made records (the study tables, LaTeX and the
+    screenshot are not what is checked here: stubbed)."""
+    import bench.report.render as render
+    import bench.report.reproduce as R
+    from bench.report.reproduce import Benchmark, build_outputs
+
+    real = render.render_table
+
+    def table(results, kind="comparison", **kw):
+        if kind != "comparison":
+            return render.Rendered(text="")
+        return real(results, kind, **kw)
+
+    monkeypatch.setattr(render, "render_table", table)
+    monkeypatch.setattr(R, "compile_latex", lambda *a, **k: "stubbed")
+    monkeypatch.setattr(R, "screenshot", lambda *a, **k: "stubbed")
+    out = tmp_path / "docs"
+    summary = build_outputs(graded, out, benchmarks=(Benchmark("crema", "crema"),), every_direction=False)
+    on_disk = json.loads((out / "summary.json").read_text())
+    (t,) = on_disk["teachers"]
+    assert (t["dataset"], t["student_modality"], t["teacher_modality"]) == ("crema", "visual", "audio")
+    assert t["mean"] == pytest.approx(82.0) and t["std"] == pytest.approx(2.0) and t["n_seeds"] == 3
+    assert summary["teachers"] == on_disk["teachers"]
+    assert "_Teacher (modality)_" in (out / "comparison.md").read_text()
+    assert "_Teacher (modality)_" in (out / "comparison_vs_baseline.md").read_text()
+    assert "teacher top-1" in (out / "unimodal.md").read_text()

@@ -38,7 +38,7 @@ COLUMNS = [
     "run_id", "status", "dataset", "task", "direction", "teacher_modality", "student_modality", "method",
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
-    "git_commit", "error", "path", "method_params", "pairing", "tuned", "split_fingerprint", "num_classes",
+    "git_commit", "error", "path", "method_params", "pairing", "tuned", "split_fingerprint", "num_classes", "teacher_key",
 ]
 
 
@@ -257,6 +257,8 @@ def split_fingerprint(rec: dict[str, Any]) -> str | None:
 
 
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    from bench.report.cells import teacher_key
+
     rows = []
     for r in records:
         rows.append({
@@ -274,6 +276,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "pairing": ((r.get("config") or {}).get("train") or {}).get("pairing", "paired"),
             "tuned": ((r.get("config") or {}).get("tuned") or {}).get("study"),  # bench run --tuned: the study
             "split_fingerprint": split_fingerprint(r), "num_classes": r.get("num_classes"),
+            "teacher_key": teacher_key(r),  # which teacher it distilled (bench.report.cells.teachers_of)
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

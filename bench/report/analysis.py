@@ -12,7 +12,8 @@
   covariances, slogdet), reported for several ``k`` next to the measured KD gain.
 
 The unimodal models are the cached teachers under ``results/teachers`` (one per modality and
-seed, trained with plain CE exactly like the w/o KD student).
+seed, trained with plain CE on one modality like the w/o KD student, but not that run: a teacher
+has its own seed stream, :mod:`bench.train.teachers`' salt 17, and ``train.teacher_epochs``).
 """
 
 from __future__ import annotations
