@@ -16,7 +16,7 @@ import torch
 from bench.api.config import hashed_train
 from bench.api.errors import ConfigError
 from bench.data import stratified_split
-from bench.train.loop import load_splits, split_fingerprints
+from bench.train.loop import load_splits
 from bench.train.resolve import RunSpec, build_adapter, build_train_config, resolve
 from bench.train.teachers import teacher_fingerprint, teacher_path
 from tests.conftest import tiny
@@ -137,6 +137,7 @@ def _capture(monkeypatch):
 
 
 def test_every_method_and_its_teacher_see_the_seeds_splits(tmp_path, monkeypatch):
+    from bench.train.loop import split_fingerprints
     from bench.train.run import run
 
     seen = _capture(monkeypatch)
