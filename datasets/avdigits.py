@@ -31,6 +31,18 @@ preparation parameters and part of the run's configuration; a setting other than
 gets its own default cache directory (``avdigits-hard``, ``avdigits-pca0.3-snr5``), so easy and
 hard caches and records never mix. Knobs left at their defaults are left out of the cache
 parameters and the fingerprint, so default caches and records are unchanged.
+
+**Split variance** (``train.split_mode=per_seed``): the train/test split is this adapter's own
+(drawn at preparation with ``split_seed``), so the runner pools the prepared (recording, image)
+pairs of both splits and draws train/test again from each run's seed, with the prepared class
+counts, from this one cache; validation is then carved from the new train. A pair moves as a
+whole: with ``images=opencv`` every recording and every image is in exactly one pair, so the
+splits stay disjoint in both modalities (``images=sklearn`` reuses images across pairs and is
+refused). What preparation fitted stays fitted on the preparation split, in the cached arrays:
+the MFCC z-score statistics and, under the 'hard' preset (``image_pca_energy`` < 1), the image
+PCA basis were computed from the ``split_seed`` training recordings/images, some of which are test
+samples at another seed; the PCA is **not** refitted per split (unlabelled pixel statistics of
+those images enter the basis, their labels never do). The class-level pairing is the prepared one.
 """
 
 from __future__ import annotations
@@ -130,6 +142,13 @@ class AVDigits(PreparedDataset):
     Params = AVDigitsParams
     paired_by = "class"  # the k-th recording of a class with a seeded image of that class (module docstring)
     prep_keys = ("images", "test_fraction", "split_seed", "seq_len", "image_pca_energy", "audio_snr_db")
+    redrawn_splits = ("train", "test")  # drawn at preparation: train.split_mode=per_seed draws them per seed
+
+    def redraw_problem(self) -> str | None:
+        if self.params.images == "sklearn":  # fewer images than recordings per class: an image serves
+            return ("with images=sklearn an image is paired with several recordings, so redrawing the prepared "
+                    "pairs would put one image in train and in test; use images=opencv (one image per pair)")
+        return None
     train_defaults = {"epochs": 15, "teacher_epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
                       "schedule": "cosine", "min_lr": 0.0}
 

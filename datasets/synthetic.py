@@ -43,7 +43,10 @@ network: only ``<modality>.*`` side arrays reach ``prepare_batch``).
 (3 x 8 x 8; encoder: 2-D ResNet). Both encoders end in a ``4 * width``-d pooled feature (64-d by
 default), so feature-space methods (FD-CMKD's DFT over the feature vector) apply without a
 projector. The same ``data_seed`` always produces the same arrays; run seeds only change
-initialisation and batch order.
+initialisation and batch order, and with ``train.split_mode=per_seed`` which generated sample
+is in train and which in test (both are i.i.d. draws of the one model that ``data_seed`` fixes:
+the runner pools them and draws the split again per seed, class counts kept; the generating
+model, hence the Bayes accuracies, never moves).
 """
 
 from __future__ import annotations
@@ -258,6 +261,7 @@ class Synthetic(DatasetAdapter):
     task = "classification"
     metric = "top1"
     Params = SyntheticParams
+    redrawn_splits = ("train", "test")  # i.i.d. draws of one model: train.split_mode=per_seed reassigns them
     train_defaults = {
         "epochs": 10, "teacher_epochs": 10, "batch_size": 64, "lr": 0.05,
         "weight_decay": 5e-4, "schedule": "cosine", "min_lr": 0.0, "eval_batch_size": 1000,

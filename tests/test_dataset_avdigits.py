@@ -49,6 +49,29 @@ def test_prepare_real_data_and_train(cache_base, tmp_path):
     assert recs["visual"]["best_metric"] > 60 and recs["audio"]["best_metric"] > 60
 
 
+def test_per_seed_redraws_the_prepared_pairs(cache_base):
+    """train.split_mode=per_seed draws train/test of the prepared (recording, image) pairs again
+    from the run's seed, class counts kept, from the same cache; no image is in train and test."""
+    if not (cache_base / "avdigits" / "manifest.json").exists():
+        pytest.skip("needs the cache test_prepare_real_data_and_train prepared")
+    from bench.train.loop import load_splits
+    from bench.train.resolve import build_train_config
+
+    ov = {"avdigits": {"cache": str(cache_base / "avdigits"), "width": "16"}, "train": {"split_mode": "per_seed"}}
+    ad = build_adapter("avdigits", ov)
+    out = {}
+    for seed in (0, 1):
+        sp = load_splits(ad, build_train_config(ad, ov), seed=seed)
+        assert {k: len(v) for k, v in sp.items()} == {"train": 2160, "val": 240, "test": 600}
+        assert np.bincount(sp["test"].labels.numpy(), minlength=10).tolist() == [60] * 10
+        img = {k: {bytes(x) for x in v.inputs["visual"].numpy()} for k, v in sp.items()}
+        aud = {k: {bytes(x) for x in v.inputs["audio"].numpy()} for k, v in sp.items()}
+        for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+            assert not img[a] & img[b] and not aud[a] & aud[b]
+        out[seed] = sp["test"].meta["rows"].tolist()
+    assert out[0] != out[1]
+
+
 def test_sklearn_fallback(cache_base):
     ov = {"avdigits": {"cache": str(cache_base / "sk"), "images": "sklearn", "root": str(cache_base / "raw_sk")}}
     import shutil

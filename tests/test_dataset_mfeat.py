@@ -107,6 +107,34 @@ def test_split_stratified_seeded_disjoint_recorded(base):
         assert np.abs(tr.mean(0)).max() < 1e-4
 
 
+def test_per_seed_splits_are_drawn_from_the_one_cache(base):
+    """train.split_mode=per_seed: train/val/test drawn again from the run's seed, with the prepared
+    class counts, from the same cache; the arrays are the csv rows standardised with the
+    *preparation* train rows' statistics (documented: the standardisation is not refitted)."""
+    ov = {"mfeat": {"cache": str(base / "mfeat")}, "train": {"split_mode": "per_seed"}}
+    ad = build_adapter("mfeat", ov)
+    m = ad.manifest()
+    prep = m["info"]["split"]["rows"]
+    csv_row = np.concatenate([np.array(prep[s]) for s in ("train", "val", "test")])  # pool position -> csv row
+    got = {}
+    for seed in (0, 1):
+        sp = load_splits(ad, build_train_config(ad, ov), seed=seed)
+        rows = {s: csv_row[sp[s].meta["rows"].numpy()] for s in ("train", "val", "test")}
+        assert {s: len(r) for s, r in rows.items()} == {"train": 1200, "val": 400, "test": 400}
+        for s, n in (("train", 120), ("val", 40), ("test", 40)):
+            assert np.bincount(rows[s] // 200, minlength=10).tolist() == [n] * 10
+        allr = np.concatenate(list(rows.values()))
+        assert len(np.unique(allr)) == 2000
+        got[seed] = rows
+        X, y = read_view_csv(base / "raw" / "mfeat" / "mfeat-fac.csv", VIEWS["fac"])
+        mu, sd = X[prep["train"]].mean(0), X[prep["train"]].std(0)
+        sd[sd < 1e-8] = 1.0
+        np.testing.assert_allclose(sp["test"].inputs["fac"].numpy(), (X[rows["test"]] - mu) / sd, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(sp["test"].labels.numpy(), y[rows["test"]])
+    for s in ("train", "val", "test"):
+        assert set(got[0][s]) != set(got[1][s]) and set(got[0][s]) != set(prep[s])
+
+
 def _copy_raw(base, dest):
     shutil.copytree(base / "raw" / "mfeat", dest)
     return dest

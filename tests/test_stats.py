@@ -231,3 +231,17 @@ def test_leave_one_benchmark_out_names_the_top_places():
     assert out["full"] == ["b", "a", "c"]
     assert [r["top"][0] for r in out["rows"]] == ["b", "a", "a"] and out["first_kept"] == 1
     assert "First place unchanged in 1 of 3" in out["text"]
+
+
+def test_an_older_record_without_a_fingerprint_pairs_on_its_seed():
+    """Records from before split fingerprints ran on their configuration's fixed split: they pair
+    with a new record of the same seed; two known, different fingerprints still do not."""
+    from bench.report.stats.paired import compare
+
+    old = {(0, None): 50.0, (1, None): 52.0, (2, None): 51.0}
+    new = {(0, "f0"): 55.0, (1, "f0"): 58.0, (2, "f0"): 56.0}
+    res = compare(new, old)
+    assert res.n == 3 and res.seeds == [0, 1, 2] and not res.only_a and not res.only_b
+    assert res.diff == pytest.approx(16.0 / 3)
+    other = compare(new, {(0, "zz"): 50.0, (1, "zz"): 52.0, (2, "zz"): 51.0})
+    assert other.n == 0 and other.only_a == [0, 1, 2] and other.only_b == [0, 1, 2]

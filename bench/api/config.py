@@ -225,6 +225,10 @@ class TrainConfig:
     grad_clip: float = hp(0.0, "max gradient norm (0 = off)", ge=0)
     val_fraction: float = hp(0.1, "fraction of train carved out (stratified, seeded) for model selection", ge=0, lt=0.9)
     split_seed: int = hp(0, "seed of the train/validation split (shared by teacher and students)", ge=0)
+    split_mode: str = hp("fixed", "fixed (one split for every seed: train.split_seed and the dataset's prepared "
+                                  "split; paper reproductions) | per_seed (the carved validation split, and the "
+                                  "splits a dataset drew itself, drawn again from each run's seed: split variance "
+                                  "enters the seed spread; for published results)")
     selection: str = hp("val", "val (default, no test peeking) | test (the reference code's protocol)")
     deterministic: bool = hp(True, "deterministic kernels (bit-identical reruns on CPU)")
     pairing: str = hp("paired", "paired | unpaired (teacher inputs re-drawn at random from the same class at every step)")
@@ -259,11 +263,30 @@ class TrainConfig:
             raise ValueError(f"pairing must be 'paired' or 'unpaired', got {self.pairing!r}")
         if self.teacher_control not in TEACHER_CONTROLS:
             raise ValueError(f"teacher_control must be none, shuffled or random, got {self.teacher_control!r}")
+        if self.split_mode not in SPLIT_MODES:
+            raise ValueError(f"split_mode must be fixed or per_seed, got {self.split_mode!r}")
+        if self.split_mode == "per_seed" and self.split_seed != 0:
+            raise ValueError(f"split_mode=per_seed draws the splits from the run's seed; split_seed={self.split_seed} "
+                             f"would be ignored: leave it at 0 (or use split_mode=fixed)")
         if self.selection not in {"val", "test"}:
             raise ValueError(f"selection must be 'val' or 'test', got {self.selection!r}")
         from bench.api.config import validate_choices
 
         validate_choices(self)
+
+
+SPLIT_MODES = ("fixed", "per_seed")
+"""``train.split_mode``: one split for every seed, or the splits drawn from each run's seed
+(:func:`bench.train.loop.load_splits`)."""
+
+
+def split_seed_of(train: Any, seed: int | None) -> int:
+    """The seed the splits of a run are drawn with: ``train.split_seed`` (fixed) or the run's seed."""
+    if getattr(train, "split_mode", "fixed") == "fixed":
+        return train.split_seed
+    if seed is None:
+        raise ConfigError("train.split_mode=per_seed draws the splits from the run's seed, and none was given")
+    return int(seed)
 
 
 TEACHER_CONTROLS = ("none", "shuffled", "random")
@@ -276,7 +299,7 @@ SPEED_KEYS = ("speed", "amp", "channels_last", "data_placement", "compile", "fus
 """``train.*`` keys that only change how fast a run goes; kept out of the config hash."""
 
 
-LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs", "teacher_control")
+LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs", "teacher_control", "split_mode")
 """``train.*`` keys added after records existed: hashed only when not at their default, so every
 configuration from before keeps its config hash and run id."""
 

@@ -78,6 +78,12 @@ class DatasetAdapter:
     """How the modalities of a training sample belong together: ``sample`` (one recording of one
     event) or ``class`` (a sample of each modality with the same label, e.g. AV-Digits); on a
     class-paired set the shuffled-teacher control is the method itself, so it is refused."""
+    redrawn_splits: ClassVar[tuple[str, ...]] = ()
+    """The splits this dataset's own protocol drew at random from one pool of samples (none of
+    them a split file of the dataset's distribution): with ``train.split_mode=per_seed`` the
+    runner pools them and draws them again from the run's seed, with the same number of samples
+    of each class in each (:func:`redraw_indices`). Empty (the default): every split the adapter
+    hands over is official and kept; only the validation split the runner carves follows the seed."""
     Params: ClassVar[type]
     train_defaults: ClassVar[dict[str, Any]] = {}
     """Overrides of :class:`bench.api.config.TrainConfig` defaults for this dataset."""
@@ -138,6 +144,11 @@ class DatasetAdapter:
         splits = dict(self.load())
         splits.pop("test", None)
         return splits
+
+    def redraw_problem(self) -> str | None:
+        """Why this adapter's splits cannot be drawn again per seed with its parameters (None: they
+        can); the runner refuses ``train.split_mode=per_seed`` with this reason."""
+        return None
 
     def build_model(self, modality: str, num_classes: int) -> Backbone:
         raise NotImplementedError
@@ -220,6 +231,49 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         held.extend(idx[:k])
         keep.extend(idx[k:])
     return torch.from_numpy(np.sort(np.array(keep, dtype=np.int64))), torch.from_numpy(np.sort(np.array(held, dtype=np.int64)))
+
+
+def redraw_indices(labels: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Draw the splits named in ``labels`` again from the pool of all their samples.
+
+    The pool is the splits' samples in the order given (positions ``0..N-1``: the first split's
+    rows, then the second's, ...). Each split receives, from ``seed``, as many samples of each class
+    as it holds now (dense labels: as many samples), so sizes and class histograms are those of the
+    prepared splits and only which sample goes where changes. Returns each split's pool positions,
+    sorted. Deterministic in (``seed``, the labels); disjoint, and together the whole pool."""
+    names = list(labels)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    lab = {n: labels[n].cpu().numpy() for n in names}
+    pool = np.concatenate([lab[n] for n in names]) if names else np.zeros(0, np.int64)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    if pool.ndim > 1:
+        perm = rng.permutation(pool.shape[0])
+        start = 0
+        for n in names:
+            parts[n].append(perm[start:start + lab[n].shape[0]])
+            start += lab[n].shape[0]
+    else:
+        for c in np.unique(pool):
+            idx = np.flatnonzero(pool == c)
+            rng.shuffle(idx)
+            start = 0
+            for n in names:
+                k = int((lab[n] == c).sum())
+                parts[n].append(idx[start:start + k])
+                start += k
+    return {n: torch.from_numpy(np.sort(np.concatenate(parts[n])).astype(np.int64)) for n in names}
+
+
+def concat_splits(splits: list[Split]) -> Split:
+    """One in-memory split holding the samples of ``splits`` in order (inputs, labels and the side
+    arrays every one of them has); for the small datasets whose splits are drawn again per seed."""
+    def cat(vs: list) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(v[:]) for v in vs])
+
+    mods = [m for m in splits[0].inputs if all(m in s.inputs for s in splits)]
+    aux = [k for k in splits[0].aux if all(k in s.aux for s in splits)]
+    return Split({m: cat([s.inputs[m] for s in splits]) for m in mods}, cat([s.labels for s in splits]),
+                 dict(splits[0].meta), {k: cat([s.aux[k] for s in splits]) for k in aux})
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, drop_last: bool) -> Iterator[torch.Tensor]:

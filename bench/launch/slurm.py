@@ -185,7 +185,7 @@ class TeacherTask(_Checkpointable):
 
         stop_on_sigterm()
         r = resolve(self.spec)
-        splits = load_splits(r.adapter, r.train)
+        splits = load_splits(r.adapter, r.train, seed=r.spec.seed)
         _, info = get_teacher(r, splits, resolve_device(self.spec.device),
                               on_note=lambda m: print(f"[cmkd-bench] teacher: {m}", flush=True))
         return info["checkpoint"]

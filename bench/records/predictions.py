@@ -43,14 +43,18 @@ class PredictionsError(BenchError):
 
 
 def split_fingerprint_of(split: Any) -> str:
-    """The hash of a split's sample ids (0..n-1, its canonical order) and labels: two runs with the
-    same fingerprint were scored on the same samples with the same labels, in the same order."""
+    """The hash of a split's sample ids and labels: two runs with the same fingerprint were scored
+    on the same samples with the same labels, in the same order. A sample's id is its position in
+    the dataset's data (``meta["rows"]`` of :func:`bench.train.loop.load_splits`, so per-seed splits
+    of one cache differ), else its index in the split's canonical order."""
     labels = split.labels  # a tensor, or a memory-mapped view (dense labels of a prepared cache): read in chunks
     shape = tuple(labels.shape)
     n = shape[0]
+    rows = getattr(split, "meta", {}).get("rows")
+    ids = np.asarray(rows, dtype="<i8") if rows is not None and len(rows) == n else np.arange(n, dtype="<i8")
     h = hashlib.sha256(b"cmkd-bench split fingerprint v1\n")
     h.update(f"{shape}\n".encode())
-    h.update(np.arange(n, dtype="<i8").tobytes())
+    h.update(ids.tobytes())
     rows = max(1, (1 << 24) // max(1, int(np.prod(shape[1:], dtype=np.int64))))
     for i in range(0, n, rows):
         part = torch.as_tensor(labels[i:i + rows]).cpu().numpy()
@@ -185,9 +189,14 @@ def _record_splits(rec: dict[str, Any], overrides: dict[str, dict[str, str]] | N
     name = rec.get("dataset_folder") or rec["dataset"]
     params = {k: _text(v) for k, v in (ds.get("params") or {}).items() if v is not None}
     params.update((overrides or {}).get(rec["dataset"], {}))
-    train = {k: _text(v) for k, v in (cfg.get("train") or {}).items() if k in ("val_fraction", "split_seed")}
+    train = {k: _text(v) for k, v in (cfg.get("train") or {}).items() if k in SPLIT_KEYS}
     adapter = build_adapter(name, {rec["dataset"]: params, "folder": params, "train": train})
-    return {"adapter": adapter, "splits": load_splits(adapter, build_train_config(adapter, {"train": train}))}
+    return {"adapter": adapter,
+            "splits": load_splits(adapter, build_train_config(adapter, {"train": train}), seed=int(rec["seed"]))}
+
+
+SPLIT_KEYS = ("val_fraction", "split_seed", "split_mode")
+"""The ``train.*`` settings that decide a run's splits (with its seed, under ``split_mode=per_seed``)."""
 
 
 def check_record(results: Path, rec: dict[str, Any], load: Callable[[dict[str, Any]], dict[str, Any]]) -> list[str]:
@@ -271,8 +280,10 @@ def verify(results: str | Path, records: list[dict[str, Any]],
         from bench.records.provenance import stable_hash
 
         cfg = rec.get("config") or {}
+        train = cfg.get("train") or {}
         key = stable_hash([rec.get("dataset_folder"), rec["dataset"], cfg.get("dataset"),
-                           {k: v for k, v in (cfg.get("train") or {}).items() if k in ("val_fraction", "split_seed")}])
+                           {k: v for k, v in train.items() if k in SPLIT_KEYS},
+                           rec["seed"] if train.get("split_mode", "fixed") != "fixed" else None])
         if key not in cache:
             cache[key] = _record_splits(rec, overrides)
         return cache[key]

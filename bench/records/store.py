@@ -41,7 +41,7 @@ COLUMNS = [
     "method_category", "seed", "metric", "best_metric", "final_metric", "reference_best_metric",
     "selected_epoch", "selection", "epochs", "teacher_metric", "wall_time_s", "device", "config_hash", "group_hash",
     "git_commit", "error", "path", "method_params", "pairing", "tuned", "split_fingerprint", "num_classes",
-    "teacher_control",
+    "teacher_control", "teacher_key",
 ]
 
 
@@ -270,6 +270,8 @@ def teacher_control(rec: dict[str, Any]) -> str:
 
 
 def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    from bench.report.cells import teacher_key
+
     rows = []
     for r in records:
         rows.append({
@@ -288,6 +290,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
             "tuned": ((r.get("config") or {}).get("tuned") or {}).get("study"),  # bench run --tuned: the study
             "split_fingerprint": split_fingerprint(r), "num_classes": r.get("num_classes"),
             "teacher_control": teacher_control(r),
+            "teacher_key": teacher_key(r),  # which teacher it distilled (bench.report.cells.teachers_of)
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -12,7 +12,8 @@
   covariances, slogdet), reported for several ``k`` next to the measured KD gain.
 
 The unimodal models are the cached teachers under ``results/teachers`` (one per modality and
-seed, trained with plain CE exactly like the w/o KD student).
+seed, trained with plain CE on one modality like the w/o KD student, but not that run: a teacher
+has its own seed stream, :mod:`bench.train.teachers`' salt 17, and ``train.teacher_epochs``).
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def pca_apply(x: np.ndarray, fit: tuple[np.ndarray, np.ndarray, np.ndarray]) -> 
     return ((x - mu) / sd) @ w
 
 
-def _adapter_and_splits(dataset: str, overrides: dict[str, dict[str, str]]):
+def _adapter_and_splits(dataset: str, overrides: dict[str, dict[str, str]], seed: int = 0):
     adapter = build_adapter(dataset, overrides)
     train = build_train_config(adapter, overrides)
-    return adapter, train, load_splits(adapter, train)
+    return adapter, train, load_splits(adapter, train, seed=seed)  # per-seed splits: the teacher's
 
 
 def unimodal_model(results: Path, adapter, modality: str, seed: int, device: torch.device):
@@ -127,7 +128,7 @@ def similarity(dataset: str, results: Path, out: Path, overrides: dict, seed: in
     from bench.methods.fdcmkd import decompose
 
     dev = torch.device(device)
-    adapter, _, splits = _adapter_and_splits(dataset, overrides)
+    adapter, _, splits = _adapter_and_splits(dataset, overrides, seed)
     mods = [m.name for m in adapter.modalities]
     feats = {}
     for m in mods[:2]:
@@ -158,7 +159,7 @@ def similarity(dataset: str, results: Path, out: Path, overrides: dict, seed: in
 def means(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, tap: str = "pre",
           device: str = "cpu") -> dict[str, Any]:
     dev = torch.device(device)
-    adapter, _, splits = _adapter_and_splits(dataset, overrides)
+    adapter, _, splits = _adapter_and_splits(dataset, overrides, seed)
     mods = [m.name for m in adapter.modalities][:2]
     mu = {}
     for m in mods:
@@ -188,7 +189,7 @@ def tsne(dataset: str, direction: str | None, results: Path, out: Path, override
     from bench.records.store import load_records
 
     dev = torch.device(device)
-    adapter, _, splits = _adapter_and_splits(dataset, overrides)
+    adapter, _, splits = _adapter_and_splits(dataset, overrides, seed)
     t_mod, s_mod = adapter.parse_direction(direction) if direction else adapter.directions()[0]
     direction = adapter.direction_name(t_mod, s_mod)
     teacher, _ = unimodal_model(results, adapter, t_mod, seed, dev)
@@ -241,7 +242,7 @@ def cch(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, 
     from bench.records.store import load_records
 
     dev = torch.device(device)
-    adapter, _, splits = _adapter_and_splits(dataset, overrides)
+    adapter, _, splits = _adapter_and_splits(dataset, overrides, seed)
     feats: dict[str, np.ndarray] = {}  # train-split features per modality (the estimate's sample)
     for m in [x.name for x in adapter.modalities]:
         model, _ = unimodal_model(results, adapter, m, seed, dev)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.api.errors import BenchError
-from bench.report.cells import one_per_seed
+from bench.report.cells import one_per_seed, teacher_rows, teachers_of
 from bench.report.rerun import reproduce_command  # noqa: F401 - the page's import
 from bench.report.stats import paired as P
 from bench.report.tables import BASELINE, display_name, order_methods
@@ -98,6 +98,9 @@ class Leaderboard:
     loo: dict = field(default_factory=dict)
     profile_runs: dict = field(default_factory=dict)
     """method -> block -> per-seed normalised scores (the performance profile)."""
+    teachers: dict = field(default_factory=dict)
+    """cell -> the cell's teachers (:func:`bench.report.cells.teachers_of`): shown for reference,
+    never a row of the ranking."""
 
     def method_label(self, m: str) -> str:
         base, _, h = m.partition("@")
@@ -187,6 +190,10 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     metric = "/".join(sorted({str(r.get("metric", "top1")) for r in recs}))  # "mIoU/top1": cells of both
     lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells, rope=rope)
     lb.notes += hidden
+    for c in cells:  # the teacher the cell's KD records distilled: a reference, never ranked
+        found = teachers_of(teacher_rows(r for r in recs if (r["dataset"], r["student_modality"]) == c))
+        if found:
+            lb.teachers[c] = found
     for m in mkeys:
         for c in cells:
             sub = [r for r in recs if r["_mkey"] == m and (r["dataset"], r["student_modality"]) == c]
@@ -343,7 +350,30 @@ def to_markdown(lb: Leaderboard, decimals: int = 2, cells: bool = False) -> str:
         row = _row_cells(r, decimals) + ([_cell_text(lb, r["method"], c, decimals) for c in lb.cells] if cells else [])
         lines.append("| " + " | ".join(md_escape(x) for x in row) + " |")
     return ("\n".join(lines) + "\n\n" + md_escape(lb.stats_statement()) + "\n"
+            + (f"\n{md_escape(teachers_line(lb, decimals))}\n" if lb.teachers else "")
             + "".join(f"\n- {md_escape(n)}" for n in lb.notes))
+
+
+TEACHERS_RULE = ("the unimodal teacher the KD methods distil in each cell (trained alone on the other modality, "
+                 "with its own seed stream; not the w/o KD student), test metric mean ± std over the seeds used; "
+                 "a reference, not a method: never ranked, marked or tested")
+
+
+def teacher_cell_text(lb: Leaderboard, c: tuple[str, str], dec: int) -> str:
+    """``mean ± std (teacher modality, n seeds)`` for each teacher of the cell."""
+    return "; ".join(f"{t['mean']:.{dec}f}" + (f" ± {t['std']:.{dec}f}" if t["std"] is not None else "")
+                     + f" ({t['teacher_modality']}, {t['n_seeds']} seed{'s' if t['n_seeds'] != 1 else ''})"
+                     for t in lb.teachers.get(c, [])) or "--"
+
+
+def teachers_line(lb: Leaderboard, dec: int = 2) -> str:
+    """The teachers of every cell in one sentence (Markdown, LaTeX comment, terminal caption)."""
+    return ("Teachers (" + TEACHERS_RULE + "): "
+            + "; ".join(f"{c[0]}/{c[1]}: {teacher_cell_text(lb, c, dec)}" for c in lb.cells if c in lb.teachers) + ".")
+
+
+def teachers_json(lb: Leaderboard) -> list[dict[str, Any]]:
+    return [{"dataset": c[0], "student_modality": c[1], **t} for c in lb.cells for t in lb.teachers.get(c, [])]
 
 
 def _cell_text(lb: Leaderboard, m: str, c: tuple[str, str], dec: int) -> str:
@@ -399,7 +429,8 @@ def to_latex(lb: Leaderboard, decimals: int = 2) -> str:
         lines.append(" & ".join(tex_escape(x) for x in _row_cells(r, decimals)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     comment = " ".join(plain_text(lb.stats_statement()).split())  # one line: a newline would end the comment
-    return "\n".join(lines) + "\n% " + comment + "\n"
+    teachers = ("% " + " ".join(plain_text(teachers_line(lb, decimals)).split()) + "\n") if lb.teachers else ""
+    return "\n".join(lines) + "\n% " + comment + "\n" + teachers
 
 
 def to_json(lb: Leaderboard) -> dict[str, Any]:
@@ -416,6 +447,7 @@ def to_json(lb: Leaderboard) -> dict[str, Any]:
                                             **({"vs_baseline": lb.verdicts[(m, c)]} if (m, c) in lb.verdicts else {})}
                      for (m, c), s in lb.stats.items()},
         "tied_with_best": {f"{c[0]}|{c[1]}": v for c, v in lb.tied_best.items()},
+        "teachers": teachers_json(lb), "teachers_rule": TEACHERS_RULE,
     }
 
 
@@ -426,8 +458,9 @@ def to_rich(lb: Leaderboard, decimals: int = 2, cells: bool = False):
 
     from bench.report.output import plain_text
 
+    caption = lb.stats_statement() + (("\n" + teachers_line(lb, decimals)) if lb.teachers else "")
     t = Table(title=Text(f"Leaderboard ({lb.metric}, {len(lb.cells)} cells)"),
-              caption=Text(plain_text(lb.stats_statement())), caption_justify="left")
+              caption=Text(plain_text(caption)), caption_justify="left")
     for k, h in COLUMNS:
         t.add_column(h, justify="right" if k in RIGHT else "left")
     if cells:

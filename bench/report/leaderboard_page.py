@@ -6,7 +6,8 @@ functions of the selected cells) or categories (rows; ranks are among the method
 the same rank rule as the Python side (``--rank-cells``; a switch on the page). Columns sort on click; the initial sort
 can be given in the URL fragment (``index.html#sort=gain&dir=desc``), which the tests use to
 drive the same code path from a headless browser. The CD diagram is inlined as a data: URI. The
-statistics panels (legend, aggregates with error bars, verdict matrix, performance profile) are
+statistics panels (the teachers of every cell, a reference row apart from the ranked table; legend,
+aggregates with error bars, verdict matrix, performance profile) are
 :mod:`bench.report.leaderboard_panels`'s.
 """
 
@@ -59,6 +60,7 @@ def page_data(lb: Leaderboard) -> dict[str, Any]:
     return {"cells": [{"key": keys[(d, s)], "label": f"{d}/{s}", "dataset": d, "modality": s} for d, s in lb.cells],
             "methods": methods, "baseline": lb.baseline, "metric": lb.metric,
             "rank_rule": lb.rank_rule, "rank_rules": dict(RANK_RULES),
+            "teachers": [{"cell": keys[c], **t} for c in lb.cells for t in lb.teachers.get(c, [])],
             "categories": [c for c in CATEGORY_ORDER if c in cats] + sorted(set(cats) - set(CATEGORY_ORDER))}
 
 
@@ -283,6 +285,7 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
 </div>
 <table id="board"><thead><tr>{th}</tr></thead><tbody></tbody></table>
 <p class="stats" id="rank-rule">{esc(RANK_RULES[lb.rank_rule] + ' ' + lb.rank_detail())}</p>
+{panels.teachers(lb)}
 {panels.legend(lb)}
 <div class="stats">{esc(lb.stats_statement(rank=False))}{''.join('<br>' + esc(n) for n in lb.notes)}</div>
 {panels.aggregates(lb)}

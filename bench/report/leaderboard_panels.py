@@ -1,5 +1,6 @@
-"""The statistics panels of the HTML leaderboard: the legend of every mark, the aggregates with
-their intervals drawn as error bars, the per-cell verdict matrix and the performance profile.
+"""The statistics panels of the HTML leaderboard: the legend of every mark, the teachers of every
+cell (a reference row outside the ranking), the aggregates with their intervals drawn as error
+bars, the per-cell verdict matrix and the performance profile.
 
 Everything is written by Python (names through ``html.escape``); the error bars are SVG images
 (data: URIs, as the curves), so the page's Content-Security-Policy needs nothing new and no markup
@@ -38,6 +39,10 @@ def legend(lb: Any) -> str:
         "Intervals: 95 % t-intervals of the mean per-seed difference (cells); stratified-bootstrap 95 % percentile "
         "intervals (aggregates, 2000 resamples of the seeds within each block).",
     ]
+    if getattr(lb, "teachers", None):
+        items.append("Teacher (modality), in its own table below the ranking: the unimodal teacher the KD methods "
+                     "distil in each cell, test metric mean ± std over the seeds used; a reference, not a method: "
+                     "never ranked, marked or tested.")
     return '<div class="stats legend"><b>Legend</b><ul>' + "".join(f"<li>{esc(x)}</li>" for x in items) + "</ul></div>"
 
 
@@ -95,6 +100,28 @@ def aggregates(lb: Any) -> str:
             "Dashed line: no gain (0) / a coin flip (0.5).")
     return (f'<h2>Aggregates with 95 % intervals</h2><p class="sub">{esc(note)}</p><table class="agg"><thead><tr>'
             f'<th class="l">method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def teachers(lb: Any) -> str:
+    """The teacher of every cell, one reference row apart from the ranked table: the teacher's test
+    metric, mean ± std over the seeds used, its modality and seeds (empty without any teacher)."""
+    from bench.report.leaderboard import TEACHERS_RULE
+
+    if not getattr(lb, "teachers", None):
+        return ""
+    esc = html.escape
+    head = "".join(f"<th>{esc(f'{d}/{m}')}</th>" for d, m in lb.cells)
+    tds = []
+    for c in lb.cells:
+        parts = []
+        for t in lb.teachers.get(c, []):
+            mean = f"{t['mean']:.2f}" + (f" ± {t['std']:.2f}" if t["std"] is not None else "")
+            parts.append(f"{esc(mean)} <small>{esc(str(t['teacher_modality']))}, seeds "
+                         f"{esc(','.join(map(str, t['seeds'])))}</small>")
+        tds.append(f"<td>{'<br>'.join(parts) or '--'}</td>")
+    return (f'<h2>Teachers (reference, not ranked)</h2><p class="sub">{esc(TEACHERS_RULE)}</p>'
+            f'<table class="cells teachers"><thead><tr><th class="l">row</th>{head}</tr></thead><tbody>'
+            f"<tr><td class='l'><i>Teacher (modality)</i></td>{''.join(tds)}</tr></tbody></table>")
 
 
 def verdict_matrix(lb: Any) -> str:

@@ -87,7 +87,7 @@ def premise_probe(results: str | Path, modality: str = "audio", overrides: dict[
     overrides = overrides or {}
     adapter = build_adapter(dataset, overrides)
     modality = adapter.modality(modality).name
-    splits = load_splits(adapter, build_train_config(adapter, overrides))
+    splits = load_splits(adapter, build_train_config(adapter, overrides), seed=seed)  # the teacher's splits
     tr, te = splits["train"], splits["test"]
     names = sorted(k[len("truth."):] for k in tr.aux if k.startswith("truth."))
     if not names:

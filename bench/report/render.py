@@ -59,6 +59,7 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
     from bench.report.stats.paired import check_correction, check_rope
     from bench.report.tables import (
         MARK_RULES,
+        add_teachers,
         build_comparison,
         check_label,
         md_escape,
@@ -153,6 +154,7 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
             ms = with_tuned_rows(ms, params)
             comp = build_comparison(df, value=value, methods=ms, datasets=ds, decimals=decimals, marks=marks)
             comp.notes += notes
+            add_teachers(comp, df)  # the reference row: never ranked, marked or tested
             marks_of.mark_chance(comp, df)
             if mark_tied:
                 marks_of.mark_tied(comp, alpha, rope, correction)

@@ -7,13 +7,19 @@ Fig. 5 l1 x l2 sensitivity) on ``synthetic``. The runs are an ordinary grid in o
 finished runs are skipped, an interrupted one resumes, so running the command again finishes the
 job. Then every output is rebuilt from the records:
 
-    comparison.md / .tex / .pdf / .png     mean ± std over seeds, † = not significantly below the best (paired)
+    comparison.md / .tex / .pdf / .png     mean ± std over seeds, † = not significantly below the best (paired);
+                                           a "Teacher (modality)" row (reference, never ranked) per column
     comparison_vs_baseline.md              each method against w/o KD per cell: better / worse / equivalent / inconclusive
     leaderboard.md, leaderboard/index.html (+ cd_diagram.png), leaderboard.png (the page in Chromium)
     ablation.*, threshold.*, sensitivity.* (+ sensitivity_heatmap.png)     FD-CMKD studies
     protocol_gap.md                        reference protocol (best test epoch) minus validation selection
-    unimodal.md                            the teachers' (w/o KD) accuracy per benchmark and modality
-    summary.json                           the numbers behind the above
+    unimodal.md                            each modality alone: the w/o KD student and the teacher, mean ± std
+    summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std)
+
+The w/o KD student and the teacher are both a network trained alone on one modality with plain
+cross-entropy, but they are different runs: the teacher is trained with its own seed stream
+(:mod:`bench.train.teachers`, salt 17) and its own schedule (``train.teacher_epochs``), so its
+accuracy is reported as the teacher's, from the records' ``teacher.test_metric``, never as w/o KD's.
 
 The PDF/PNG steps need ``pdflatex``/``pdftoppm`` and the screenshot ``chromium``; when a tool is
 missing the step is skipped and ``summary.json`` says so (nothing else depends on it).
@@ -163,13 +169,25 @@ def protocol_gap(df) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
 
 
 def unimodal_table(df) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """w/o KD accuracy per (dataset, modality): mean ± std over seeds (= the teachers' protocol)."""
+    """Per (dataset, modality), the modality trained alone: the w/o KD student (``mean``/``std``/
+    ``seeds``, its selected-epoch test metric over seeds) and the teacher of that modality
+    (``teacher_mean``/``teacher_std``/``teacher_seeds``: ``teacher_metric`` of the KD records whose
+    teacher it is, one value per seed). Not the same runs: the teacher has its own seed stream
+    (salt 17) and ``teacher_epochs``."""
+    from bench.report.cells import teachers_of
+
     rows = []
     base = df[df["method"] == "none"]
+    kd = df[df["teacher_metric"].notna()] if "teacher_metric" in df else df.iloc[0:0]
+    if "teacher_key" not in kd:
+        kd = kd.assign(teacher_key=kd["teacher_metric"].map(lambda v: f"metric:{v!r}"))
     for (ds, mod), sub in base.groupby(["dataset", "student_modality"], sort=False):
         vals = sub.drop_duplicates("config_hash")["best_metric"].astype(float)
+        t = teachers_of(kd[(kd["dataset"] == ds) & (kd["teacher_modality"] == mod)].to_dict("records"))
+        t0 = t[0] if t else {}
         rows.append({"dataset": ds, "modality": mod, "mean": float(vals.mean()),
-                     "std": float(vals.std(ddof=1)) if len(vals) > 1 else None, "seeds": int(len(vals))})
+                     "std": float(vals.std(ddof=1)) if len(vals) > 1 else None, "seeds": int(len(vals)),
+                     "teacher_mean": t0.get("mean"), "teacher_std": t0.get("std"), "teacher_seeds": t0.get("n_seeds", 0)})
     return rows
 
 
@@ -219,7 +237,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     from bench.report.render import render_leaderboard, render_table
     from bench.report.studies import prefer_defaults, standalone
     from bench.report.table_stats import mark_chance, mark_vs_baseline
-    from bench.report.tables import build_comparison, to_markdown
+    from bench.report.tables import add_teachers, build_comparison, teachers_json, to_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"results": str(results), "skipped": {},
@@ -260,10 +278,12 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     df = everything[everything["dataset"].isin(comparison_sets)]
     kept, _notes = prefer_defaults(df)
     comp = build_comparison(kept, datasets=comparison_sets)
+    add_teachers(comp, kept)
     mark_chance(comp, kept)
     mark_vs_baseline(comp)
     (out / "comparison_vs_baseline.md").write_text(to_markdown(comp, std=True))
     summary["vs_baseline"] = {f"{m}|{c[0]}|{c[1]}": v for (m, c), v in comp.vs_baseline.items()}
+    summary["teachers"] = teachers_json(comp)  # per cell: the teacher's test metric, mean ± std over seeds
     table("ablation", "ablation", datasets=STUDY_DATASET)
     table("threshold", "threshold", datasets=STUDY_DATASET)
     table("sensitivity", "sensitivity", datasets=STUDY_DATASET)
@@ -290,9 +310,12 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     summary["protocol_gap"] = gaps
     uni = unimodal_table(kept)
     (out / "unimodal.md").write_text(
-        "Unimodal (w/o KD) test accuracy of each modality, mean ± std over seeds:\n\n"
-        + _md_rows(uni, [("dataset", "dataset", "s"), ("modality", "modality", "s"), ("mean", "top-1 (%)", ".2f"),
-                         ("std", "std", ".2f"), ("seeds", "seeds", "d")]))
+        "Each modality trained alone, test accuracy, mean ± std over seeds: the w/o KD student and the teacher "
+        "of that modality (two different runs: the teacher has its own seed stream and teacher_epochs):\n\n"
+        + _md_rows(uni, [("dataset", "dataset", "s"), ("modality", "modality", "s"),
+                         ("mean", "w/o KD top-1 (%)", ".2f"), ("std", "std", ".2f"), ("seeds", "seeds", "d"),
+                         ("teacher_mean", "teacher top-1 (%)", ".2f"), ("teacher_std", "std", ".2f"),
+                         ("teacher_seeds", "seeds", "d")]))
     summary["unimodal"] = uni
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

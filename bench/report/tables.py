@@ -8,6 +8,11 @@ mark, and the caption says so (the marks † ▲ ▼ ≈ ◦ are :mod:`bench.rep
 paper's convention) ranks the KD methods only: the w/o KD row is shown but never marked. Missing cells print as "--" and are never dropped. Records of one
 cell made with different configurations (other than the seed) are not averaged together: the
 cell is flagged with a dagger and the caption names it.
+
+The comparison tables show the teachers too (:func:`add_teachers`): one row "Teacher (modality)",
+above the methods, with each column's unimodal teacher (the one the KD rows distil, on the other
+modality, named in brackets): its test metric, mean ± std over the seeds used. It is a reference,
+not a method: in italics, set apart by a rule, never ranked, marked or tested, and the legend says so.
 """
 
 from __future__ import annotations
@@ -125,6 +130,9 @@ class Comparison:
     """(row, column) -> {"vs_baseline": Paired, "vs_best": Paired}: differences, intervals, p-values."""
     chance_rule: str = ""
     """What ◦ means, when some cell is at chance."""
+    teachers: dict = field(default_factory=dict)
+    """column -> the column's teachers (:func:`bench.report.cells.teachers_of`: per teacher modality,
+    mean ± std over seeds); empty: no teacher row."""
 
     def label_of(self, m: str) -> str:
         return self.row_labels.get(m, display_name(m))
@@ -204,6 +212,55 @@ def tex_symbols(text: str) -> str:
     for plain, tex in SYMBOL_TEX.items():
         out = out.replace(plain, tex)
     return out
+
+
+TEACHER_ROW = "Teacher (modality)"
+"""The label of the teachers' row: a reference row, never one of ``comp.methods``."""
+
+
+def add_teachers(comp: Comparison, df: pd.DataFrame) -> None:
+    """Give ``comp`` its teacher row: per column, the unimodal teacher that the KD records of the
+    rows shown distilled (``teacher_metric``, one value per seed), mean ± std over the seeds. The
+    random-teacher control's fresh network is not a teacher and is left out."""
+    from bench.report.cells import teachers_of
+
+    if "teacher_metric" not in df or df.empty:
+        return
+    df = df[df["status"] == "ok"] if "status" in df else df
+    df = df[df["method"].isin(comp.methods) & df["teacher_metric"].notna()]
+    if "teacher_key" not in df:
+        df = df.assign(teacher_key=df["teacher_metric"].map(lambda v: f"metric:{v!r}"))
+    for col in comp.columns:
+        sub = df[(df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
+        found = teachers_of(sub.to_dict("records"))
+        if found:
+            comp.teachers[col] = found
+    for col, ts in comp.teachers.items():
+        for t in ts:
+            if t["disagree"]:
+                comp.notes.append(f"Teacher on {col[0]}/{col[1]}: at seed(s) {', '.join(map(str, t['disagree']))} the KD "
+                                  f"rows distilled more than one {t['teacher_modality']} teacher (other training "
+                                  f"settings); the row shows the one most of them used.")
+
+
+def teacher_text(comp: Comparison, col: tuple[str, str], decimals: int) -> str:
+    """One teacher cell: ``mean ± std (modality)`` per teacher modality; ``--`` without one."""
+    parts = []
+    for t in comp.teachers.get(col, []):
+        s = f"{t['mean']:.{decimals}f}" + (f" ± {t['std']:.{decimals}f}" if t["std"] is not None else "")
+        parts.append(f"{s} ({MODALITY_SHORT.get(t['teacher_modality'], t['teacher_modality'])})")
+    return "; ".join(parts) or "--"
+
+
+def teacher_sentence(comp: Comparison) -> str:
+    """What the teacher row is, for a caption or legend (empty without one)."""
+    if not comp.teachers:
+        return ""
+    seeds = sorted({t["n_seeds"] for ts in comp.teachers.values() for t in ts})
+    n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    return (f"{TEACHER_ROW}: the unimodal teacher the KD rows distil (trained alone on the modality in brackets, "
+            f"with its own seed stream; not the w/o KD student), test {comp.metric} mean ± std over the {n} seeds "
+            f"used; a reference, not a method: never ranked, marked or tested.")
 
 
 def ranked_rows(comp: Comparison) -> list[str]:
@@ -332,6 +389,8 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
         cap += " -- = no result."
     if comp.conflicts:
         cap += " " + tex_escape(CONFLICT_RULE + "; ".join(comp.conflicts)) + "."
+    if comp.teachers:
+        cap += " " + tex_escape(teacher_sentence(comp)).replace("±", r"$\pm$")
     for n in comp.notes:
         cap += " " + tex_escape(n)
     if intervals:
@@ -361,6 +420,14 @@ def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption:
                                     for h in [tex_escape(MODALITY_SHORT.get(m, m))] + ["95 \\% CI"] * (per - 1)]
     lines.append(" & ".join(header2) + r" \\")
     lines.append(mid)
+    if comp.teachers:  # the reference row: italics, above a rule, no mark
+        row = [r"\textit{" + tex_escape(TEACHER_ROW) + "}"] + [""] * nlead
+        for colkey in comp.columns:
+            row.append(r"\textit{" + tex_escape(teacher_text(comp, colkey, decimals)).replace("±", r"$\pm$") + "}")
+            if intervals:
+                row.append("")
+        lines.append(" & ".join(row) + r" \\")
+        lines.append(mid)
     prev_cat = None
     for m in comp.methods:
         cat = comp.categories.get(m)
@@ -400,6 +467,13 @@ def to_markdown(comp: Comparison, *, decimals: int = 1, std: bool = False, inter
         h for d, m in comp.columns
         for h in [f"{md_escape(d)} {md_escape(MODALITY_SHORT.get(m, m))}"] + (["95 % CI"] if intervals else [])]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if comp.teachers:  # the reference row, in italics, first: never marked
+        row = [f"_{md_escape(TEACHER_ROW)}_"] + [""] * len(comp.lead_columns)
+        for col in comp.columns:
+            row.append(f"_{md_escape(teacher_text(comp, col, decimals))}_")
+            if intervals:
+                row.append("")
+        out.append("| " + " | ".join(row) + " |")
     for m in comp.methods:
         row = [md_escape(comp.label_of(m))] + [("✓" if v else "") for v in comp.lead_values.get(m, [])]
         for col in comp.columns:
@@ -431,6 +505,8 @@ def legend_lines(comp: Comparison, bold: str, underline: str) -> list[str]:
             out.append(rule + ".")
     if comp.conflicts:
         out.append(CONFLICT_RULE + "; ".join(comp.conflicts) + ".")
+    if comp.teachers:
+        out.append(teacher_sentence(comp))
     out += comp.notes
     return out
 
@@ -470,7 +546,13 @@ def to_json(comp: Comparison) -> dict:
               "std": c.std, "n_seeds": c.n, "conflict": c.conflict, "mark": comp.marks.get((m, col), ""),
               **cell_statistics(comp, m, col)} for m in comp.methods for col in comp.columns if (c := comp.cells[(m, col)])]
     return {"metric": comp.metric, "columns": [list(c) for c in comp.columns],
-            "rules": legend_lines(comp, "bold", "underlined"), "cells": cells}
+            "rules": legend_lines(comp, "bold", "underlined"), "cells": cells, "teachers": teachers_json(comp)}
+
+
+def teachers_json(comp: Comparison) -> list[dict]:
+    """The teacher row as data: per column and teacher modality, mean, std, seeds and values."""
+    return [{"dataset": col[0], "student_modality": col[1], **t} for col in comp.columns
+            for t in comp.teachers.get(col, [])]
 
 
 def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str | None = None):
@@ -488,6 +570,10 @@ def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str
         t.add_column(Text(plain_text(h)))
     for d, m in comp.columns:
         t.add_column(Text(f"{plain_text(d)}\n{plain_text(MODALITY_SHORT.get(m, m))}"), justify="right")
+    if comp.teachers:  # the reference row: italic, its own section, no mark
+        t.add_row(Text(TEACHER_ROW, style="italic"), *[Text("") for _ in comp.lead_columns],
+                  *[Text(plain_text(teacher_text(comp, col, decimals)), style="italic") for col in comp.columns])
+        t.add_section()
     prev = None
     for m in comp.methods:
         cat = comp.categories.get(m)

@@ -16,10 +16,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from bench.api.config import TrainConfig
+from bench.api.config import TrainConfig, split_seed_of
 from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
 from bench.data import DatasetAdapter, Split, batch_indices, stratified_split
+from bench.data.adapter import concat_splits, redraw_indices
 from bench.models import Backbone, ModelOutput
 from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
 from bench.records.provenance import stable_hash
@@ -31,42 +32,95 @@ from bench.train.stop import _check_stop
 _DATA_CACHE: dict[str, dict[str, Split]] = {}
 
 
-def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = True) -> dict[str, Split]:
+def load_splits(adapter: DatasetAdapter, train: TrainConfig, with_test: bool = True,
+                seed: int | None = None) -> dict[str, Split]:
     """Adapter splits plus a carved validation split when the adapter has none (cached per process).
 
     ``with_test=False`` (tuning): the adapter loads without its test split
     (:meth:`~bench.data.DatasetAdapter.load_without_test`: a file-backed adapter never opens it),
-    and the result has no ``test`` entry."""
-    key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": train.split_seed})
+    and the result has no ``test`` entry.
+
+    ``train.split_mode``: ``fixed`` (default) carves validation with ``train.split_seed`` and keeps
+    the adapter's splits as prepared, whatever the run's seed. ``per_seed`` draws from ``seed``
+    (the run's seed, required): first the splits the dataset's own protocol drew
+    (:attr:`~bench.data.DatasetAdapter.redrawn_splits`: mfeat's train/val/test, AV-Digits' and
+    synthetic's train/test) are pooled and drawn again, class counts kept
+    (:func:`~bench.data.adapter.redraw_indices`), then validation is carved from the new train.
+    Official split files are never redrawn. Everything is drawn from one prepared cache, at load
+    time; what preparation fitted on its own training rows (mfeat's standardisation, AV-Digits'
+    MFCC z-score and the 'hard' preset's image PCA) stays fitted on the preparation split (it is in
+    the cached arrays): input statistics, never labels, of some of a seed's test rows enter those
+    fits. Every method of one seed gets the same splits (the draw depends on nothing else), and so
+    does its teacher. Tuning (``with_test=False``) of a dataset whose test split is redrawn loads
+    it to draw, then drops it: a trial's train/val are the run's at that seed.
+
+    Every split's ``meta["rows"]`` holds its samples' positions in the adapter's splits taken in
+    the order train, val, test (what :func:`bench.records.predictions.split_fingerprints` hashes)."""
+    mode = getattr(train, "split_mode", "fixed")
+    sseed = split_seed_of(train, seed)
+    redraw = tuple(n for n in adapter.redrawn_splits if n in ("train", "val", "test")) if mode == "per_seed" else ()
+    if redraw:
+        problem = adapter.redraw_problem()
+        if problem:
+            raise ConfigError(f"train.split_mode=per_seed: dataset {adapter.name!r} cannot draw its splits per seed: {problem}")
+    key = stable_hash({"fp": adapter.fingerprint(), "val": train.val_fraction, "split_seed": sseed,
+                       **({"mode": mode} if mode != "fixed" else {})})
     if not with_test:
         if key in _DATA_CACHE:
             return {k: v for k, v in _DATA_CACHE[key].items() if k != "test"}
         key += "-without-test"
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    splits = dict(adapter.load() if with_test else adapter.load_without_test())
-    if not with_test:
+    load_test = with_test or "test" in redraw  # a test split that is drawn per seed is needed to draw it
+    splits = dict(adapter.load() if load_test else adapter.load_without_test())
+    if not load_test:
         splits.pop("test", None)  # a plug-in's override that hands it over anyway: never checked nor used
-    for name in ("train", "test") if with_test else ("train",):
+    for name in ("train", "test") if load_test else ("train",):
         if name not in splits:
             raise BenchError(f"dataset {adapter.name!r} produced no {name!r} split")
     mods = [m.name for m in adapter.modalities]
     for name, sp in splits.items():
         sp.check(f"{adapter.name}/{name}", mods, adapter.num_classes, adapter.ignore_index)
+    rows, offset = {}, 0
+    for name in sorted(splits, key=lambda n: (SPLIT_ORDER.index(n) if n in SPLIT_ORDER else len(SPLIT_ORDER), n)):
+        rows[name] = torch.arange(offset, offset + len(splits[name]))
+        offset += len(splits[name])
+    pooled = [n for n in ("train", "val", "test") if n in redraw and n in splits]
+    if len(pooled) > 1:
+        pool = concat_splits([splits[n] for n in pooled])
+        pool_rows = torch.cat([rows[n] for n in pooled])
+        for name, idx in redraw_indices({n: splits[n].labels for n in pooled}, sseed).items():
+            splits[name], rows[name] = pool.subset(idx), pool_rows[idx]
     if "val" not in splits:
         if train.val_fraction > 0:
-            keep, held = stratified_split(splits["train"].labels, train.val_fraction, train.split_seed)
-            splits["val"] = splits["train"].subset(held)
-            splits["train"] = splits["train"].subset(keep)
+            keep, held = stratified_split(splits["train"].labels, train.val_fraction, sseed)
+            splits["val"], rows["val"] = splits["train"].subset(held), rows["train"][held]
+            splits["train"], rows["train"] = splits["train"].subset(keep), rows["train"][keep]
+    if not with_test:
+        splits.pop("test", None)
     for name, sp in splits.items():  # an empty split would train nothing or score 0 % as a result
         if len(sp) == 0:
             raise BenchError(f"dataset {adapter.name!r}: the {name} split is empty"
                              + (f" (carved with train.val_fraction={train.val_fraction} from "
                                 f"{len(splits['train'])} training samples)" if name == "val" else ""))
+        sp.meta["rows"] = rows[name]
     if len(_DATA_CACHE) > 4:
         _DATA_CACHE.clear()
     _DATA_CACHE[key] = splits
     return splits
+
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def split_summary(train: TrainConfig, adapter: DatasetAdapter, splits: dict[str, Split],
+                  seed: int | None) -> dict[str, Any]:
+    """What a record says about its splits: the mode, the seed they were drawn with, which of
+    them were drawn again per seed, their sizes."""
+    mode = getattr(train, "split_mode", "fixed")
+    redrawn = [n for n in SPLIT_ORDER if n in adapter.redrawn_splits and n in splits] if mode == "per_seed" else []
+    return {"mode": mode, "seed": split_seed_of(train, seed), "redrawn": redrawn,
+            "sizes": {n: len(sp) for n, sp in splits.items()}}
 
 
 def evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: str, device: torch.device,

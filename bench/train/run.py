@@ -48,7 +48,7 @@ from bench.records.provenance import git_commit, runtime_environment
 from bench.records.store import SCHEMA_VERSION, read_record, record_path, write_record
 from bench.train.acceleration import plan_speed
 from bench.train.device import resolve_device, seed_everything
-from bench.train.loop import fit, load_splits
+from bench.train.loop import fit, load_splits, split_summary
 from bench.train.resolve import Resolved, RunSpec, resolve
 from bench.train.step import probe_outputs
 from bench.train.stop import file_lock
@@ -158,7 +158,8 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
     send_start(reporter, r.run_id, dict(base, results_dir=str(results), resuming=ckpt.exists()))
     reporter.begin(r.run_id, total_epochs)
     try:
-        splits = load_splits(r.adapter, r.train)
+        splits = load_splits(r.adapter, r.train, seed=spec.seed)
+        base["splits"] = split_summary(r.train, r.adapter, splits, spec.seed)
         check_pair(r, splits, device)  # a method that cannot connect the two networks refuses before training
         teacher, tinfo = None, None
         if needs_teacher:

@@ -4,8 +4,10 @@ Teacher and student are built by one function (:func:`build_network`) from the b
 configuration chose (:mod:`bench.models.registry`); :func:`check_pair` sets the method up on fresh
 networks before anything trains, so a method that cannot connect the pair refuses with a reason.
 
-Unimodal teachers are trained once per (dataset, modality, seed, schedule, backbone), cached as
-a checkpoint under ``results/teachers/`` and shared by every run that needs them (a file lock makes
+Unimodal teachers are trained once per (dataset, modality, seed, schedule, backbone, split mode), cached as
+a checkpoint under ``results/teachers/`` and shared by every run that needs them (with
+``train.split_mode=per_seed`` the splits are a function of the seed, so the teacher of a seed is
+trained on exactly the splits every student of that seed gets) (a file lock makes
 concurrent processes wait instead of training twice). A user's trained teacher
 (``train.teacher_checkpoint``) is used frozen, or fine-tuned for ``train.teacher_finetune_epochs``
 epochs (cached like a trained one, keyed by the file's sha256). The random-teacher control
@@ -46,6 +48,8 @@ def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
                                      "min_lr", "poly_power", "step_milestones", "step_gamma", "grad_clip",
                                      "val_fraction", "split_seed", "selection")},
     }
+    if r.train.split_mode != "fixed":  # per-seed splits: the teacher of a seed is trained on that seed's split
+        fp["train"]["split_mode"] = r.train.split_mode  # (the seed is in the key already); fixed keeps old names
     choice = r.backbones.get("teacher")
     if choice is not None and not choice.default:  # default teachers keep their file names
         fp["backbone"] = choice.identity()

@@ -38,7 +38,7 @@ TRIAL_SPLITS = ("train", "val")
 def trial_splits(r: Resolved) -> dict[str, Split]:
     """The splits of a trial: train and validation, loaded without the test split (dropped as the
     adapter hands it over, before any check could read it); no test entry at all."""
-    splits = load_splits(r.adapter, r.train, with_test=False)
+    splits = load_splits(r.adapter, r.train, with_test=False, seed=r.spec.seed)
     if "val" not in splits:
         raise ConfigError(f"dataset {r.adapter.name!r}: tuning selects on a validation split and there is none; "
                           f"set train.val_fraction > 0")

@@ -96,9 +96,29 @@ class Paired:
         return "; ".join(parts)
 
 
+def _fill_unknown(a: dict[SeedKey, float], b: dict[SeedKey, float]) -> dict[SeedKey, float]:
+    """``a`` with a record from before split fingerprints (fingerprint None) keyed by the other
+    side's fingerprint of the same seed, where that seed has exactly one: such records ran on the
+    fixed split of their configuration, so they pair on the seed alone."""
+    out = dict(a)
+    for (seed, fp), v in a.items():
+        if fp is None:
+            theirs = {k for k in b if k[0] == seed and k[1] is not None}
+            if len(theirs) == 1 and next(iter(theirs)) not in a:
+                del out[(seed, fp)]
+                out[next(iter(theirs))] = v
+    return out
+
+
+def aligned(a: dict[SeedKey, float], b: dict[SeedKey, float]) -> tuple[dict[SeedKey, float], dict[SeedKey, float]]:
+    """Both sides with fingerprint-less records keyed like the other side's (:func:`_fill_unknown`)."""
+    return _fill_unknown(a, b), _fill_unknown(b, a)
+
+
 def match(a: dict[SeedKey, float], b: dict[SeedKey, float]) -> tuple[list[SeedKey], list[int], list[int]]:
     """The seed keys both sides have (sorted), and the seeds only one side has. A seed present on
-    both sides with different split fingerprints is unmatched on both: the runs saw different data."""
+    both sides with different split fingerprints is unmatched on both: the runs saw different data;
+    call it on :func:`aligned` sides so that older records without one pair on the seed."""
     both = sorted(set(a) & set(b), key=lambda k: (k[0], str(k[1])))
     only_a = sorted({k[0] for k in a if k not in b})
     only_b = sorted({k[0] for k in b if k not in a})
@@ -116,6 +136,7 @@ def compare(a: dict[SeedKey, float], b: dict[SeedKey, float], rope: float = ROPE
     from scipy.stats import t as student_t
     from scipy.stats import ttest_rel
 
+    a, b = aligned(a, b)
     keys, only_a, only_b = match(a, b)
     res = Paired(n=len(keys), seeds=[k[0] for k in keys], only_a=only_a, only_b=only_b)
     if len(keys) < 2:
