@@ -79,6 +79,10 @@ class DatasetAdapter:
     event) or ``class`` (a sample of each modality with the same label, e.g. AV-Digits); on a
     class-paired set the shuffled-teacher control is the method itself, so it is refused."""
     Params: ClassVar[type]
+    version: ClassVar[int] = 1
+    """Bumped when a change to the adapter (loading, splits, preprocessing, augmentation, its own
+    ``build_model``) alters results at the same parameters, with a line in docs/reference/versions.md;
+    recorded in every record's ``versions`` and checked by ``bench reproduce`` per cell."""
     train_defaults: ClassVar[dict[str, Any]] = {}
     """Overrides of :class:`bench.api.config.TrainConfig` defaults for this dataset."""
 

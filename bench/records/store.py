@@ -93,6 +93,9 @@ _OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
     "teacher": (lambda v: isinstance(v, dict), "an object"),
     "error": (lambda v: isinstance(v, str), "a string"),
     "selection": (lambda v: v in ("val", "test"), "'val' or 'test'"),
+    "code": (lambda v: isinstance(v, dict) and isinstance(v.get("commit"), str) and isinstance(v.get("dirty"), bool),
+             "an object with a 'commit' string and a 'dirty' boolean"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
 }
 
 
