@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 from bench.api.errors import BenchError, RecordError
 from bench.cli import app
-from bench.records.provenance import code_state, git_commit, installed_packages, package_set_hash, runtime_environment
-from bench.records.store import load_records, read_compact, write_compact, write_record
+from bench.records.store import load_records, write_record
 
 cli = CliRunner()
 
@@ -47,6 +46,8 @@ def repo(tmp_path):
 
 
 def test_a_clean_tree_is_not_marked(repo):
+    from bench.records.provenance import code_state, git_commit
+
     state = code_state(repo)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert state == {"commit": head, "dirty": False, "diff_hash": None, "untracked": 0}
@@ -58,6 +59,8 @@ def test_a_clean_tree_is_not_marked(repo):
 
 
 def test_a_dirty_tree_is_marked_with_a_hash_of_its_diff(repo):
+    from bench.records.provenance import code_state, git_commit
+
     (repo / "a.py").write_text("x = 2\n")
     one = code_state(repo)
     assert one["dirty"] is True and re.fullmatch(r"[0-9a-f]{16}", one["diff_hash"])
@@ -82,10 +85,14 @@ def test_a_dirty_tree_is_marked_with_a_hash_of_its_diff(repo):
 
 
 def test_outside_a_checkout_there_is_no_code_state(tmp_path):
+    from bench.records.provenance import code_state, git_commit
+
     assert code_state(tmp_path) is None and git_commit(tmp_path) is None
 
 
 def test_the_environment_has_a_package_set_hash_that_follows_the_package_list():
+    from bench.records.provenance import installed_packages, package_set_hash, runtime_environment
+
     env = runtime_environment()
     assert env["packages_hash"] == package_set_hash()
     assert env["python"] and env["torch"] and "threads" in env and "cuda" in env and "cpu_model" in env
@@ -99,6 +106,8 @@ def test_the_environment_has_a_package_set_hash_that_follows_the_package_list():
 
 
 def test_a_record_carries_its_code_state_versions_and_environment(tmp_path):
+    from bench.records.provenance import code_state, package_set_hash
+
     from bench.train.resolve import RunSpec
     from bench.train.run import RUNNER_VERSION, run
 
@@ -329,6 +338,8 @@ def test_bench_reproduce_refuses_from_the_command_line(grid, tmp_path):
 def test_the_analysis_reproduces_from_the_compact_records(grid, tmp_path):
     """The published records file, read back, gives the leaderboard and tables the records folder
     gives, and rebuilding it gives the same bytes."""
+    from bench.records.store import read_compact, write_compact
+
     from bench.report.render import render_leaderboard, render_table
     from bench.report.reproduce import build_outputs
 
@@ -365,6 +376,8 @@ def test_the_analysis_reproduces_from_the_compact_records(grid, tmp_path):
 
 
 def test_a_bad_line_of_a_compact_file_is_named(grid, tmp_path):
+    from bench.records.store import read_compact, write_compact
+
     recs = load_records(grid[0], status="ok")[:3]
     good = write_compact(recs, tmp_path / "ok.jsonl.gz")
     assert [r["path"] for r in read_compact(good)] == [f"{good}:{n}" for n in (1, 2, 3)]
