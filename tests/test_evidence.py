@@ -97,11 +97,16 @@ def test_bench_table_vs_baseline_option(results):
     assert r.exit_code == 2 and "--rope -1" in r.output
 
 
-def test_reproduce_offline_builds_every_output_from_a_real_grid(tmp_path):
+def test_reproduce_offline_builds_every_output_from_a_real_grid(tmp_path, monkeypatch):
     """The offline reproduction at toy scale (one benchmark, one direction, 2 seeds, 1 epoch): the
     grid runs, and every output is built from its records (tables, studies, leaderboard page and
-    its screenshot, protocol gap, unimodal accuracies); a second call runs nothing."""
+    its screenshot, protocol gap, unimodal accuracies); a second call runs nothing. The records say
+    they ran one clean commit (the checkout the test runs in may be dirty, which bench reproduce
+    would rightly refuse to publish: tests/test_provenance.py)."""
     import json
+
+    monkeypatch.setattr("bench.train.run.code_state",
+                        lambda path=None: {"commit": "0" * 40, "dirty": False, "diff_hash": None, "untracked": 0})
 
     from bench.launch.grid import pending
     from bench.launch.local import LocalExecutor
@@ -124,6 +129,7 @@ def test_reproduce_offline_builds_every_output_from_a_real_grid(tmp_path):
     assert gap["dataset"] == "synthetic" and gap["runs"] == 6 and gap["mean_gap"] >= 0  # best test epoch >= selected
     assert {r["modality"] for r in summary["unimodal"]} == {"visual"}
     assert json.loads((out / "summary.json").read_text())["friedman"]["n_cells"] == 1
+    assert summary["provenance"]["mixed"] is False and (out / "records.jsonl.gz").exists()
     if shutil.which("pdflatex") and shutil.which("pdftoppm"):
         assert (out / "comparison.pdf").exists() and (out / "comparison.png").exists()
         assert (out / "sensitivity_heatmap.png").exists()

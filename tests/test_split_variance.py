@@ -172,7 +172,9 @@ def test_a_fixed_split_teacher_is_not_reused_under_per_seed_splits(tmp_path, mon
     assert fixed["teacher"]["checkpoint"] != per["teacher"]["checkpoint"]
     teacher_rows = [rows for who, rows in seen if who == "teacher"]
     assert teacher_rows[0] != teacher_rows[1]  # each trained on its own mode's splits
-    assert "split_fingerprint" not in fixed and fixed["splits"]["mode"] == "fixed"  # pairing of old records unchanged
+    assert fixed["splits"]["mode"] == "fixed" and per["splits"]["mode"] == "per_seed"
+    # at one seed the two modes score other test samples: never paired with each other
+    assert fixed["split_fingerprint"]["test"] != per["split_fingerprint"]["test"]
     assert np.isfinite(per["teacher"]["test_metric"])
 
 

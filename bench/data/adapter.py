@@ -85,6 +85,10 @@ class DatasetAdapter:
     of each class in each (:func:`redraw_indices`). Empty (the default): every split the adapter
     hands over is official and kept; only the validation split the runner carves follows the seed."""
     Params: ClassVar[type]
+    version: ClassVar[int] = 1
+    """Bumped when a change to the adapter (loading, splits, preprocessing, augmentation, its own
+    ``build_model``) alters results at the same parameters, with a line in docs/reference/versions.md;
+    recorded in every record's ``versions`` and checked by ``bench reproduce`` per cell."""
     train_defaults: ClassVar[dict[str, Any]] = {}
     """Overrides of :class:`bench.api.config.TrainConfig` defaults for this dataset."""
 

@@ -85,6 +85,9 @@ class BackboneFactory:
     """Input layouts it takes (see :attr:`InputSpec.layout`); empty: any."""
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     Params: ClassVar[type] = NoBackboneParams
+    version: ClassVar[int] = 1
+    """Bumped when a change to the network (layers, initialisation, defaults) alters results at the
+    same parameters, with a line in docs/reference/versions.md; recorded in every record's ``versions``."""
 
     @classmethod
     def build(cls, params: Any, spec: InputSpec, num_classes: int) -> Backbone:
@@ -121,6 +124,14 @@ def _short(v: Any) -> str:
 def factory_attr(obj: Any, attr: str) -> Any:
     """``obj.attr`` or the :class:`BackboneFactory` default (plug-ins may leave attributes out)."""
     return getattr(obj, attr, getattr(BackboneFactory, attr, None))
+
+
+def backbone_version(choice: BackboneChoice) -> int | None:
+    """The version of the registered backbone a role was built from; None for an adapter's own
+    ``build_model`` (the adapter's version covers it)."""
+    if choice.params is None and choice.name == "default":
+        return None
+    return int(factory_attr(BACKBONES.get(choice.name), "version"))
 
 
 def factory_description(obj: Any) -> str:

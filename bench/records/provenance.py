@@ -21,22 +21,86 @@ def stable_hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The commit of the checkout that holds this package (``+dirty`` when modified), if any."""
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=30)
+
+
+def code_state(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The exact code a run executed: the commit of the checkout that holds this package (or of
+    ``path``), whether the tree differs from it, and if so a hash of the difference (``git diff
+    HEAD --binary``, i.e. staged and unstaged changes to tracked files, plus the names and contents
+    of untracked files that are not ignored), so that two dirty trees can be told apart. None
+    outside a git checkout (an installed package)."""
     here = Path(path) if path else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        sha = _git(["rev-parse", "HEAD"], here)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=5,
-        )
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        root = Path(_git(["rev-parse", "--show-toplevel"], here).stdout.decode().strip() or here)
+        diff = _git(["diff", "HEAD", "--binary", "--no-color", "--no-ext-diff"], root)
+        untracked = _git(["ls-files", "--others", "--exclude-standard", "-z"], root)
+        if diff.returncode != 0 or untracked.returncode != 0:
+            return None
     except (OSError, subprocess.SubprocessError):
         return None
+    names = sorted(n for n in untracked.stdout.decode(errors="surrogateescape").split("\0") if n)
+    dirty = bool(diff.stdout) or bool(names)
+    out: dict[str, Any] = {"commit": sha.stdout.decode().strip(), "dirty": dirty, "diff_hash": None, "untracked": len(names)}
+    if dirty:
+        h = hashlib.sha256(b"diff\0" + diff.stdout)
+        for name in names:  # name and content of each untracked file, each length-prefixed
+            f = root / name
+            h.update(b"\0untracked\0" + name.encode(errors="surrogateescape") + b"\0")
+            try:
+                data = f.read_bytes() if f.is_file() and not f.is_symlink() else os.readlink(f).encode()
+            except OSError:
+                data = b"<unreadable>"
+            h.update(str(len(data)).encode() + b"\0" + data)
+        out["diff_hash"] = h.hexdigest()[:16]
+    return out
+
+
+def git_commit(path: str | os.PathLike | None = None, state: dict[str, Any] | None = None) -> str | None:
+    """The commit of the checkout that holds this package (``+dirty`` when modified, untracked
+    files that are not ignored included), if any; ``state``: a :func:`code_state` already taken."""
+    state = state if state is not None else code_state(path)
+    if state is None:
+        return None
+    return state["commit"] + ("+dirty" if state["dirty"] else "")
+
+
+def installed_packages() -> list[str]:
+    """The installed distributions as sorted, de-duplicated ``name==version`` lines (names
+    normalised as pip does): what the package-set hash is taken over."""
+    import importlib.metadata
+
+    seen = set()
+    for d in importlib.metadata.distributions():
+        name = d.metadata["Name"] if d.metadata is not None else None
+        if name:
+            seen.add(f"{re.sub(r'[-_.]+', '-', name).lower()}=={d.version}")
+    return sorted(seen)
+
+
+def package_set_hash(packages: list[str] | None = None) -> str:
+    """A short hash of the installed package set (``packages``: ``name==version`` lines, default
+    :func:`installed_packages`): equal hashes, same versions of every installed package."""
+    lines = sorted(set(installed_packages() if packages is None else packages))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or None
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -48,7 +112,7 @@ def runtime_environment() -> dict[str, Any]:
     BLAS/LAPACK it calls, the intra- and inter-op thread counts (a sum split over two threads is
     added in another order than over one, so the last bits differ and training drifts apart), the
     CPU instruction set the kernels dispatch to, the thread pools loaded in the process, and CUDA /
-    cuDNN. Kept in a record's ``environment`` and never in the config hash: it explains why two
+    cuDNN, the CPU and GPU models, the Python version and a hash of the installed package set. Kept in a record's ``environment`` and never in the config hash: it explains why two
     runs of one configuration differ, it does not make them different experiments."""
     import torch
 
@@ -57,8 +121,11 @@ def runtime_environment() -> dict[str, Any]:
     backend = re.search(r"ATen parallel backend: (.+)", torch.__config__.parallel_info())
     mkl = re.search(r"Math Kernel Library Version (\S+)", build)
     onednn = re.search(r"MKL-DNN (v[\w.]+)", build)
+    import platform
+
     cuda = torch.cuda.is_available()
     return {
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
@@ -73,6 +140,9 @@ def runtime_environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cpu_model": cpu_model(),
+        "gpu_model": torch.cuda.get_device_name(0) if cuda else None,
+        "packages_hash": package_set_hash(),  # sorted name==version of every installed distribution
     }
 
 

@@ -1,5 +1,10 @@
 """Result records: one JSON file per run, written atomically, loaded into a DataFrame.
 
+Published records travel in one compact file instead (``bench reproduce`` writes it next to the
+outputs): ``records.jsonl.gz``, one JSON record per line, sorted by run id and gzipped with a zero
+mtime, so that rebuilding it from the same records gives the same bytes. Every reader here takes
+such a file wherever it takes a results folder (``bench table -r FILE``, ``bench leaderboard -r FILE``).
+
 Layout of a results folder::
 
     results/
@@ -100,6 +105,9 @@ _OPTIONAL_TYPES: dict[str, tuple[Any, str]] = {
                           "an object of per-split fingerprints (strings or null)"),
     "predictions_path": (lambda v: isinstance(v, str), "a string"),
     "predictions_sha256": (lambda v: isinstance(v, str), "a string"),
+    "code": (lambda v: isinstance(v, dict) and isinstance(v.get("commit"), str) and isinstance(v.get("dirty"), bool),
+             "an object with a 'commit' string and a 'dirty' boolean"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
 }
 
 
@@ -245,15 +253,94 @@ def iter_record_files(results: str | Path) -> list[Path]:
     return sorted(p for p in base.glob("*.json") if not p.name.startswith("."))
 
 
+COMPACT_SUFFIXES = (".jsonl.gz", ".jsonl")
+"""A results source that is one file of records, one JSON object a line (gzipped or not)."""
+
+
+def is_compact(source: str | Path) -> bool:
+    return str(source).endswith(COMPACT_SUFFIXES)
+
+
+def compact_bytes(records: Iterable[dict[str, Any]]) -> bytes:
+    """The compact form of ``records``: one JSON object a line (keys sorted, no ``path``: where a
+    record was read from is not part of it), in run id order, gzipped with mtime 0 and no file
+    name, so the same records always give the same bytes."""
+    import gzip
+    import io
+
+    from bench.records.files import _json_default
+
+    rows = sorted(({k: v for k, v in r.items() if k != "path"} for r in records),
+                  key=lambda r: (str(r.get("run_id")), str(r.get("config_hash"))))
+    text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n" for r in rows)
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
+        gz.write(text.encode())
+    return buf.getvalue()
+
+
+def write_compact(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`compact_bytes` of ``records`` to ``path`` atomically (gzipped whatever the
+    suffix says; name it ``*.jsonl.gz``)."""
+    from bench.records.files import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, compact_bytes(records))
+    return path
+
+
+def read_compact(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a compact file, each validated; an error names the file and the line. Each
+    record's ``path`` is ``FILE:LINE``."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"records file {path} does not exist" if not path.exists() else
+                          f"records file {path} is not a file")
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except OSError as exc:  # BadGzipFile is an OSError
+        raise RecordError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    except EOFError:
+        raise RecordError(f"{path}: truncated gzip file") from None
+    out = []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"{where}: not UTF-8 text ({exc.reason})") from None
+        except (RecursionError, ValueError) as exc:
+            raise RecordError(f"{where}: not a record ({type(exc).__name__})") from None
+        if _depth(rec) > MAX_NESTING:
+            raise RecordError(f"{where}: not a record (JSON nested deeper than {MAX_NESTING} levels)")
+        rec = validate_record(rec, where)
+        rec["path"] = f"{path}:{n}"
+        out.append(rec)
+    return out
+
+
 def load_records(results: str | Path | Iterable[str | Path], status: str | None = None) -> list[dict[str, Any]]:
+    """The records of one or more results sources: a results folder (its ``records/``), a folder of
+    record files, or a compact ``records.jsonl.gz`` (:func:`write_compact`)."""
     folders = [results] if isinstance(results, (str, Path)) else list(results)
     out = []
     for folder in folders:
-        for p in iter_record_files(folder):
-            rec = read_record(p)
-            rec["path"] = str(p)
-            if status is None or rec["status"] == status:
-                out.append(rec)
+        if is_compact(folder):
+            recs = read_compact(folder)
+        else:
+            recs = []
+            for p in iter_record_files(folder):
+                rec = read_record(p)
+                rec["path"] = str(p)
+                recs.append(rec)
+        out += [rec for rec in recs if status is None or rec["status"] == status]
     return out
 
 
@@ -296,7 +383,7 @@ def to_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def load_results(results: str | Path | Iterable[str | Path] = "results", status: str | None = "ok") -> pd.DataFrame:
-    """All records under one or more results folders as a DataFrame (one row per run)."""
+    """All records under one or more results folders (or compact files) as a DataFrame (one row per run)."""
     return to_frame(load_records(results, status=status))
 
 

@@ -14,12 +14,17 @@ job. Then every output is rebuilt from the records:
     ablation.*, threshold.*, sensitivity.* (+ sensitivity_heatmap.png)     FD-CMKD studies
     protocol_gap.md                        reference protocol (best test epoch) minus validation selection
     unimodal.md                            each modality alone: the w/o KD student and the teacher, mean ± std
-    summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std)
+    summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std), and the records' provenance
+    records.jsonl.gz                       the published records, compact (bench table / leaderboard -r FILE read it)
 
 The w/o KD student and the teacher are both a network trained alone on one modality with plain
 cross-entropy, but they are different runs: the teacher is trained with its own seed stream
 (:mod:`bench.train.teachers`, salt 17) and its own schedule (``train.teacher_epochs``), so its
 accuracy is reported as the teacher's, from the records' ``teacher.test_metric``, never as w/o KD's.
+
+Before anything is written the records are checked (:mod:`bench.report.publish`): none from a dirty
+tree, the seeds of each cell from one commit with the same runner, method, adapter and backbone
+versions, one runner version over the grid. ``allow_mixed_provenance`` publishes anyway and says so.
 
 The PDF/PNG steps need ``pdflatex``/``pdftoppm`` and the screenshot ``chromium``; when a tool is
 missing the step is skipped and ``summary.json`` says so (nothing else depends on it).
@@ -212,6 +217,11 @@ def grid_coverage(df, modalities: dict[str, list[str]] | None = None) -> dict[st
     return out
 
 
+OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
+                "protocol_gap", "unimodal")
+"""The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
+
+
 def _student_modalities(b: Benchmark) -> list[str]:
     """Every modality of the benchmark's dataset is a student in its both-directions grid."""
     from bench.train.resolve import build_adapter
@@ -228,22 +238,32 @@ def _md_rows(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> st
 
 
 def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
-                  benchmarks: tuple[Benchmark, ...] = BENCHMARKS, every_direction: bool = True) -> dict[str, Any]:
+                  benchmarks: tuple[Benchmark, ...] = BENCHMARKS, every_direction: bool = True,
+                  allow_mixed_provenance: bool = False) -> dict[str, Any]:
     """Every output of the offline results, from the records in ``results``. A benchmark whose grid
     is incomplete (a method, seed or, with ``every_direction``, a direction missing) is shown apart
-    and kept out of the ranks until it is complete."""
-    from bench.records.store import load_records, load_results
+    and kept out of the ranks until it is complete. Refuses records whose provenance does not hold
+    together (:func:`bench.report.publish.check_publishable`) unless ``allow_mixed_provenance``; the
+    published records go to ``out/records.jsonl.gz``."""
+    from bench.records.store import load_records, to_frame, write_compact
+    from bench.report.publish import check_publishable, mixed_banner
     from bench.report import leaderboard as L
     from bench.report.render import render_leaderboard, render_table
     from bench.report.studies import prefer_defaults, standalone
     from bench.report.table_stats import mark_chance, mark_vs_baseline
     from bench.report.tables import add_teachers, build_comparison, teachers_json, to_markdown
 
+    names = {b.dataset for b in benchmarks}
+    published = [r for r in load_records(results, status="ok") if r["dataset"] in names]
+    provenance = check_publishable(published, allow_mixed_provenance, where=f"the records of {results}")
+    if provenance["mixed"]:
+        log(f"publishing mixed provenance ({len(provenance['problems'])} problem(s)), as "
+            f"{provenance['published_with']} asks; the outputs say so")
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"results": str(results), "skipped": {},
                                "benchmarks": {b.dataset: {"name": b.name, "overrides": b.overrides, "note": b.note}
-                                              for b in benchmarks}}
-    everything = load_results(results)
+                                              for b in benchmarks}, "provenance": provenance}
+    everything = to_frame(published)
     present = set(everything["dataset"])
     coverage = grid_coverage(everything[everything["dataset"].isin([b.dataset for b in benchmarks])],
                              {b.dataset: _student_modalities(b) for b in benchmarks} if every_direction else None)
@@ -317,5 +337,13 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
                          ("teacher_mean", "teacher top-1 (%)", ".2f"), ("teacher_std", "std", ".2f"),
                          ("teacher_seeds", "seeds", "d")]))
     summary["unimodal"] = uni
+    if provenance["mixed"]:  # every Markdown output says so at its top
+        banner = mixed_banner(provenance)
+        for name in OUTPUT_PAGES + tuple(f"comparison_incomplete_{d}" for d in partial):
+            md = out / f"{name}.md"
+            if md.exists():
+                md.write_text(banner + md.read_text())
+    write_compact(published, out / "records.jsonl.gz")
+    summary["records_file"] = "records.jsonl.gz"
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary

@@ -44,7 +44,7 @@ from bench.records.files import (
     remove_stale_temp_files,
 )
 from bench.records.predictions import split_fingerprints, write_predictions
-from bench.records.provenance import git_commit, runtime_environment
+from bench.records.provenance import code_state, git_commit, runtime_environment
 from bench.records.store import SCHEMA_VERSION, read_record, record_path, write_record
 from bench.train.acceleration import plan_speed
 from bench.train.device import resolve_device, seed_everything
@@ -54,6 +54,25 @@ from bench.train.step import probe_outputs
 from bench.train.stop import file_lock
 from bench.train.teacher_outputs import decide_teacher_cache
 from bench.train.teachers import backbone_record, build_network, check_pair, get_teacher, teacher_epochs_to_train
+
+
+RUNNER_VERSION = 1
+"""Bumped when a change to the runner (this module, the training loop, evaluation, selection,
+teacher training, seeding) alters results at the same configuration, with a line in
+docs/reference/versions.md. Recorded in every record's ``versions``; ``bench reproduce`` refuses to
+publish a grid whose records were made by different runner versions."""
+
+
+def result_versions(r: Resolved) -> dict[str, Any]:
+    """The versions of everything that determines a run's result besides its configuration: the
+    runner, the method, the dataset adapter and each role's backbone (None: the adapter's own
+    network, covered by the adapter's version). Seeds of one cell must agree on all of them."""
+    from bench.models.registry import backbone_version
+
+    roles = ("teacher", "student") if r.method_cls.uses_teacher else ("student",)
+    return {"runner": RUNNER_VERSION, "method": int(r.method_cls.version),
+            "adapter": int(getattr(type(r.adapter), "version", 1)),
+            "backbones": {role: backbone_version(r.backbones[role]) for role in roles}}
 
 
 class Reporter(Protocol):
@@ -293,6 +312,7 @@ def _slurm_env() -> dict[str, Any] | None:
 
 
 def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
+    code = code_state()
     return {
         "slurm": _slurm_env(),
         "schema": SCHEMA_VERSION,
@@ -314,7 +334,9 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "config_hash": r.config_hash,
         "group_hash": r.group_hash,
         "package_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit(state=code),
+        "code": code,  # commit, dirty, and a hash of the diff when dirty (bench reproduce refuses dirty records)
+        "versions": result_versions(r),
         "torch_version": torch.__version__,
         "device": _device_name(device),
         "hostname": socket.gethostname(),
