@@ -7,8 +7,8 @@ The last stage map of each network is flattened to (B, C*H*W); its B x B Gram ma
 ``G = F F^T`` is L2-normalised row by row, and the loss is ``||G_t - G_s||_F^2 / B^2``. The code and
 the paper agree here (the paper's 1/b^2 and row-wise normalisation).
 
-Cross-modal wiring (differs from nothing in the formula, which is the point of SP across
-modalities): the Gram matrices are B x B whatever each network's map shape, so a (B, C_t, L) audio
+Cross-modal wiring (differs from the original only in what is fed; the formula needs no
+change, which is what makes SP fit two modalities): the Gram matrices are B x B whatever each network's map shape, so a (B, C_t, L) audio
 map and a (B, C_s, H, W) image map are compared without any connector, pooling or resizing; only
 the pairing of the B samples matters (the paired batch). The stage is the last stage map of each
 network (mdistiller's ``feats[-1]``); ``stage`` picks another index (the same index in both

@@ -376,3 +376,21 @@ def test_gradients_reach_the_student_and_the_connectors_but_not_the_teacher(name
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in method.extra_parameters())  # CC's two embeddings
+
+
+def test_dense_outputs_run(tmp_path):
+    """Segmentation (the tiny NYU-Depth V2 fixture, depth -> RGB, DeepLab maps): every relation
+    method trains one epoch and records finite terms (B = 2, so RKD's angle term has no
+    non-degenerate triplet and may be 0)."""
+    from test_dataset_nyudv2 import make_mat, ov
+
+    from bench.train.resolve import RunSpec, build_adapter
+    from bench.train.run import run
+
+    root = tmp_path / "raw"
+    make_mat(root)
+    build_adapter("nyudv2", ov(root, tmp_path / "c")).prepare()
+    for name in ZOO:
+        rec = run(RunSpec("nyudv2", "depth", "rgb", name, 0, ov(root, tmp_path / "c"), str(tmp_path / "res")))
+        assert rec["status"] == "ok", (name, rec.get("traceback"))
+        assert rec["metric"] == "mIoU" and all(math.isfinite(v) for v in rec["history"][-1]["terms"].values()), name
