@@ -15,7 +15,11 @@ pair of consecutive stages the RBF ``exp(-(v[a] - v'[b])^2 / 8)`` between every 
 of a stage and b of the previous one is formed per vector, and the loss is the sum of the squared
 student-teacher differences (non-finite entries set to 0) divided by the batch size, summed over
 the consecutive pairs. The SVD runs in float32 at least (mdistiller casts to float32; float64
-input stays float64). The teacher's singular-vector signs are whatever the SVD returns, as in the
+input stays float64). The reference sets non-finite SVD outputs to 0 (``removenan``) but lets a
+non-finite *gradient* of the SVD through (its backward divides by differences of singular values:
+an all-zero post-ReLU map, or any repeated singular value, makes it inf/NaN and ruins the student);
+here non-finite gradients into the SVD's input are set to 0 as well, the backward counterpart of
+the reference's intent (finite values are untouched, so the numbers equal the reference's). The teacher's singular-vector signs are whatever the SVD returns, as in the
 reference. RepDistiller's variant (a (H*W, C) reshape, SVD along channels, equal channel counts
 needed) gives different numbers and is not offered.
 
@@ -74,6 +78,8 @@ def kdsvd_svd(f: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = f.reshape(b, c * h, w)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
+    if x.requires_grad:  # the SVD's backward is inf/NaN at repeated singular values (an all-zero map)
+        x.register_hook(_finite)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     s, v = _finite(s), _finite(vh.transpose(1, 2))
     return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)

@@ -394,3 +394,16 @@ def test_dense_outputs_run(tmp_path):
         rec = run(RunSpec("nyudv2", "depth", "rgb", name, 0, ov(root, tmp_path / "c"), str(tmp_path / "res")))
         assert rec["status"] == "ok", (name, rec.get("traceback"))
         assert rec["metric"] == "mIoU" and all(math.isfinite(v) for v in rec["history"][-1]["terms"].values()), name
+
+
+def test_kdsvd_gradient_stays_finite_on_an_all_zero_map():
+    """A dead (all-zero) student map has repeated singular values, where the SVD's backward is NaN;
+    the reference would pass that NaN to the student, this one sets it to 0."""
+    dead = torch.zeros(2, 3, 4, 5, dtype=D, requires_grad=True)
+    live = rnd(2, 3, 4, 5, seed=29).requires_grad_()
+    with pytest.raises(AssertionError):  # the plain SVD's gradient there is not finite
+        _, _, vh = torch.linalg.svd(dead.reshape(2, 12, 5), full_matrices=False)
+        assert torch.isfinite(torch.autograd.grad(vh[:, 0].sum(), dead)[0]).all()
+    loss = kdsvd_loss([dead, live], [rnd(2, 3, 4, 5, seed=30), rnd(2, 3, 4, 5, seed=31)])
+    g_dead, g_live = torch.autograd.grad(loss, [dead, live])
+    assert torch.isfinite(loss) and torch.isfinite(g_dead).all() and torch.isfinite(g_live).all()
