@@ -79,7 +79,7 @@ class AT(Method):
     description = "AT (Zagoruyko & Komodakis 2017): match L2-normalised spatial attention maps of every stage"
     reference = "megvii-research/mdistiller @a08d46f1 mdistiller/distillers/AT.py"
     Params = ATParams
-    # mdistiller CIFAR: 1000; the paper's beta/2 = 500 with its sum over positions; maps differ across modalities
+    # mdistiller CIFAR: 1000 (on a mean over batch and positions); attention maps of other modalities differ
     search_space = {"feat_weight": Real(10.0, 1e4, log=True)}
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:

@@ -78,7 +78,7 @@ class NST(Method):
     description = "NST (Huang & Wang 2017): polynomial-kernel MMD between the channels' spatial activation patterns"
     reference = "megvii-research/mdistiller @a08d46f1 mdistiller/distillers/NST.py"
     Params = NSTParams
-    # mdistiller CIFAR: 50; the paper's lambda 50 (CIFAR) - 100 (ImageNet)
+    # mdistiller CIFAR: 50
     search_space = {"feat_weight": Real(1.0, 500.0, log=True)}
 
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:

@@ -83,7 +83,7 @@ class RKD(Method):
     description = "RKD (Park et al. 2019): Huber match of normalised pairwise distances and triplet angles"
     reference = "megvii-research/mdistiller @a08d46f1 mdistiller/distillers/RKD.py"
     Params = RKDParams
-    # the paper: distance 25 / angle 50 (both tuned); the overall weight rescales them together
+    # mdistiller: distance 25 / angle 50 under an overall weight 1, which rescales them together
     search_space = {"feat_weight": Real(0.05, 20.0, log=True), "angle_weight": Real(5.0, 200.0, log=True)}
 
     def teacher_cache_fields(self) -> set[str]:
