@@ -1,6 +1,6 @@
 """AT: "Paying More Attention to Attention" (Zagoruyko & Komodakis, ICLR 2017), as mdistiller's AT.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/AT.py``; defaults from ``mdistiller/engine/cfg.py`` (``CFG.AT``).
 
 Per stage, the attention map of a (B, C, H, W) feature is ``mean_c f^p`` flattened to (B, H*W)

@@ -1,7 +1,7 @@
 """CC: "Correlation Congruence for Knowledge Distillation" (Peng et al., ICCV 2019), as
 RepDistiller's ``Correlation``.
 
-Source: HobbitLong/RepDistiller @b84f547c (read at snapshot 1e2f8169, same file),
+Source: HobbitLong/RepDistiller @b84f547c (the file was read at the stored snapshot 1e2f8169; not compared with b84f547c),
 ``distiller_zoo/CC.py``, with the wiring of ``train_student.py`` (``--distill correlation``: a
 ``LinearEmbed`` of each network's pooled feature, ``models/util.py``, feature dim 128, both
 embeddings trained, ``-b 0.02``, CE 1, no KD term).

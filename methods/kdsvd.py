@@ -1,7 +1,7 @@
 """KDSVD: "Self-supervised Knowledge Distillation Using Singular Value Decomposition" (Lee et al.,
 ECCV 2018), as mdistiller's KDSVD.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/KDSVD.py``; defaults from ``CFG.KDSVD`` (k = 1, weight 1, CE 1, stages
 after the stem).
 

@@ -1,7 +1,7 @@
 """NST: "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer" (Huang & Wang,
 2017), as mdistiller's NST.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/NST.py``; defaults from ``CFG.NST`` (weight 50, CE 1, stages after the
 stem).
 

@@ -1,7 +1,7 @@
 """PKT: "Learning Deep Representations with Probabilistic Knowledge Transfer" (Passalis & Tefas,
 ECCV 2018), as mdistiller's PKT.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/PKT.py``; defaults from ``CFG.PKT`` (weight 30,000, CE 1, eps 1e-7).
 
 The pooled features are L2-normalised (norm + eps; NaN set to 0); their cosine similarities are

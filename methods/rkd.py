@@ -1,6 +1,6 @@
 """RKD: "Relational Knowledge Distillation" (Park et al., CVPR 2019), as mdistiller's RKD.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/RKD.py``; defaults from ``CFG.RKD`` (distance weight 25, angle weight 50,
 eps 1e-12, not squared, feature weight 1, CE 1).
 

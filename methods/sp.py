@@ -1,6 +1,6 @@
 """SP: "Similarity-Preserving Knowledge Distillation" (Tung & Mori, ICCV 2019), as mdistiller's SP.
 
-Source: megvii-research/mdistiller @a08d46f1 (read at snapshot e8c5bb33, same file),
+Source: megvii-research/mdistiller @a08d46f1 (the file was read at the stored snapshot e8c5bb33; not compared with a08d46f1),
 ``mdistiller/distillers/SP.py``; defaults from ``CFG.SP`` (weight 3000, CE 1, last stage only).
 
 The last stage map of each network is flattened to (B, C*H*W); its B x B Gram matrix
