@@ -407,3 +407,21 @@ def test_kdsvd_gradient_stays_finite_on_an_all_zero_map():
     loss = kdsvd_loss([dead, live], [rnd(2, 3, 4, 5, seed=30), rnd(2, 3, 4, 5, seed=31)])
     g_dead, g_live = torch.autograd.grad(loss, [dead, live])
     assert torch.isfinite(loss) and torch.isfinite(g_dead).all() and torch.isfinite(g_live).all()
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_teacher_cache_holds_what_the_loss_reads(results, name):
+    """teacher_cache_fields is complete: with the teacher's outputs cached the run's terms and
+    metrics equal those of a run that recomputes them (a missing field would fail or differ)."""
+    from bench.train.resolve import RunSpec
+    from bench.train.run import run
+
+    small = {"synthetic": {"n_train": "240", "n_test": "60", "width": "8"}}
+    traces = {}
+    for cache in ("on", "off"):
+        ov = {**small, "train": {"epochs": "1", "teacher_epochs": "1", "teacher_cache": cache}}
+        rec = run(RunSpec("synthetic", "audio", "visual", name, 0, ov, str(results / "cache")), force=True)
+        assert rec["status"] == "ok", rec.get("traceback")
+        assert rec["speed"]["teacher_cache"] is (cache == "on"), rec["speed"]
+        traces[cache] = [(h["terms"], h["val_metric"], h["test_metric"]) for h in rec["history"]]
+    assert traces["on"] == traces["off"]
