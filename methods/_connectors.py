@@ -57,3 +57,24 @@ class ConvBNReg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(to_4d(x)))
         return F.relu(x) if self.relu else x
+
+
+def deepest_pairs(n_s: int, n_t: int, which: str = "all") -> list[tuple[int, int]]:
+    """Stage-index pairs (student, teacher): the last stage of each (``which="last"``) or the
+    ``min(n_s, n_t)`` deepest stages of each, paired from the deepest (``"all"``); networks of
+    different depths are aligned at their outputs."""
+    if which == "last":
+        return [(n_s - 1, n_t - 1)]
+    k = min(n_s, n_t)
+    return [(n_s - k + i, n_t - k + i) for i in range(k)]
+
+
+def need_spatial(probe: ModelOutput, pairs_side: list[int], role: str, method: str) -> None:
+    """Refuse stage maps without a spatial axis ((B, C) vectors, e.g. an MLP's stages) for a method
+    whose loss is defined over spatial positions: there it is a constant and teaches nothing."""
+    need_maps(probe, role, method)
+    flat = [i for i in pairs_side if probe.feature_maps[i].dim() < 3]
+    if flat:
+        raise BenchError(f"{method} compares spatial positions of stage maps, but the {role} network's stage "
+                         f"map{'s' if len(flat) > 1 else ''} {flat} {'have' if len(flat) > 1 else 'has'} no spatial "
+                         f"axis (shape {tuple(probe.feature_maps[flat[0]].shape)}): the loss would be a constant")
