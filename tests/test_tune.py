@@ -124,7 +124,8 @@ def test_default_hashes_unchanged_and_tuned_is_part_of_the_identity():
 
     specs = expand_grid("all", "synthetic", "all", "0")
     got = {f"{s.method}_{s.teacher_modality}2{s.student_modality}": resolve(s).config_hash for s in specs}
-    assert got == HEAD_HASHES
+    # the methods that existed then keep their hashes; methods added since (the zoo, #26) had none to keep
+    assert {k: got.get(k) for k in HEAD_HASHES} == HEAD_HASHES
     spec = next(s for s in specs if s.method == "dkd")
     tuned = dataclasses.replace(spec, tuned={"study": "x", "trial": 3, "value": 50.0})
     r = resolve(tuned)

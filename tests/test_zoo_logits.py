@@ -1,4 +1,4 @@
-"""The logit-based zoo (#26): logit standardisation on Logit KD and DKD, WSLD, CTKD.
+"""The logit-based zoo (#26): logit standardisation on Logit KD and DKD, WSLD, CTKD, MLKD.
 
 Every loss is checked in float64 against an oracle written from the papers' formulas with explicit
 per-sample loops (plain Python floats), and every gradient against central finite differences of
@@ -19,6 +19,7 @@ from bench.api.registry import METHODS
 from bench.methods.ctkd import ctkd_lambda, ctkd_loss, ctkd_temperature
 from bench.methods.dkd import _binary_log_probs, dkd_terms
 from bench.methods.logit import logit_loss, standardise_logits
+from bench.methods.mlkd import mlkd_terms
 from bench.methods.nkd import drop_target
 from bench.methods.wsld import wsld_loss
 from bench.models import ModelOutput
@@ -37,7 +38,7 @@ def fixed():
 
 
 def rel_err(a, b) -> float:
-    a, b = torch.as_tensor(a, dtype=D), torch.as_tensor(b, dtype=D)
+    a, b = torch.as_tensor(a, dtype=D).detach(), torch.as_tensor(b, dtype=D).detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
@@ -330,6 +331,97 @@ def test_ctkd_temperature_is_optimised_with_the_student_and_ascends_the_kd_loss(
     assert "temp" in m.state_dict()["modules"] or any("temp" in k for k in m.state_dict()["modules"])
 
 
+# ---------------------------------------------------------------- MLKD
+def o_median(v):
+    v = sorted(v)
+    pos = (len(v) - 1) * 0.5
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def o_mlkd(zs_w, zt_w, zs_s, zt_s, tau, taus, mask="reference", std=None):
+    """kd, cc, bc of the module doc, with loops: the instance KL per sample, the C x C and B x B Grams."""
+    pw = [o_softmax(r) for r in rows(zt_w)]
+    conf = [max(r) for r in pw]
+    m = [1.0 if c <= o_median(conf) else 0.0 for c in conf]
+    ccls = [sum(r[j] for r in pw) for j in range(len(pw[0]))]
+    cm = [1.0 if c <= o_median(ccls) else 0.0 for c in ccls]
+    nb, nc = len(pw), len(pw[0])
+    all_t = [tau, *taus]
+
+    def per_sample(zs, zt, T):
+        out = []
+        for rs, rt in zip(rows(zs), rows(zt)):
+            if std:
+                rs, rt = o_standardise(rs, std), o_standardise(rt, std)
+            out.append(o_kl(o_softmax(rt, T), o_softmax(rs, T)) * T * T)
+        return out
+
+    kd = 0.0
+    for T in all_t:
+        per = per_sample(zs_w, zt_w, T)
+        if mask == "per_sample":
+            kd += sum(a * b for a, b in zip(per, m)) / nb
+        else:
+            kd += sum(per) / nb * sum(m) / nb
+    for i, T in enumerate(all_t):
+        kd += sum(per_sample(zs_s, zt_s, T) if i < 3 else per_sample(zs_w, zt_w, T)) / nb
+    cc = bc = 0.0
+    for T in all_t:
+        ps, pt = [o_softmax(r, T) for r in rows(zs_w)], [o_softmax(r, T) for r in rows(zt_w)]
+        d = 0.0
+        for i in range(nc):
+            for j in range(nc):
+                d += (sum(pt[b][i] * pt[b][j] for b in range(nb)) - sum(ps[b][i] * ps[b][j] for b in range(nb))) ** 2
+        cc += d / nc * sum(cm) / nc
+        d = 0.0
+        for a in range(nb):
+            for b in range(nb):
+                d += (sum(pt[a][c] * pt[b][c] for c in range(nc)) - sum(ps[a][c] * ps[b][c] for c in range(nc))) ** 2
+        bc += d / nb * sum(m) / nb
+    return {"kd": kd, "cc": cc, "bc": bc}
+
+
+@pytest.mark.parametrize("mask,std", [("reference", None), ("per_sample", None), ("reference", "unbiased")])
+def test_mlkd_value_and_gradient_one_and_two_views(mask, std):
+    zs, zt, _ = fixed()
+    zs, zt = torch.cat([zs, rnd(1, C, seed=7)]), torch.cat([zt, rnd(1, C, seed=8)])  # B = 6: the median interpolates
+    zs2, zt2 = rnd(6, C, seed=9, scale=2.0), rnd(6, C, seed=10, scale=3.0)
+    taus = (3.0, 5.0, 2.0, 6.0)
+    for strong in ((None, (zs2, zt2)) if mask == "reference" and std is None else (None,)):  # two views once
+        ss, st = strong if strong else (zs, zt)
+        want = o_mlkd(zs, zt, ss, st, 4.0, taus, mask, std)
+        cache: dict = {}
+
+        def o(z, key):  # one oracle evaluation per perturbed entry serves the three terms
+            k = tuple(z.reshape(-1).tolist())
+            if k not in cache:
+                cache[k] = o_mlkd(z, zt, z if strong is None else ss, st, 4.0, taus, mask, std)
+            return cache[k][key]
+
+        for key in ("kd", "cc", "bc"):
+            def f(z, key=key):
+                return mlkd_terms(z, zt, None if strong is None else ss, None if strong is None else st,
+                                  tau=4.0, taus=taus, mask=mask, std=std)[key]
+
+            val, g = autograd(f, zs)
+            assert rel_err(val, want[key]) <= REL, key
+            assert rel_err(g, fd_grad(lambda z, key=key: o(z, key), zs)) <= REL, key
+
+
+def test_mlkd_reference_mask_only_rescales_and_the_method_runs_one_view():
+    zs, zt, y = fixed()
+    ref = mlkd_terms(zs, zt, mask="reference")
+    cls = METHODS.get("mlkd")
+    m = cls(cls.Params(), _ctx())
+    terms = m.loss(mo(zs), mo(zt), y, epoch=1)
+    assert rel_err(terms["kd"], 0.9 * ref["kd"]) <= 1e-12 and rel_err(terms["bc"], 0.9 * ref["bc"]) <= 1e-12
+    assert rel_err(terms["ce"], 0.2 * F.cross_entropy(zs, y)) <= 1e-12  # the CE of both (identical) views
+    assert m.report()["views"] == 1 and "weak view" in m.report()["strong_view"]
+    assert cls.dense_ok is False and "Gram" in cls.dense_reason
+
+
 # ---------------------------------------------------------------- dense logits and the wiring
 @pytest.mark.parametrize("name", ["wsld", "ctkd"])
 def test_dense_logits_are_pixelwise_with_the_void_label_ignored(name):
@@ -355,7 +447,7 @@ def results(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo")
 
 
-@pytest.mark.parametrize("name", ["wsld", "ctkd"])
+@pytest.mark.parametrize("name", ["wsld", "ctkd", "mlkd"])
 def test_one_epoch_end_to_end(name, results, tiny_overrides):
     from bench.train.resolve import RunSpec
     from bench.train.run import run
@@ -365,9 +457,12 @@ def test_one_epoch_end_to_end(name, results, tiny_overrides):
     assert rec["status"] == "ok" and math.isfinite(rec["best_metric"])
     assert rec["method_category"] == "Logits" and rec["config"]["method"] == name
     terms = rec["history"][-1]["terms"]
-    assert set(terms) == {"ce", "wsl" if name == "wsld" else "kd"} and all(math.isfinite(v) for v in terms.values())
+    names = {"wsld": {"ce", "wsl"}, "ctkd": {"ce", "kd"}, "mlkd": {"ce", "kd", "cc", "bc"}}[name]
+    assert set(terms) == names and all(math.isfinite(v) for v in terms.values())
     extra = rec["extra"]["method"]
-    if name == "ctkd":
+    if name == "mlkd":
+        assert extra["views"] == 1 and extra["mask"] == "reference"
+    elif name == "ctkd":
         assert extra["lambda_mode"] == "relative" and extra["lambda"] == [-1.0] and 1 < extra["final_temperature"] < 21
     else:
         assert extra["teacher_mode"] == "eval" and extra["soft"] == "ce"
