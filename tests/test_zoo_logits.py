@@ -466,3 +466,16 @@ def test_one_epoch_end_to_end(name, results, tiny_overrides):
         assert extra["lambda_mode"] == "relative" and extra["lambda"] == [-1.0] and 1 < extra["final_temperature"] < 21
     else:
         assert extra["teacher_mode"] == "eval" and extra["soft"] == "ce"
+
+
+def test_wsld_reference_teacher_mode_end_to_end(results, tiny_overrides):
+    """The code's train-mode teacher: the runner keeps it in train mode, so its outputs are never cached."""
+    from bench.train.resolve import RunSpec
+    from bench.train.run import run
+
+    tiny_overrides["train"]["epochs"] = "1"
+    tiny_overrides["wsld"] = {"teacher_mode": "reference"}
+    rec = run(RunSpec("synthetic", "audio", "visual", "wsld", 0, tiny_overrides, str(results), "cpu"))
+    assert rec["status"] == "ok" and rec["extra"]["method"]["teacher_mode"] == "reference"
+    assert rec["config"]["method_params"]["teacher_mode"] == "reference"
+    assert rec["speed"]["teacher_cache"] is False
