@@ -146,5 +146,8 @@ class DKD(Method):
     def report(self) -> dict[str, object]:
         """Which warm-up ran (the record's ``extra.method``)."""
         w = self.p.warmup_epochs(self.ctx.epochs)
-        return {"warmup_mode": self.p.warmup_mode, "warmup_epochs": w,
-                "warmup_factor": [dkd_warmup(e, w) for e in range(1, self.ctx.epochs + 1)]}
+        out: dict[str, object] = {"warmup_mode": self.p.warmup_mode, "warmup_epochs": w,
+                                  "warmup_factor": [dkd_warmup(e, w) for e in range(1, self.ctx.epochs + 1)]}
+        if self.p.logit_std:  # only when on: a default record's extra stays as it was
+            out["logit_std"] = self.p.logit_std_form
+        return out

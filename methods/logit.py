@@ -120,3 +120,7 @@ class LogitKD(Method):
             "kd": self.p.kd_weight * logit_loss(s.logits, t.logits, tau=self.p.tau,
                                                 std=std_form(self.p.logit_std, self.p.logit_std_form)),
         }
+
+    def report(self) -> dict[str, object]:
+        """The standardisation that ran, when it is on (the record's ``extra.method``; nothing otherwise)."""
+        return {"logit_std": self.p.logit_std_form} if self.p.logit_std else {}

@@ -200,6 +200,8 @@ def test_switch_off_leaves_logit_and_dkd_losses_bit_identical():
         on = cls(cls.Params(logit_std=True), _ctx()).loss(s, t, y, epoch=3)
         assert all(torch.equal(default[k], explicit[k]) for k in default), name
         assert any(not torch.equal(default[k], on[k]) for k in default), name
+        assert "logit_std" not in (cls(cls.Params(), _ctx()).report() or {})
+        assert cls(cls.Params(logit_std=True, logit_std_form="population"), _ctx()).report()["logit_std"] == "population"
     assert torch.equal(METHODS.get("logit")(METHODS.get("logit").Params(), _ctx()).loss(s, t, y, 3)["kd"], 0.9 * before)
 
 
