@@ -111,4 +111,5 @@ class WSLD(Method):
     def report(self) -> dict[str, object]:
         """Which conventions ran (the record's ``extra.method``)."""
         return {"soft": self.p.soft, "teacher_mode": self.p.teacher_mode,
-                "teacher_mode_is": "intended (eval)" if self.p.teacher_mode == "eval" else "reference code (train mode)"}
+                "teacher_mode_is": ("intended (eval)" if self.p.teacher_mode == "eval"
+                                    else "reference code (train mode)")}

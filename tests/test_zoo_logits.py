@@ -184,7 +184,8 @@ def test_switch_off_leaves_logit_and_dkd_losses_bit_identical():
     zs, zt, y = fixed()
     s, t = mo(zs), mo(zt)
     for tau in (1.0, 4.0):
-        before = (F.log_softmax(zt / tau, 1).exp() * (F.log_softmax(zt / tau, 1) - F.log_softmax(zs / tau, 1))).sum(1).mean() * tau**2
+        lt, ls = F.log_softmax(zt / tau, 1), F.log_softmax(zs / tau, 1)
+        before = (lt.exp() * (lt - ls)).sum(1).mean() * tau**2
         assert torch.equal(logit_loss(zs, zt, tau=tau), before)
         assert torch.equal(logit_loss(zs, zt, tau=tau, std=None), before)
     lb_s, lb_t = _binary_log_probs(zs, y, 4.0), _binary_log_probs(zt, y, 4.0)
@@ -201,7 +202,8 @@ def test_switch_off_leaves_logit_and_dkd_losses_bit_identical():
         assert all(torch.equal(default[k], explicit[k]) for k in default), name
         assert any(not torch.equal(default[k], on[k]) for k in default), name
         assert "logit_std" not in (cls(cls.Params(), _ctx()).report() or {})
-        assert cls(cls.Params(logit_std=True, logit_std_form="population"), _ctx()).report()["logit_std"] == "population"
+        pop = cls(cls.Params(logit_std=True, logit_std_form="population"), _ctx())
+        assert pop.report()["logit_std"] == "population"
     assert torch.equal(METHODS.get("logit")(METHODS.get("logit").Params(), _ctx()).loss(s, t, y, 3)["kd"], 0.9 * before)
 
 
@@ -283,7 +285,8 @@ def o_T(t, t_start=1.0, t_range=20.0):
 
 
 def test_ctkd_schedule_relative_by_default_and_absolute_as_the_reference():
-    assert [ctkd_lambda(e, 10) for e in range(1, 13)] == pytest.approx([o_lambda(e, 10) for e in range(1, 13)], abs=1e-15)
+    want = [o_lambda(e, 10) for e in range(1, 13)]
+    assert [ctkd_lambda(e, 10) for e in range(1, 13)] == pytest.approx(want, abs=1e-15)
     assert ctkd_lambda(1, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)) - 1) and ctkd_lambda(10, 10) == -1.0
     cls = METHODS.get("ctkd")
     rel, ab = cls(cls.Params(), _ctx(10)), cls(cls.Params(lambda_mode="absolute"), _ctx(10))
