@@ -18,6 +18,14 @@ equals the reference wherever the reference is finite and stays finite for very 
 students. With 2 classes NCKD is exactly 0 (a softmax over one logit; mdistiller #60).
 Defaults: mdistiller's ``CFG.DKD`` (CE 1, alpha 1, beta 8, tau 4, warm-up 20 of 240). Dense logits are
 treated pixel-wise with the void label ignored.
+
+Logit standardisation (Sun et al., CVPR 2024; sunshangquan/logit-standardization-KD at 6083e2de,
+``mdistiller/distillers/DKD.py``), off by default (``logit_std=false`` leaves the loss, the results
+and the config hash as before): both sides' logits are z-scored over the classes before the
+temperature, by default with the repository's ``torch.std`` (unbiased) + 1e-7, or with the paper's
+population std (``logit_std_form=population``); see :func:`bench.methods.logit.standardise_logits`.
+The repository's DKD weights with it, alpha 9 and beta 72 (CE 1 and tau 4 as here), are **not**
+applied by the switch: set them (``--set dkd.logit_std=true --set dkd.alpha=9 --set dkd.beta=72``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from bench.api.config import hp
 from bench.api.method import Method, relative_epochs
 from bench.api.registry import register_method
 from bench.api.search import Real
+from bench.methods.logit import STD_FORMS, maybe_standardise, std_form, validate_std_form
 from bench.methods.nkd import drop_target
 from bench.models import ModelOutput
 
@@ -44,9 +53,11 @@ def _binary_log_probs(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Ten
     return torch.stack([log_py, log_rest], dim=1)
 
 
-def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, *, tau: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TCKD, NCKD), each tau^2 * batch-mean KL(teacher || student); the teacher is detached."""
-    z_t = z_t.detach()
+def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, *, tau: float = 4.0,
+              std: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD), each tau^2 * batch-mean KL(teacher || student); the teacher is detached.
+    ``std`` (``unbiased`` | ``population``) z-scores both sides' logits first (logit standardisation)."""
+    z_s, z_t = maybe_standardise(z_s, z_t.detach(), std)
     lb_s, lb_t = _binary_log_probs(z_s, y, tau), _binary_log_probs(z_t, y, tau)
     tckd = (lb_t.exp() * (lb_t - lb_s)).sum(1).mean() * tau**2
     ln_s = F.log_softmax(drop_target(z_s, y) / tau, dim=1)
@@ -61,9 +72,9 @@ def dkd_warmup(epoch: int, warmup: int) -> float:
 
 
 def dkd_loss(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, *, alpha: float = 1.0, beta: float = 8.0,
-             tau: float = 4.0, epoch: int | None = None, warmup: int = 20) -> torch.Tensor:
+             tau: float = 4.0, epoch: int | None = None, warmup: int = 20, std: str | None = None) -> torch.Tensor:
     """warm-up(epoch) * (alpha * TCKD + beta * NCKD); ``epoch=None`` means no warm-up factor."""
-    tckd, nckd = dkd_terms(z_s, z_t, y, tau=tau)
+    tckd, nckd = dkd_terms(z_s, z_t, y, tau=tau, std=std)
     w = 1.0 if epoch is None else dkd_warmup(epoch, warmup)
     return w * (alpha * tckd + beta * nckd)
 
@@ -95,10 +106,16 @@ class DKDParams:
     warmup_mode: str = hp("relative", "relative: W = ceil(warmup / warmup_of x train.epochs) (the reference's ratio) | "
                                       "absolute: W = warmup epochs (mdistiller exactly)")
     ce_weight: float = hp(1.0, "weight of the cross-entropy", ge=0)
+    logit_std: bool = hp(False, "logit standardisation (Sun et al. 2024): z-score both sides' logits before tau; "
+                                "the repository then uses alpha 9, beta 72 (set them: not applied by this switch)",
+                         later=True)
+    logit_std_form: str = hp("unbiased", "with logit_std: " + " | ".join(STD_FORMS) + " (torch.std + 1e-7, the "
+                                         "repository's code | the paper's population std + 1e-7)", later=True)
 
     def validate(self) -> None:
         if self.warmup_mode not in ("relative", "absolute"):
             raise ValueError(f"warmup_mode must be 'relative' or 'absolute', got {self.warmup_mode!r}")
+        validate_std_form(self.logit_std_form)
 
     def warmup_epochs(self, epochs: int) -> int:
         """W for a run of ``epochs`` epochs."""
@@ -121,7 +138,7 @@ class DKD(Method):
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
         zs, zt, yy = flatten_dense(s.logits, t.logits, y, self.ctx.ignore_index)
-        tckd, nckd = dkd_terms(zs, zt, yy, tau=self.p.tau)
+        tckd, nckd = dkd_terms(zs, zt, yy, tau=self.p.tau, std=std_form(self.p.logit_std, self.p.logit_std_form))
         w = dkd_warmup(epoch, self.p.warmup_epochs(self.ctx.epochs))
         return {"ce": self.p.ce_weight * self.task_loss(s.logits, y),
                 "tckd": w * self.p.alpha * tckd, "nckd": w * self.p.beta * nckd}
@@ -129,5 +146,8 @@ class DKD(Method):
     def report(self) -> dict[str, object]:
         """Which warm-up ran (the record's ``extra.method``)."""
         w = self.p.warmup_epochs(self.ctx.epochs)
-        return {"warmup_mode": self.p.warmup_mode, "warmup_epochs": w,
-                "warmup_factor": [dkd_warmup(e, w) for e in range(1, self.ctx.epochs + 1)]}
+        out: dict[str, object] = {"warmup_mode": self.p.warmup_mode, "warmup_epochs": w,
+                                  "warmup_factor": [dkd_warmup(e, w) for e in range(1, self.ctx.epochs + 1)]}
+        if self.p.logit_std:  # only when on: a default record's extra stays as it was
+            out["logit_std"] = self.p.logit_std_form
+        return out

@@ -121,6 +121,17 @@ def params_dict(obj: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+def hashed_params(obj: Any) -> dict[str, Any]:
+    """A method's parameters as they enter the run's identity: :func:`params_dict` without the
+    ``later`` fields (see :func:`hp`) that are at their default. A record's ``method_params`` is
+    this, so a key missing from it reads as its default (as :func:`bench.report.studies.default_params_keep` does)."""
+    d = params_dict(obj)
+    for f in fields(obj):
+        if f.metadata.get("later") and f.default is not dataclasses.MISSING and d[f.name] == f.default:
+            del d[f.name]
+    return d
+
+
 def describe_params(cls: type) -> list[tuple[str, str, Any, str, str]]:
     """(name, type, default, help, valid range or "") for each field, for ``bench list``."""
     out = []
@@ -156,13 +167,17 @@ _BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
 def hp(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None,  # noqa: A002
-       le: float | None = None, lt: float | None = None) -> Any:
+       le: float | None = None, lt: float | None = None, later: bool = False) -> Any:
     """A dataclass field with a help string shown by ``bench list methods`` and, for numbers, its
     valid range (``ge``/``gt``/``le``/``lt``; for a tuple, every element), checked by
     :func:`build_params` before anything runs: a batch size of -1 must be an error, not an ok
-    record with 0 % at every epoch."""
+    record with 0 % at every epoch.
+
+    ``later=True`` marks a field added to a method after records existed (an off-by-default
+    switch such as ``logit.logit_std``): :func:`hashed_params` leaves it out of the run's identity
+    while it is at its default, so every earlier configuration keeps its config hash."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    meta = {"help": help, **({"bounds": bounds} if bounds else {})}
+    meta = {"help": help, **({"bounds": bounds} if bounds else {}), **({"later": True} if later else {})}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)

@@ -43,7 +43,7 @@ PAPER_ORDER = ["none", "ls", "tfkd", "logit", "dist", "dml", "nkd", "dkd", "feat
 DISPLAY = {
     "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
     "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
-    "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)",
+    "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)", "wsld": "WSLD", "ctkd": "CTKD", "mlkd": "MLKD",
     "at": "AT", "sp": "SP", "pkt": "PKT", "rkd": "RKD", "nst": "NST", "cc": "CC", "kdsvd": "KDSVD",
 }
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.api.config import TrainConfig, build_params, hashed_train, params_dict
+from bench.api.config import TrainConfig, build_params, hashed_params, hashed_train, params_dict
 from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
 from bench.api.names import check_component, resolve_path
@@ -136,7 +136,7 @@ def resolve(spec: RunSpec) -> Resolved:
         "teacher_modality": t,
         "student_modality": s,
         "method": method_cls.name,
-        "method_params": params_dict(mparams),
+        "method_params": hashed_params(mparams),  # a later switch at its default leaves the hash alone
         "method_source_hash": mentry.source_hash,
         "train": hashed_train(train),
         "seed": spec.seed,
