@@ -78,3 +78,35 @@ def need_spatial(probe: ModelOutput, pairs_side: list[int], role: str, method: s
         raise BenchError(f"{method} compares spatial positions of stage maps, but the {role} network's stage "
                          f"map{'s' if len(flat) > 1 else ''} {flat} {'have' if len(flat) > 1 else 'has'} no spatial "
                          f"axis (shape {tuple(probe.feature_maps[flat[0]].shape)}): the loss would be a constant")
+
+
+STAGE_CHOICES = ("all", "last")
+"""``stages`` of the stage-map methods: every stage after the stem paired from the deepest, or the last."""
+
+
+def check_stages(stages: str) -> None:
+    if stages not in STAGE_CHOICES:
+        raise ValueError("stages must be 'all' or 'last'")
+
+
+class SpatialStagePairs:
+    """The stage pairing that AT, NST and KDSVD share: :func:`deepest_pairs`, refused where a map
+    has no spatial axis (:func:`need_spatial`), each pair's common grid, and the teacher maps a
+    teacher-output cache keeps. A mixin for a :class:`~bench.api.Method`'s ``setup``."""
+
+    pairs: list[tuple[int, int]]
+    grids: list[tuple[int, int]]
+
+    def pair_stages(self, s_probe: ModelOutput, t_probe: ModelOutput, which: str, method: str) -> None:
+        self.pairs = deepest_pairs(len(s_probe.feature_maps), len(t_probe.feature_maps), which)
+        need_spatial(s_probe, [i for i, _ in self.pairs], "student", method)
+        need_spatial(t_probe, [j for _, j in self.pairs], "teacher", method)
+        self.grids = [common_grid(to_4d(s_probe.feature_maps[i]).shape, to_4d(t_probe.feature_maps[j]).shape)
+                      for i, j in self.pairs]
+
+    def teacher_cache_fields(self) -> set[str]:
+        return {f"feature_maps[{j}]" for _, j in self.pairs}
+
+    def paired_maps(self, s: ModelOutput, t: ModelOutput) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The student's and the teacher's maps of every pair, in pair order."""
+        return [s.feature_maps[i] for i, _ in self.pairs], [t.feature_maps[j] for _, j in self.pairs]

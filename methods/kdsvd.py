@@ -48,7 +48,7 @@ from bench.api.errors import BenchError
 from bench.api.method import Method
 from bench.api.registry import register_method
 from bench.api.search import Real
-from bench.methods._connectors import deepest_pairs, need_spatial
+from bench.methods._connectors import SpatialStagePairs
 from bench.models import ModelOutput
 
 
@@ -126,7 +126,7 @@ class KDSVDParams:
 
 
 @register_method("kdsvd")
-class KDSVD(Method):
+class KDSVD(SpatialStagePairs, Method):
     category = "Feature"
     description = "KDSVD (Lee et al. 2018): RBF relations between consecutive stages' leading singular vectors"
     reference = "megvii-research/mdistiller @a08d46f1 mdistiller/distillers/KDSVD.py"
@@ -137,17 +137,12 @@ class KDSVD(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None
-        self.pairs = deepest_pairs(len(s_probe.feature_maps), len(t_probe.feature_maps), "all")
-        need_spatial(s_probe, [i for i, _ in self.pairs], "student", "kdsvd")
-        need_spatial(t_probe, [j for _, j in self.pairs], "teacher", "kdsvd")
+        self.pair_stages(s_probe, t_probe, "all", "kdsvd")
         if len(self.pairs) < 2:
             raise BenchError("kdsvd relates consecutive stages, but the two networks share only "
                              f"{len(self.pairs)} stage map: at least 2 are needed")
         self.widths = [min(width_4d(s_probe.feature_maps[i]).shape[-1], width_4d(t_probe.feature_maps[j]).shape[-1])
                        for i, j in self.pairs]
-
-    def teacher_cache_fields(self) -> set[str]:
-        return {f"feature_maps[{j}]" for _, j in self.pairs}
 
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None

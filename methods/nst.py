@@ -39,7 +39,7 @@ from bench.api.config import hp
 from bench.api.method import Method
 from bench.api.registry import register_method
 from bench.api.search import Real
-from bench.methods._connectors import common_grid, deepest_pairs, need_spatial, pool_to
+from bench.methods._connectors import SpatialStagePairs, check_stages, common_grid, pool_to
 from bench.models import ModelOutput, to_4d
 
 
@@ -68,12 +68,11 @@ class NSTParams:
     stages: str = hp("all", "all (every stage after the stem, as mdistiller) | last")
 
     def validate(self) -> None:
-        if self.stages not in ("all", "last"):
-            raise ValueError("stages must be 'all' or 'last'")
+        check_stages(self.stages)
 
 
 @register_method("nst")
-class NST(Method):
+class NST(SpatialStagePairs, Method):
     category = "Feature"
     description = "NST (Huang & Wang 2017): polynomial-kernel MMD between the channels' spatial activation patterns"
     reference = "megvii-research/mdistiller @a08d46f1 mdistiller/distillers/NST.py"
@@ -84,19 +83,11 @@ class NST(Method):
     def setup(self, student, teacher, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         super().setup(student, teacher, s_probe, t_probe)
         assert t_probe is not None
-        self.pairs = deepest_pairs(len(s_probe.feature_maps), len(t_probe.feature_maps), self.p.stages)
-        need_spatial(s_probe, [i for i, _ in self.pairs], "student", "nst")
-        need_spatial(t_probe, [j for _, j in self.pairs], "teacher", "nst")
-        self.grids = [common_grid(to_4d(s_probe.feature_maps[i]).shape, to_4d(t_probe.feature_maps[j]).shape)
-                      for i, j in self.pairs]
-
-    def teacher_cache_fields(self) -> set[str]:
-        return {f"feature_maps[{j}]" for _, j in self.pairs}
+        self.pair_stages(s_probe, t_probe, self.p.stages, "nst")
 
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         assert t is not None
-        fs = [s.feature_maps[i] for i, _ in self.pairs]
-        ft = [t.feature_maps[j] for _, j in self.pairs]
+        fs, ft = self.paired_maps(s, t)
         return {"ce": self.p.ce_weight * self.task_loss(s.logits, y), "nst": self.p.feat_weight * nst_loss(fs, ft)}
 
     def report(self) -> dict[str, object]:
