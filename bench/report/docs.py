@@ -191,8 +191,14 @@ def results_nav(results_dir: Path, indent: str = "      ") -> str:
     """The Results section of the site's navigation: every page of ``docs/results/``, known ones first."""
     names = [p.stem for p in results_dir.glob("*.md")]
     order = sorted(names, key=lambda n: (list(RESULT_TITLES).index(n) if n in RESULT_TITLES else len(RESULT_TITLES), n))
-    return "".join(f"{indent}- {RESULT_TITLES.get(n, n.replace('_', ' ').capitalize())}: {results_dir.name}/{n}.md\n"
-                   for n in order)
+    out = "".join(f"{indent}- {RESULT_TITLES.get(n, n.replace('_', ' ').capitalize())}: {results_dir.name}/{n}.md\n"
+                  for n in order)
+    for sub in sorted(d for d in results_dir.iterdir() if d.is_dir() and any(d.glob("*.md"))):
+        # a grid of its own (e.g. protocol-demo/): its pages after the published ones, titled by folder
+        title = sub.name.replace("-", " ").replace("_", " ").capitalize()
+        out += "".join(f"{indent}- \"{title}: {p.stem.replace('_', ' ')}\": {results_dir.name}/{sub.name}/{p.name}\n"
+                       for p in sorted(sub.glob("*.md")))
+    return out
 
 
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z-]+)[^>]*-->[^\n]*\n)(?P<body>.*?)(^[ \t#]*<!-- end generated -->)",
