@@ -254,10 +254,10 @@ def _edit(res: Path, method: str, seed: int | None, change) -> list[str]:  # typ
 
 
 def _defaults(method: str) -> dict:
-    from bench.api.config import build_params, params_dict
+    from bench.api.config import build_params, hashed_params
     from bench.api.registry import METHODS
 
-    return params_dict(build_params(METHODS.get(method).Params, {}, method))
+    return hashed_params(build_params(METHODS.get(method).Params, {}, method))  # what a record's method_params hold
 
 
 def _refusal(res: Path, tiny, tmp_path) -> str:  # type: ignore[no-untyped-def]

@@ -61,7 +61,7 @@ def test_malformed_set(item, pattern):
 
 def test_override_errors_name_the_key(tmp_path):
     spec = lambda ov: RunSpec("synthetic", "audio", "visual", "logit", overrides=ov, results_dir=str(tmp_path))  # noqa: E731
-    with pytest.raises(ConfigError, match=r"logit\.temperature.*valid logit parameters: ce_weight, kd_weight, tau"):
+    with pytest.raises(ConfigError, match=r"logit\.temperature.*valid logit parameters: ce_weight, kd_weight, logit_std, logit_std_form, tau"):
         resolve(spec({"logit": {"temperature": "2"}}))
     with pytest.raises(ConfigError, match=r"logit\.tau: expected a number"):
         resolve(spec({"logit": {"tau": "warm"}}))

@@ -328,7 +328,8 @@ def test_summary_json_carries_the_teachers(graded, tmp_path, monkeypatch):
     monkeypatch.setattr(R, "compile_latex", lambda *a, **k: "stubbed")
     monkeypatch.setattr(R, "screenshot", lambda *a, **k: "stubbed")
     out = tmp_path / "docs"
-    summary = build_outputs(graded, out, benchmarks=(Benchmark("crema", "crema"),), every_direction=False)
+    summary = build_outputs(graded, out, benchmarks=(Benchmark("crema", "crema"),), every_direction=False,
+                            allow_mixed_provenance=True)  # hand-made records carry no code state
     on_disk = json.loads((out / "summary.json").read_text())
     (t,) = on_disk["teachers"]
     assert (t["dataset"], t["student_modality"], t["teacher_modality"]) == ("crema", "visual", "audio")

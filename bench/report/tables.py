@@ -25,51 +25,23 @@ import pandas as pd
 
 from bench.api.errors import BenchError
 from bench.report.cells import one_per_seed
+from bench.report.rows import (  # noqa: F401  (the row names' home; imported from here by older code)
+    CATEGORY_ORDER,
+    CONTROL_SUFFIXES,
+    DISPLAY,
+    PAPER_ORDER,
+    TUNED_SUFFIX,
+    base_method,
+    display_name,
+    order_methods,
+)
+from bench.report.teacher_rows import TEACHER_ROW, add_teachers, teacher_sentence, teacher_text, teachers_json  # noqa: F401
 
 BASELINE = "none"
 """The w/o KD row: the reference of gains, and unranked under ``marks="kd-only"``."""
 
 
 MARK_RULES = ("all", "kd-only")
-
-
-CATEGORY_ORDER = ["Uni-Modal", "Control", "Logits", "Feature", "Cross-Modal"]
-
-
-PAPER_ORDER = ["none", "ls", "tfkd", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd",
-               "ucmkd"]
-
-
-DISPLAY = {
-    "none": "w/o KD", "logit": "Logit", "dist": "DIST", "dml": "DML", "nkd": "NKD", "dkd": "DKD",
-    "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
-    "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)", "wsld": "WSLD", "ctkd": "CTKD", "mlkd": "MLKD",
-    "at": "AT", "sp": "SP", "pkt": "PKT", "rkd": "RKD", "nst": "NST", "cc": "CC", "kdsvd": "KDSVD",
-}
-
-
-TUNED_SUFFIX = ":tuned"
-"""Row key suffix of a method's tuned records next to its default ones (``--params both``); no
-registered name can contain ``:``."""
-
-
-CONTROL_SUFFIXES = {"shuffled": ":shuffled-teacher", "random": ":random-teacher"}
-"""Row key suffix of a method's teacher-control records (``train.teacher_control``): a control is a
-row of its own, named "Logit (shuffled teacher)", never averaged into the method's row."""
-
-_SUFFIX_LABELS = {TUNED_SUFFIX: " (tuned)", **{v: f" ({k} teacher)" for k, v in CONTROL_SUFFIXES.items()}}
-
-
-def base_method(key: str) -> str:
-    """The registered method of a row key (``logit:shuffled-teacher:tuned`` -> ``logit``)."""
-    return key.split(":", 1)[0]
-
-
-def display_name(method: str) -> str:
-    for suffix, label in _SUFFIX_LABELS.items():
-        if method.endswith(suffix):
-            return display_name(method[: -len(suffix)]) + label
-    return DISPLAY.get(method, method)
 
 
 @dataclass
@@ -139,17 +111,6 @@ class Comparison:
         return self.row_labels.get(m, display_name(m))
 
 
-def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[str]:
-    def key(m: str) -> tuple[int, int, str]:
-        cat = categories.get(m) or "Cross-Modal"
-        ci = CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
-        base = base_method(m)  # a tuned or teacher-control row right below its method's row
-        pi = PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER)
-        return (ci, pi, m)
-
-    return sorted(set(methods), key=key)
-
-
 def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: list[str] | None = None,
                      datasets: list[str] | None = None, decimals: int = 1,
                      row_labels: dict[str, str] | None = None, marks: str = "all") -> Comparison:
@@ -213,55 +174,6 @@ def tex_symbols(text: str) -> str:
     for plain, tex in SYMBOL_TEX.items():
         out = out.replace(plain, tex)
     return out
-
-
-TEACHER_ROW = "Teacher (modality)"
-"""The label of the teachers' row: a reference row, never one of ``comp.methods``."""
-
-
-def add_teachers(comp: Comparison, df: pd.DataFrame) -> None:
-    """Give ``comp`` its teacher row: per column, the unimodal teacher that the KD records of the
-    rows shown distilled (``teacher_metric``, one value per seed), mean ± std over the seeds. The
-    random-teacher control's fresh network is not a teacher and is left out."""
-    from bench.report.cells import teachers_of
-
-    if "teacher_metric" not in df or df.empty:
-        return
-    df = df[df["status"] == "ok"] if "status" in df else df
-    df = df[df["method"].isin(comp.methods) & df["teacher_metric"].notna()]
-    if "teacher_key" not in df:
-        df = df.assign(teacher_key=df["teacher_metric"].map(lambda v: f"metric:{v!r}"))
-    for col in comp.columns:
-        sub = df[(df["dataset"] == col[0]) & (df["student_modality"] == col[1])]
-        found = teachers_of(sub.to_dict("records"))
-        if found:
-            comp.teachers[col] = found
-    for col, ts in comp.teachers.items():
-        for t in ts:
-            if t["disagree"]:
-                comp.notes.append(f"Teacher on {col[0]}/{col[1]}: at seed(s) {', '.join(map(str, t['disagree']))} the KD "
-                                  f"rows distilled more than one {t['teacher_modality']} teacher (other training "
-                                  f"settings); the row shows the one most of them used.")
-
-
-def teacher_text(comp: Comparison, col: tuple[str, str], decimals: int) -> str:
-    """One teacher cell: ``mean ± std (modality)`` per teacher modality; ``--`` without one."""
-    parts = []
-    for t in comp.teachers.get(col, []):
-        s = f"{t['mean']:.{decimals}f}" + (f" ± {t['std']:.{decimals}f}" if t["std"] is not None else "")
-        parts.append(f"{s} ({MODALITY_SHORT.get(t['teacher_modality'], t['teacher_modality'])})")
-    return "; ".join(parts) or "--"
-
-
-def teacher_sentence(comp: Comparison) -> str:
-    """What the teacher row is, for a caption or legend (empty without one)."""
-    if not comp.teachers:
-        return ""
-    seeds = sorted({t["n_seeds"] for ts in comp.teachers.values() for t in ts})
-    n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    return (f"{TEACHER_ROW}: the unimodal teacher the KD rows distil (trained alone on the modality in brackets, "
-            f"with its own seed stream; not the w/o KD student), test {comp.metric} mean ± std over the {n} seeds "
-            f"used; a reference, not a method: never ranked, marked or tested.")
 
 
 def ranked_rows(comp: Comparison) -> list[str]:
@@ -548,12 +460,6 @@ def to_json(comp: Comparison) -> dict:
               **cell_statistics(comp, m, col)} for m in comp.methods for col in comp.columns if (c := comp.cells[(m, col)])]
     return {"metric": comp.metric, "columns": [list(c) for c in comp.columns],
             "rules": legend_lines(comp, "bold", "underlined"), "cells": cells, "teachers": teachers_json(comp)}
-
-
-def teachers_json(comp: Comparison) -> list[dict]:
-    """The teacher row as data: per column and teacher modality, mean, std, seeds and values."""
-    return [{"dataset": col[0], "student_modality": col[1], **t} for col in comp.columns
-            for t in comp.teachers.get(col, [])]
 
 
 def to_rich(comp: Comparison, *, decimals: int = 1, std: bool = True, title: str | None = None):
