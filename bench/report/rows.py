@@ -55,3 +55,6 @@ def order_methods(methods: Iterable[str], categories: dict[str, str]) -> list[st
         return (ci, pi, m)
 
     return sorted(set(methods), key=key)
+
+
+MODALITY_SHORT = {"audio": "A", "visual": "V", "text": "T", "image": "V", "depth": "Depth", "rgb": "RGB"}

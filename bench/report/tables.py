@@ -29,6 +29,7 @@ from bench.report.rows import (  # noqa: F401  (the row names' home; imported fr
     CATEGORY_ORDER,
     CONTROL_SUFFIXES,
     DISPLAY,
+    MODALITY_SHORT,
     PAPER_ORDER,
     TUNED_SUFFIX,
     base_method,
@@ -264,7 +265,6 @@ def md_escape(s: object) -> str:
 METRIC_WORDS = {"top1": "top-1 accuracy", "mIoU": "mIoU"}
 
 
-MODALITY_SHORT = {"audio": "A", "visual": "V", "text": "T", "image": "V", "depth": "Depth", "rgb": "RGB"}
 
 
 def marks_sentence(comp: Comparison, bold: str, underline: str) -> str:

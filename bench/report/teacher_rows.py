@@ -3,12 +3,13 @@ KD rows distil, as a reference that is never ranked, marked or tested."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from bench.report.tables import Comparison
+from bench.report.rows import MODALITY_SHORT
+
+Comparison = Any  # bench.report.tables.Comparison (not imported: the tables import this module)
 
 
 TEACHER_ROW = "Teacher (modality)"
@@ -45,7 +46,7 @@ def teacher_text(comp: Comparison, col: tuple[str, str], decimals: int) -> str:
     parts = []
     for t in comp.teachers.get(col, []):
         s = f"{t['mean']:.{decimals}f}" + (f" ± {t['std']:.{decimals}f}" if t["std"] is not None else "")
-        parts.append(f"{s} ({_short(t['teacher_modality'], t['teacher_modality'])})")
+        parts.append(f"{s} ({MODALITY_SHORT.get(t['teacher_modality'], t['teacher_modality'])})")
     return "; ".join(parts) or "--"
 
 
@@ -64,9 +65,3 @@ def teachers_json(comp: Comparison) -> list[dict]:
     """The teacher row as data: per column and teacher modality, mean, std, seeds and values."""
     return [{"dataset": col[0], "student_modality": col[1], **t} for col in comp.columns
             for t in comp.teachers.get(col, [])]
-
-
-def _short(modality: str, default: str) -> str:
-    from bench.report.tables import MODALITY_SHORT
-
-    return MODALITY_SHORT.get(modality, default)
