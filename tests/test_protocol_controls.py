@@ -228,3 +228,12 @@ def test_teacher_controls_are_rows_of_their_own_in_tables_and_the_leaderboard(tm
     recs, _ = select_params_records([__import__("json").loads(p.read_text()) for p in (res / "records").glob("*.json")])
     lb = build_leaderboard(recs)
     assert {r["display"] for r in lb.rows} >= {"Logit", "Logit (shuffled teacher)", "Logit (random teacher)"}
+
+
+def test_a_control_rows_studies_are_left_out_like_its_methods():
+    """A teacher-control row key is its registered method's for the default-parameter rule, so the
+    leaderboard (which applies it after renaming) hides a control's study records like the table."""
+    from bench.report.studies import default_params_keep
+
+    assert default_params_keep("logit:shuffled-teacher", [{}, {"tau": 9.0}]) == [True, False]
+    assert default_params_keep("logit:tuned", [{"tau": 9.0}]) == [True]  # only tuned: all kept, as before

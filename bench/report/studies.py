@@ -54,11 +54,14 @@ ABLATION_ORDER = [
 
 
 def method_defaults(method: str) -> dict[str, Any] | None:
+    """The default parameters of a row's method; a tuned or teacher-control row key
+    (``logit:shuffled-teacher``) is its registered method's."""
     from bench.api.config import params_dict
     from bench.api.registry import METHODS
+    from bench.report.rows import base_method
 
     try:
-        return params_dict(METHODS.get(method).Params())
+        return params_dict(METHODS.get(base_method(method)).Params())
     except Exception:  # noqa: BLE001 - a plug-in not loaded here: nothing to compare with
         return None
 
