@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -105,6 +106,29 @@ def test_the_environment_has_a_package_set_hash_that_follows_the_package_list():
     assert package_set_hash(a) != package_set_hash(pkgs)
 
 
+def test_the_package_list_kept_per_process_sees_a_package_installed_meanwhile(tmp_path, monkeypatch):
+    """The list is kept between runs of a worker (it costs half a second to read), but a
+    distribution that appears on ``sys.path`` later is in the next answer, and gone once removed."""
+    import time
+
+    from bench.records.provenance import installed_packages
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    before = installed_packages()
+    assert installed_packages() == before  # kept
+    time.sleep(0.01)  # a later modification time on file systems with coarse clocks
+    info = site / "cmkd_probe_pkg-3.1.4.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cmkd-probe-pkg\nVersion: 3.1.4\n")
+    os.utime(site, ns=(time.time_ns() + 10**9,) * 2)  # the install touched the directory
+    assert installed_packages() == sorted(before + ["cmkd-probe-pkg==3.1.4"])
+    shutil.rmtree(info)
+    os.utime(site, ns=(time.time_ns() + 2 * 10**9,) * 2)
+    assert installed_packages() == before
+
+
 def test_a_record_carries_its_code_state_versions_and_environment(tmp_path):
     from bench.records.provenance import code_state, package_set_hash
 
@@ -123,35 +147,35 @@ def test_a_record_carries_its_code_state_versions_and_environment(tmp_path):
 
 # -- the results pinned with their versions ------------------------------------------------------
 
-PINNED_VERSIONS = {"runner": 1, "adapter": 1, "backbone": 1}
+PINNED_VERSIONS = {"runner": 2, "adapter": 1, "backbone": 1}
 """The runner, synthetic's adapter and its default backbone (mlp) versions the results below were pinned at."""
 
 PINNED = {  # method: (method version, first-epoch train loss, last-epoch train loss, best_metric)
-    "logit": (1, 0.287325456738472, 0.24832991510629654, 16.0),
-    "afd": (1, 17.53164603561163, 17.08450911194086, 18.0),
-    "c2kd": (1, 4.026579141616821, 3.7829738780856133, 16.0),
-    "dist": (1, 5.276851177215576, 5.407022953033447, 12.0),
-    "nkd": (1, 4.569483518600464, 4.442224979400635, 20.0),
-    "dkd": (2, 2.696563731878996, 2.485142804682255, 13.0),
-    "dml": (1, 3.699032425880432, 3.593525778502226, 19.0),
-    "fdcmkd": (1, 13.035626148805022, 12.552982976660132, 16.0),
-    "feat": (2, 208.1406261920929, 148.4733463525772, 19.0),
-    "none": (1, 1.8234508037567139, 1.7776658535003662, 20.0),
-    "ofd": (1, 3.065277099609375, 3.0094584226608276, 20.0),
-    "pkd": (1, 7.726140975952148, 7.39438009262085, 17.0),
-    "ucmkd": (1, 4.024540841579437, 3.9417927265167236, 20.0),
-    "ls": (1, 1.8233928680419922, 1.7857801914215088, 20.0),
-    "tfkd": (1, 1.6879630461335182, 1.6213962212204933, 16.0),
-    "at": (1, 136.47841227054596, 260.2517410516739, 17.0),
-    "sp": (1, 8.918509006500244, 4.9785614013671875, 16.0),
-    "pkt": (1, 2.481395959854126, 2.1388856768608093, 17.0),
-    "rkd": (1, 6.074194073677063, 4.026203274726868, 17.0),
-    "nst": (1, 10.305936574935913, 8.39957320690155, 23.0),
-    "cc": (1, 2.8096139430999756, 2.103441834449768, 15.0),
-    "kdsvd": (1, 1.830466247163713, 1.7844162457622588, 20.0),
-    "wsld": (1, 13.25368857383728, 12.910192370414734, 16.0),
-    "ctkd": (1, 0.28702686727046967, 0.2483135238289833, 17.0),
-    "mlkd": (1, 11.900824651122093, 42.67453567683697, 17.0),
+    "logit": (1, 0.2869257256388664, 0.247423455119133, 15.0),
+    "afd": (1, 17.948800802230835, 17.882022105157375, 22.0),
+    "c2kd": (1, 4.010821007192135, 3.78152147307992, 18.0),
+    "dist": (1, 5.428896903991699, 5.581417798995972, 17.0),
+    "nkd": (1, 4.579318046569824, 4.4402453899383545, 19.0),
+    "dkd": (2, 2.6680145747959614, 2.388906423933804, 17.0),
+    "dml": (1, 3.700294777750969, 3.585490472614765, 19.0),
+    "fdcmkd": (1, 12.968801323324442, 12.507079312577844, 16.0),
+    "feat": (2, 206.50169706344604, 139.15158104896545, 18.0),
+    "none": (1, 1.818354845046997, 1.76918363571167, 15.0),
+    "ofd": (1, 3.0568082332611084, 3.0005370378494263, 18.0),
+    "pkd": (1, 7.745124816894531, 7.429443359375, 15.0),
+    "ucmkd": (1, 4.0064080357551575, 3.920128881931305, 20.0),
+    "ls": (1, 1.81876540184021, 1.7781939506530762, 19.0),
+    "tfkd": (1, 1.683560136705637, 1.6140283402055502, 15.0),
+    "at": (1, 139.64441800117493, 216.3621289730072, 17.0),
+    "sp": (1, 8.733299016952515, 4.99373733997345, 17.0),
+    "pkt": (1, 2.471385359764099, 2.128717839717865, 14.0),
+    "rkd": (1, 5.681657075881958, 4.149900436401367, 14.0),
+    "nst": (1, 10.434665203094482, 8.564409375190735, 19.0),
+    "cc": (1, 2.8042131066322327, 2.096030741930008, 18.0),
+    "kdsvd": (1, 1.8252805573865771, 1.7762625655159354, 19.0),
+    "wsld": (1, 13.266857147216797, 12.870093822479248, 16.0),
+    "ctkd": (1, 0.2864677235484123, 0.24730286747217178, 13.0),
+    "mlkd": (1, 11.352538675069809, 39.84188026189804, 17.0),
 }
 PIN_OVERRIDES = {"synthetic": {"n_train": "200", "n_test": "100"}, "train": {"epochs": "2", "teacher_epochs": "1"}}
 
@@ -200,7 +224,7 @@ def test_every_bumped_version_has_a_changelog_line():
     from bench.train.run import RUNNER_VERSION
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "versions.md").read_text()
-    rows = set(re.findall(r"^\| (\w+ [\w-]+) \| (\d+) \|", text, re.M))
+    rows = set(re.findall(r"^\| (\w+(?: [\w-]+)?) \| (\d+) \|", text, re.M))
     bumped = [("runner", "runner", RUNNER_VERSION)]
     bumped += [("method", e.name, e.obj.version) for e in METHODS.entries()]
     bumped += [("adapter", e.name, getattr(e.obj, "version", 1)) for e in DATASETS.entries()]
@@ -306,9 +330,13 @@ def test_publish_refuses_a_grid_of_two_runner_versions_but_not_a_later_commit_pe
     from bench.report.publish import provenance_problems
 
     assert provenance_problems(load(res, status="ok")) == []
-    _edit(res, "none", None, lambda r: r["versions"].update(runner=2))
+    from bench.train.run import RUNNER_VERSION
+
+    other = RUNNER_VERSION + 1
+    _edit(res, "none", None, lambda r: r["versions"].update(runner=other))
     msg = _refusal(res, grid[1], tmp_path)
-    assert "mixes runner versions" in msg and "runner 1:" in msg and "runner 2: 2 record(s)" in msg
+    assert ("mixes runner versions" in msg and f"runner {RUNNER_VERSION}:" in msg
+            and f"runner {other}: 2 record(s)" in msg), msg
     assert "different commits" not in msg
 
 

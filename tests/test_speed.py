@@ -95,7 +95,7 @@ def test_teacher_cache_refused_for_augmented_inputs_and_plugins():
 def test_placements_and_prefetch_give_the_same_run(tmp_path):
     base = _run(tmp_path, "fdcmkd", {"speed": "off"})
     for placement in ("device", "pinned", "stream"):
-        rec = _run(tmp_path, "fdcmkd", {"data_placement": placement, "teacher_cache": "off"})
+        rec = _run(tmp_path, "fdcmkd", {"data_placement": placement, "teacher_cache": "off", "channels_last": "off"})
         assert rec["speed"]["data_placement"] == placement
         assert _trace(rec) == _trace(base), placement
 
@@ -127,7 +127,7 @@ def test_plan_resolution_and_errors():
     cpu = torch.device("cpu")
     t = build_params(TrainConfig, {}, "train")
     p = plan_speed(t, cpu)
-    assert (p.amp, p.channels_last, p.data_placement, p.fused_optim, p.teacher_inference) == ("off", False, "device", False, True)
+    assert (p.amp, p.channels_last, p.data_placement, p.fused_optim, p.teacher_inference) == ("off", True, "device", False, True)
     off = plan_speed(build_params(TrainConfig, {"speed": "off"}, "train"), cpu)
     assert off == SpeedPlan()
     with pytest.raises(ConfigError, match="train: amp must be one of"):

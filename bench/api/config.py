@@ -253,7 +253,7 @@ class TrainConfig:
     # speed features (bench.train.acceleration): not part of the config hash; the record stores them resolved
     speed: str = hp("auto", "auto (each feature below at its default: on for CUDA) | off (fp32, eager, streamed, teacher recomputed: the reference set-up)")
     amp: str = hp("auto", "auto (bf16 on CUDA, fp16 + GradScaler without bf16, off on CPU) | bf16 | fp16 | off")
-    channels_last: str = hp("auto", "auto (on for CUDA) | on | off: NHWC memory format for 2-D convolutions")
+    channels_last: str = hp("auto", "auto (on) | on | off: NHWC memory format for 2-D convolutions")
     data_placement: str = hp("auto", "auto | device (splits in device memory, augmentation there) | pinned (host RAM, prefetched) | stream (memory-mapped cache, prefetched)")
     compile: bool = hp(False, "torch.compile the student and the frozen teacher")
     fused_optim: str = hp("auto", "auto (fused on CUDA) | on | off")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -69,17 +70,40 @@ def git_commit(path: str | os.PathLike | None = None, state: dict[str, Any] | No
     return state["commit"] + ("+dirty" if state["dirty"] else "")
 
 
+_PACKAGES_SEEN: dict[tuple, list[str]] = {}
+
+
+def _path_state() -> tuple:
+    """``sys.path`` with each entry's modification time: installing or removing a distribution
+    touches its site directory, so an unchanged state means an unchanged package set."""
+    state = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, None))
+    return tuple(state)
+
+
 def installed_packages() -> list[str]:
     """The installed distributions as sorted, de-duplicated ``name==version`` lines (names
-    normalised as pip does): what the package-set hash is taken over."""
+    normalised as pip does): what the package-set hash is taken over. Reading every
+    distribution's metadata costs about half a second, once per run on a 2-second CPU run, so
+    the answer is kept per process until a ``sys.path`` directory changes (a package installed
+    or removed while a worker lives is still seen)."""
     import importlib.metadata
 
+    key = _path_state()
+    if key in _PACKAGES_SEEN:
+        return list(_PACKAGES_SEEN[key])
     seen = set()
     for d in importlib.metadata.distributions():
         name = d.metadata["Name"] if d.metadata is not None else None
         if name:
             seen.add(f"{re.sub(r'[-_.]+', '-', name).lower()}=={d.version}")
-    return sorted(seen)
+    _PACKAGES_SEEN.clear()
+    _PACKAGES_SEEN[key] = sorted(seen)
+    return list(_PACKAGES_SEEN[key])
 
 
 def package_set_hash(packages: list[str] | None = None) -> str:

@@ -4,7 +4,9 @@ Each feature is a ``train.*`` setting (``--set train.amp=off``); ``train.speed=o
 them off at once, which is the reference code's set-up (fp32, eager, contiguous tensors, every
 teacher output recomputed, batches gathered from the memory-mapped cache on the training thread).
 ``auto`` resolves per device: on CUDA every feature except ``torch.compile`` is on; on CPU only the
-ones that help there (in-RAM data, prefetching, teacher caching).
+ones that help there (in-RAM data, prefetching, teacher caching, and NHWC for 2-D convolutions:
+measured on ``synthetic``'s visual ResNet, a training step of batch 64 takes 11 ms instead of
+15 ms, and a whole visual-student run 3.9 s of CPU instead of 5.0 s).
 
 Why these keys are not part of a run's identity: they change how a number is computed, not what is
 computed. The tests pin that a run's accuracy with them on stays within noise of the all-off run,
@@ -93,7 +95,7 @@ def plan_speed(train: Any, device: torch.device) -> SpeedPlan:
     placement = train.data_placement if train.data_placement != "auto" else "device"
     return SpeedPlan(
         amp=amp,
-        channels_last=onoff(train.channels_last, cuda),
+        channels_last=onoff(train.channels_last, True),  # NHWC helps oneDNN's CPU kernels too
         data_placement=placement,
         prefetch=placement != "device",
         non_blocking=cuda,

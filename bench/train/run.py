@@ -56,7 +56,7 @@ from bench.train.teacher_outputs import decide_teacher_cache
 from bench.train.teachers import backbone_record, build_network, check_pair, get_teacher, teacher_epochs_to_train
 
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 """Bumped when a change to the runner (this module, the training loop, evaluation, selection,
 teacher training, seeding) alters results at the same configuration, with a line in
 docs/reference/versions.md. Recorded in every record's ``versions``; ``bench reproduce`` refuses to
