@@ -21,7 +21,9 @@ What the code does, and this module does too:
 
 Here Z, both banks and the method's random generator are part of :meth:`CRD.state_dict`, so a run
 resumed from its epoch checkpoint is bit-identical to an uninterrupted one; the negatives and the
-banks' initial values are drawn from a generator seeded from the run's seed (no global RNG).
+banks' initial values are drawn from a generator seeded from the run's seed (no global RNG). The
+draws run on the CPU (the same on every device), one permutation of the pool per sample, as the
+reference's data loader does: about 11 ms a batch of 64 at N = 5,000, 0.1 s at CIFAR's 50,000.
 
 Negatives (``k_mode``). The reference's 16,384 negatives belong to CIFAR-100's 50,000 samples; the
 datasets here have a few hundred to a few thousand per class split. ``clamp`` (the default) uses
@@ -88,8 +90,8 @@ def contrast_index(idx: torch.Tensor, labels: torch.Tensor, k: int, gen: torch.G
     for c in torch.unique(y):  # sorted: the draws' order is fixed
         rows = torch.nonzero(y == c).flatten()
         pool = torch.nonzero(labels != c).flatten()
-        if k <= len(pool):
-            pick = torch.rand(len(rows), len(pool), generator=gen).argsort(dim=1)[:, :k]
+        if k <= len(pool):  # a uniform k-subset in random order per row (randperm: O(pool), no sort)
+            pick = torch.stack([torch.randperm(len(pool), generator=gen)[:k] for _ in range(len(rows))])
         else:
             pick = torch.randint(0, len(pool), (len(rows), k), generator=gen)
         out[rows, 1:] = pool[pick]
