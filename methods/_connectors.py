@@ -97,10 +97,17 @@ class SpatialStagePairs:
     pairs: list[tuple[int, int]]
     grids: list[tuple[int, int]]
 
-    def pair_stages(self, s_probe: ModelOutput, t_probe: ModelOutput, which: str, method: str) -> None:
+    def pair_stages(self, s_probe: ModelOutput, t_probe: ModelOutput, which: str, method: str,
+                    spatial: bool = True) -> None:
+        """``spatial=False`` (VID: a 1x1 regressor is a Linear on a (B, C) vector) accepts stage
+        vectors without a spatial axis; they meet on a (1, 1) grid."""
         self.pairs = deepest_pairs(len(s_probe.feature_maps), len(t_probe.feature_maps), which)
-        need_spatial(s_probe, [i for i, _ in self.pairs], "student", method)
-        need_spatial(t_probe, [j for _, j in self.pairs], "teacher", method)
+        for probe, side, role in ((s_probe, [i for i, _ in self.pairs], "student"),
+                                  (t_probe, [j for _, j in self.pairs], "teacher")):
+            if spatial:
+                need_spatial(probe, side, role, method)
+            else:
+                need_maps(probe, role, method)
         self.grids = [common_grid(to_4d(s_probe.feature_maps[i]).shape, to_4d(t_probe.feature_maps[j]).shape)
                       for i, j in self.pairs]
 

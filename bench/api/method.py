@@ -72,6 +72,11 @@ class Method:
     dense_ok: ClassVar[bool] = True
     """False where the method has no meaning on segmentation outputs; the runner refuses."""
     dense_reason: ClassVar[str] = ""
+    wants_sample_indices: ClassVar[bool] = False
+    """True for a method keyed by training sample (CRD's memory bank): the runner calls
+    :meth:`bind_training_set` once before training (before a resume loads :meth:`state_dict`) and
+    sets :attr:`sample_indices` to the batch's positions in the training split before every
+    :meth:`loss`. Off by default, so no other method's step changes."""
     search_space: ClassVar[dict[str, Any]] = {}
     """What ``bench tune`` searches: the 1-3 hyper-parameters that matter most, with the ranges the
     paper reports (``{"beta": Real(0.5, 10.0)}``, see :mod:`bench.api.search`); empty: nothing to tune."""
@@ -82,10 +87,16 @@ class Method:
         self.modules = nn.ModuleDict()
         self.student: Backbone | None = None
         self.teacher: Backbone | None = None
+        self.sample_indices: torch.Tensor | None = None
+        """With :attr:`wants_sample_indices`: the current batch's training-split positions, shape (B,)."""
 
     def setup(self, student: Backbone, teacher: Backbone | None, s_probe: ModelOutput, t_probe: ModelOutput | None) -> None:
         """Build learnable add-ons from dry-run outputs. Default: nothing."""
         self.student, self.teacher = student, teacher
+
+    def bind_training_set(self, labels: torch.Tensor, seed: int) -> None:
+        """With :attr:`wants_sample_indices`: the training split's labels (its size and classes) and
+        the run's seed, for state sized by the training set and draws of the method's own. Default: nothing."""
 
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -67,6 +67,8 @@ class Trainer:
         self.adapter, self.tr, self.student, self.s_mod = adapter, train_split, student, student_modality
         self.method, self.teacher, self.t_mod, self.train, self.device = method, teacher, teacher_modality, train, device
         self.need_t = method.uses_teacher and teacher is not None
+        if method.wants_sample_indices:  # before the optimizer and any resume: state sized by the training set
+            method.bind_training_set(train_split.labels, seed)
         self.teacher_in_opt = self.need_t and method.teacher_trainable
         self.unpaired = self.need_t and train.pairing == "unpaired"
         # the shuffled-teacher control: a fixed partner of the same class per sample (drawn from the seed)
@@ -117,8 +119,11 @@ class Trainer:
 
     def inputs(self, s_like: Split, li: torch.Tensor, idx: torch.Tensor, gen: torch.Generator
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Network inputs (augmented on the device), labels, and the teacher's sample indices."""
+        """Network inputs (augmented on the device), labels, and the teacher's sample indices; a
+        method that asks for them (:attr:`~bench.api.Method.wants_sample_indices`) gets ``idx``."""
         xb, y = self.adapter.batch(s_like, li, self.fetch_mods, self.device, True, gen)
+        if self.method.wants_sample_indices:
+            self.method.sample_indices = idx
         t_idx = idx
         if self.unpaired or self.partners is not None:
             # the teacher sees other samples of the same classes: only the label space is shared
