@@ -187,8 +187,8 @@ def channel_salience(data: PrepareData, teacher: nn.Module, ref: nn.Module, *, r
         if len(idx) < 2:  # one sample: a permutation changes nothing
             continue
         xb, _ = data.adapter.batch(split, idx, [s_mod, t_mod], data.device, False, None)
-        z_ref = ref(xb[s_mod]).logits.float()
-        f = teacher(xb[t_mod]).feature.float()
+        z_ref = ref(xb[s_mod]).logits
+        f = teacher(xb[t_mod]).feature
         sal = permutation_salience(f, z_ref, teacher.classifier, draw_permutations(repeats, f.shape[1], len(idx), gen))
         total, count = (sal, 1) if total is None or not every_batch else (total + sal, count + 1)
     assert total is not None, "the training split has fewer than 2 samples"
