@@ -5,7 +5,7 @@
 Names resolve on first use (PEP 562), so ``import bench.api`` stays cheap and importing one
 sub-module here never pulls in the rest. The modules behind the names:
 
-* ``bench.api.method``: :class:`Method`, :class:`MethodContext`, :class:`NoParams`
+* ``bench.api.method``: :class:`Method`, :class:`MethodContext`, :class:`NoParams`, :class:`PrepareData`
 * ``bench.api.config``: :func:`hp` (typed, range-checked hyper-parameters), :class:`TrainConfig`
 * ``bench.api.search``: :class:`Real`, :class:`Integer`, :class:`Categorical` (a method's ``search_space``)
 * ``bench.api.registry``: :func:`register_method`, :func:`register_dataset`, :func:`register_backbone`
@@ -23,6 +23,7 @@ from typing import Any
 
 _WHERE = {
     "Method": "bench.api.method", "MethodContext": "bench.api.method", "NoParams": "bench.api.method",
+    "PrepareData": "bench.api.method",
     "hp": "bench.api.config", "TrainConfig": "bench.api.config", "params_dict": "bench.api.config",
     "register_method": "bench.api.registry", "register_dataset": "bench.api.registry",
     "register_backbone": "bench.api.registry", "BACKBONES": "bench.api.registry",

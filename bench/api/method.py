@@ -13,7 +13,9 @@ A method is a class with:
 Class attributes tell the runner how to treat the teacher: frozen in eval mode under
 ``no_grad`` (default), trainable (DML's peer, C2KD's bidirectional teacher), or in train mode
 (OFD's batch statistics). Epoch numbers passed to methods are 1-based (mdistiller convention,
-which DKD's warm-up formula assumes).
+which DKD's warm-up formula assumes). :meth:`Method.prepare` runs once before the first epoch with
+the training data, for what a reference computes before distilling (MFH's channel salience,
+MGDFR's co-training phase).
 """
 
 from __future__ import annotations
@@ -55,6 +57,22 @@ class MethodContext:
     ignore_index: int | None = None
 
 
+@dataclass
+class PrepareData:
+    """What :meth:`Method.prepare` gets: the run's training data and settings, before the first epoch."""
+    adapter: Any
+    """The dataset adapter (``adapter.batch(split, idx, modalities, device, augment, gen)`` gives inputs)."""
+    train_split: Any
+    val_split: Any
+    """The validation split, or None (``train.val_fraction=0``)."""
+    train: Any
+    """The run's :class:`~bench.api.config.TrainConfig`."""
+    seed: int
+    teacher_modality: str | None
+    student_modality: str
+    device: torch.device
+
+
 class Method:
     name: ClassVar[str]
     category: ClassVar[str] = "Logits"
@@ -77,6 +95,8 @@ class Method:
     :meth:`bind_training_set` once before training (before a resume loads :meth:`state_dict`) and
     sets :attr:`sample_indices` to the batch's positions in the training split before every
     :meth:`loss`. Off by default, so no other method's step changes."""
+    no_cache_reason: ClassVar[str] = ""
+    """Why :meth:`teacher_cache_fields` is None, where the method knows (the record's cache reason)."""
     search_space: ClassVar[dict[str, Any]] = {}
     """What ``bench tune`` searches: the 1-3 hyper-parameters that matter most, with the ranges the
     paper reports (``{"beta": Real(0.5, 10.0)}``, see :mod:`bench.api.search`); empty: nothing to tune."""
@@ -97,6 +117,11 @@ class Method:
     def bind_training_set(self, labels: torch.Tensor, seed: int) -> None:
         """With :attr:`wants_sample_indices`: the training split's labels (its size and classes) and
         the run's seed, for state sized by the training set and draws of the method's own. Default: nothing."""
+    def prepare(self, data: PrepareData) -> None:
+        """Once per run, after :meth:`setup` and before the first epoch (also of a resumed run, so
+        it must be a deterministic function of ``data.seed``). A method that changes the teacher's
+        weights here must keep the teacher out of the output cache (:meth:`teacher_cache_fields`
+        None): its outputs are no longer those of the cached teacher. Default: nothing."""
 
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError

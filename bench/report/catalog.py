@@ -114,7 +114,7 @@ def _cache_text(cls: Any) -> str:
     except Exception:  # noqa: BLE001 - fields chosen in setup() from the networks
         return "stage maps chosen in setup() from the networks' stages"
     if fields is None:
-        return "never (the method does not declare what it reads)"
+        return f"never ({cls.no_cache_reason or 'the method does not declare what it reads'})"
     return ", ".join(sorted(fields)) or "nothing"
 
 

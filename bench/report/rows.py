@@ -20,6 +20,7 @@ DISPLAY = {
     "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)", "wsld": "WSLD", "ctkd": "CTKD", "mlkd": "MLKD",
     "at": "AT", "sp": "SP", "pkt": "PKT", "rkd": "RKD", "nst": "NST", "cc": "CC", "kdsvd": "KDSVD",
     "crd": "CRD", "vid": "VID",
+    "reviewkd": "ReviewKD", "mfh": "MFH", "mgdfr": "MGDFR",
 }
 
 

@@ -33,7 +33,7 @@ import torch
 
 from bench import __version__
 from bench.api.errors import BenchError
-from bench.api.method import MethodContext
+from bench.api.method import MethodContext, PrepareData
 from bench.api.names import join_under
 from bench.data.cache import sha256_file
 from bench.records.files import (
@@ -248,8 +248,9 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
 
 def build_student_and_method(r: Resolved, spec: RunSpec, splits: dict[str, Any], teacher: Any,
                              device: torch.device) -> tuple[Any, Any, Any]:
-    """Seed, then the student, the method set up on both networks and the speed plan, in one fixed
-    order: a run and a tuning trial of the same configuration start from the same random state."""
+    """Seed, then the student, the method set up on both networks and prepared on the training data
+    (:meth:`~bench.api.method.Method.prepare`), and the speed plan, in one fixed order: a run and a
+    tuning trial of the same configuration start from the same random state."""
     needs_teacher = r.method_cls.uses_teacher
     seed_everything(spec.seed, r.train.deterministic)
     s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
@@ -260,6 +261,8 @@ def build_student_and_method(r: Resolved, spec: RunSpec, splits: dict[str, Any],
     s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
     method.setup(student, teacher, s_probe, t_probe)
     method.modules.to(device)
+    method.prepare(PrepareData(r.adapter, splits["train"], splits.get("val"), r.train, spec.seed,
+                               t_mod if needs_teacher else None, s_mod, device))
     plan = replace(plan_speed(r.train, device), runs_per_gpu=max(spec.runs_per_gpu, 1))
     if needs_teacher:
         plan = decide_teacher_cache(plan, method, r.adapter, t_mod, t_probe, len(splits["train"]), device)

@@ -128,7 +128,7 @@ def decide_teacher_cache(plan: SpeedPlan, method: Any, adapter: Any, teacher_mod
         return no("the teacher runs in train mode (batch statistics depend on the batch)")
     fields = method.teacher_cache_fields()
     if fields is None:
-        return no(f"method {method.name!r} does not declare which teacher outputs it reads")
+        return no(method.no_cache_reason or f"method {method.name!r} does not declare which teacher outputs it reads")
     fields = normalise_fields(set(fields), t_probe)
     if adapter.augments(teacher_modality):
         return no(f"the {teacher_modality} input of {adapter.name} is augmented at every training step")
