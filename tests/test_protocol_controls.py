@@ -21,7 +21,7 @@ from bench.train.teacher_outputs import shuffled_partners
 from bench.train.teachers import build_network, random_teacher, teacher_path
 
 KD_AND_BASELINE = {"none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd", "ucmkd",
-                   "at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd"}  # the last seven: #26's relation zoo, KD methods
+                   "at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd", "discomkd"}  # from "at": #26's zoo, KD methods
 
 
 def _spec(method: str, tmp_path, extra: dict | None = None, epochs: str = "1") -> RunSpec:

@@ -152,6 +152,7 @@ PINNED = {  # method: (method version, first-epoch train loss, last-epoch train 
     "wsld": (1, 13.25368857383728, 12.910192370414734, 16.0),
     "ctkd": (1, 0.28702686727046967, 0.2483135238289833, 17.0),
     "mlkd": (1, 11.900824651122093, 42.67453567683697, 17.0),
+    "discomkd": (1, 7.747989475727081, 7.390776038169861, 16.0),
 }
 PIN_OVERRIDES = {"synthetic": {"n_train": "200", "n_test": "100"}, "train": {"epochs": "2", "teacher_epochs": "1"}}
 

@@ -114,7 +114,7 @@ HEAD_HASHES = {  # resolve(spec).config_hash of the default job at the commit be
     "ofd_visual2audio": "72a412d072", "pkd_audio2visual": "03cb9d167a", "pkd_visual2audio": "e9974f6d03",
     "ucmkd_audio2visual": "b95685c777", "ucmkd_visual2audio": "102862c977",
 }
-ADDED_AFTER_TUNING = {"at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd", "wsld", "ctkd", "mlkd"}  # no earlier identity to keep (#26's zoo)
+ADDED_AFTER_TUNING = {"at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd", "wsld", "ctkd", "mlkd", "discomkd"}  # no earlier identity to keep (#26's zoo)
 
 
 def test_default_hashes_unchanged_and_tuned_is_part_of_the_identity():

@@ -259,8 +259,9 @@ def test_one_epoch_end_to_end_trains_the_peer_and_leaves_the_cached_teacher_alon
     monkeypatch.setattr(DisCoMKD, "setup", spy)
     tiny_overrides["train"]["epochs"] = "1"
     recs = {}
-    for labels, init in (("onehot", "scratch"), ("reference", "pretrained")):
-        ov = dict(tiny_overrides, discomkd={"modality_labels": labels, "peer_init": init})
+    for labels, init, pairing in (("onehot", "scratch", "paired"), ("reference", "pretrained", "unpaired")):
+        ov = dict(tiny_overrides, discomkd={"modality_labels": labels, "peer_init": init},
+                  train=dict(tiny_overrides["train"], pairing=pairing))  # unpaired: the peer sees same-class others
         recs[init] = rec = run(RunSpec("synthetic", "audio", "visual", "discomkd", 0, ov, str(tmp_path), "cpu"))
         assert rec["status"] == "ok" and math.isfinite(rec["best_metric"]), rec.get("error")
         assert rec["method_category"] == "Cross-Modal" and rec["config"]["teacher_modality"] == "audio"
@@ -269,6 +270,7 @@ def test_one_epoch_end_to_end_trains_the_peer_and_leaves_the_cached_teacher_alon
         assert all(math.isfinite(v) and v != 0 for v in terms.values()), terms
         assert rec["extra"]["method"]["modality_labels"] == labels and rec["extra"]["method"]["peer_init"] == init
         assert rec["config"]["method_params"]["modality_labels"] == labels
+        assert rec["config"]["train"]["pairing"] == pairing
         assert "teacher_final_test_metric" in rec["extra"]
         assert rec["speed"]["teacher_cache"] is False and "trained with the student" in rec["speed"]["teacher_cache_reason"]
         cached = torch.load(rec["teacher"]["checkpoint"], map_location="cpu", weights_only=False)["model"]

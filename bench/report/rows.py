@@ -19,6 +19,7 @@ DISPLAY = {
     "feat": "Feat", "pkd": "PKD", "ofd": "OFD", "afd": "AFD", "c2kd": "C2KD", "fdcmkd": "FD-CMKD", "ucmkd": "UCMKD",
     "ls": "w/o KD + LS", "tfkd": "Tf-KD (virtual)", "wsld": "WSLD", "ctkd": "CTKD", "mlkd": "MLKD",
     "at": "AT", "sp": "SP", "pkt": "PKT", "rkd": "RKD", "nst": "NST", "cc": "CC", "kdsvd": "KDSVD",
+    "discomkd": "DisCoM-KD",
 }
 
 
