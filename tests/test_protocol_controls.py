@@ -22,7 +22,7 @@ from bench.train.teachers import build_network, random_teacher, teacher_path
 
 KD_AND_BASELINE = {"none", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd", "ucmkd",
                    "at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd",  # #26's relation zoo, KD methods
-                   "reviewkd", "mfh", "mgdfr", "crd", "vid"}  # #26: ReviewKD and the modality-general rankings
+                   "reviewkd", "mfh", "mgdfr", "crd", "vid", "discomkd"}  # #26: ReviewKD and the modality-general rankings
 
 
 def _spec(method: str, tmp_path, extra: dict | None = None, epochs: str = "1") -> RunSpec:

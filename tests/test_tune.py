@@ -115,7 +115,7 @@ HEAD_HASHES = {  # resolve(spec).config_hash of the default job at the commit be
     "ucmkd_audio2visual": "b95685c777", "ucmkd_visual2audio": "102862c977",
 }
 ADDED_AFTER_TUNING = {"at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd", "wsld", "ctkd", "mlkd",
-                      "reviewkd", "mfh", "mgdfr", "crd", "vid"}  # no earlier identity to keep (#26's zoo)
+                      "reviewkd", "mfh", "mgdfr", "crd", "vid", "discomkd"}  # no earlier identity to keep (#26's zoo)
 
 
 def test_default_hashes_unchanged_and_tuned_is_part_of_the_identity():

@@ -21,6 +21,7 @@ DISPLAY = {
     "at": "AT", "sp": "SP", "pkt": "PKT", "rkd": "RKD", "nst": "NST", "cc": "CC", "kdsvd": "KDSVD",
     "crd": "CRD", "vid": "VID",
     "reviewkd": "ReviewKD", "mfh": "MFH", "mgdfr": "MGDFR",
+    "discomkd": "DisCoM-KD",
 }
 
 
