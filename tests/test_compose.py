@@ -293,3 +293,32 @@ def test_bench_list_methods_groups_by_category_with_sources_and_the_composition_
             for r in rows]
     seen = [c for c in cats if c]
     assert seen == sorted(seen, key=["Uni-Modal", "Control", "Logits", "Feature", "Cross-Modal"].index)
+
+
+def test_the_command_line_runs_tables_and_ranks_a_composition(trained):
+    """bench run with the parts in another order finds the same run (skipped), and bench table /
+    bench leaderboard name it as the composition."""
+    from bench.cli import app
+
+    res, rec, _ = trained
+    cli = CliRunner()
+    sets = ["--set", "synthetic.n_train=200", "--set", "synthetic.n_test=100", "--set", "train.epochs=1",
+            "--set", "train.teacher_epochs=1", "--set", "rkd.weight=0.5"]
+    out = cli.invoke(app, ["run", "--methods", "rkd+dkd", "--datasets", "synthetic", "--directions", "a2v",
+                           "-r", str(res), "--device", "cpu", *sets])
+    assert out.exit_code == 0, out.output
+    assert "1 runs in the grid, 1 already done, 0 to run" in out.output, out.output
+    table = cli.invoke(app, ["table", "-r", str(res), "--format", "markdown"])
+    assert table.exit_code == 0 and "DKD + RKD" in table.output, table.output
+    board = cli.invoke(app, ["leaderboard", "-r", str(res), "--format", "json"])
+    rows = {r["method"]: r for r in __import__("json").loads(board.output)["rows"]}
+    assert rows["dkd+rkd"]["display"] == "DKD + RKD" and rows["dkd+rkd"]["category"] == "Composition"
+    bad = cli.invoke(app, ["run", "--methods", "dml+c2kd", "--datasets", "synthetic", "-r", str(res), "--device", "cpu"])
+    assert bad.exit_code != 0 and "both train the teacher" in " ".join(bad.output.split())
+
+
+def test_bench_tune_refuses_a_composition(tmp_path):
+    from bench.tune.grid import plan_studies
+
+    with pytest.raises(ConfigError, match="a composition is not tuned"):
+        plan_studies("dkd+rkd", "synthetic", "a2v", n_trials=2, results=str(tmp_path), overrides=small())
