@@ -24,6 +24,26 @@ MAX_LEN = 160
 RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 160 characters"
 
 
+PART_SEPARATOR = "+"
+"""Between the parts of a method composition (``dkd+rkd``, :mod:`bench.api.compose`)."""
+
+
+FILE_PART_SEPARATOR = "."
+""":data:`PART_SEPARATOR` as run ids and file names write it: a method name never contains ``.``
+(the registry refuses it), so the encoding is reversible."""
+
+
+def encode_method(name: str) -> str:
+    """A method name as run ids and file names hold it (``dkd+rkd`` -> ``dkd.rkd``; a single
+    method's name unchanged)."""
+    return name.replace(PART_SEPARATOR, FILE_PART_SEPARATOR)
+
+
+def decode_method(text: str) -> str:
+    """The inverse of :func:`encode_method`."""
+    return text.replace(FILE_PART_SEPARATOR, PART_SEPARATOR)
+
+
 class UnsafeNameError(BenchError):
     """A user-given name that cannot be used as a path component."""
 

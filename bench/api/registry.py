@@ -181,20 +181,25 @@ register_method = METHODS.register
 
 METHOD_GROUPS = ("all", "controls")
 """Names ``--methods`` expands: ``all`` is every KD method and w/o KD (every registered method
-outside the ``Control`` category), ``controls`` the control methods (label smoothing, Tf-KD's
-virtual teacher); ``all,controls`` both. A name that is a group never names a method."""
+outside the ``Control`` category, the zoo included), ``controls`` the control methods (label
+smoothing, Tf-KD's virtual teacher); ``all,controls`` both. A name that is a group never names a
+method; compositions (``dkd+rkd``) are never in a group."""
 
 
 def select_methods(text: str) -> list[str]:
     """``--methods`` -> method names in registration order (groups expanded, duplicates dropped,
-    every name checked); an empty list when ``text`` names nothing."""
+    every name checked; a composition ``a+b`` checked and in its canonical order, see
+    :mod:`bench.api.compose`); an empty list when ``text`` names nothing."""
+    from bench.api.compose import canonical_name, is_composition
     from bench.api.method import CONTROL
 
     out: list[str] = []
     for item in (t.strip().lower() for t in (text or "").split(",")):
         if not item:
             continue
-        if item in METHOD_GROUPS:
+        if is_composition(item):
+            names = [canonical_name(item, METHODS)]
+        elif item in METHOD_GROUPS:
             ctl = item == "controls"
             names = [e.name for e in METHODS.entries() if (getattr(e.obj, "category", None) == CONTROL) == ctl]
         else:

@@ -16,7 +16,7 @@ from bench.cli.app import app, console, print_all
 
 @app.command()
 def speed(
-    methods: str = typer.Option("fdcmkd", "--methods", "-m", help="'all' or comma-separated method names"),
+    methods: str = typer.Option("fdcmkd", "--methods", "-m", help="comma-separated: 'all' (every KD method and w/o KD, not the controls), 'controls', method names, or compositions such as dkd+rkd (one student, every part's losses)"),
     dataset: str = typer.Option("crema", "--dataset", "-d", help="whose input shapes and models to use (no data needed)"),
     directions: str = typer.Option("all", "--directions", help="'all' or e.g. a2v,v2a"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the dataset's (64 on CREMA-D) on CUDA, 8 on CPU"),

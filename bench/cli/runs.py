@@ -61,7 +61,7 @@ class RichReporter:
 
 @app.command()
 def run(
-    methods: str = typer.Option("all", "--methods", "-m", help="'all' or comma-separated method names"),
+    methods: str = typer.Option("all", "--methods", "-m", help="comma-separated: 'all' (every KD method and w/o KD, not the controls), 'controls', method names, or compositions such as dkd+rkd (one student, every part's losses)"),
     datasets: str = typer.Option("synthetic", "--datasets", "-d", help="comma-separated dataset names"),
     directions: str = typer.Option("all", "--directions", help="'all' or e.g. a2v,v2a (teacher code 2 student code)"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated seeds, e.g. 0,1,2"),

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from bench.api.errors import BenchError, RecordError
-from bench.api.names import COMPONENT, check_component
+from bench.api.names import COMPONENT, check_component, encode_method
 from bench.records.files import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -404,7 +404,7 @@ def identity_problem(rec: dict[str, Any]) -> str | None:
     from bench.records.provenance import stable_hash
 
     cfg = rec["config"]
-    expected = f"{rec['dataset']}_{rec['direction']}_{rec['method']}_s{rec['seed']}_{rec['config_hash'][:8]}"
+    expected = f"{rec['dataset']}_{rec['direction']}_{encode_method(rec['method'])}_s{rec['seed']}_{rec['config_hash'][:8]}"
     if rec["run_id"] != expected:
         return (f"run id {rec['run_id']!r} does not match the record's dataset, direction, method, seed and "
                 f"config hash (expected {expected!r})")

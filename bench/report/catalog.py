@@ -51,6 +51,16 @@ class MethodInfo:
     def source_text(self) -> str:
         return self.source + (f" [{self.source_hash}]" if self.source_hash else "")
 
+    def origin_text(self) -> str:
+        """Where the method's code comes from: its ``reference`` attribute, else the module
+        docstring's ``Source:`` line, else "-"."""
+        if self.reference:
+            return self.reference
+        for line in self.doc.splitlines():
+            if line.strip().lower().startswith("source:"):
+                return line.split(":", 1)[1].strip() or "-"
+        return "-"
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

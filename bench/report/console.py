@@ -19,13 +19,26 @@ def _row(t: Table, *cells: Any) -> None:
 
 
 def method_catalog() -> Table:
+    """``bench list methods``: every method, grouped by category (the tables' order), with its
+    source (reference code) and where it was registered from; the composition syntax below."""
+    from bench.api.compose import USAGE
     from bench.report.catalog import method_infos
+    from bench.report.rows import CATEGORY_ORDER
 
-    t = Table(title="KD methods")
-    for c in ("name", "category", "description", "parameters (defaults)", "search space (bench tune)", "source"):
+    def rank(cat: str) -> int:
+        return CATEGORY_ORDER.index(cat) if cat in CATEGORY_ORDER else len(CATEGORY_ORDER)
+
+    t = Table(title="KD methods, by category", caption=USAGE, caption_justify="left")
+    for c in ("name", "category", "description", "parameters (defaults)", "search space (bench tune)",
+              "source (reference code; registered from)"):
         t.add_column(c)
-    for m in method_infos():
-        _row(t, m.name, m.category, m.description, m.params_text(), m.search_space, m.source_text())
+    last = None
+    for m in sorted(method_infos(), key=lambda m: rank(str(m.category))):  # stable: registry order within one
+        if last is not None and m.category != last:
+            t.add_section()
+        last = m.category
+        _row(t, m.name, m.category, m.description, m.params_text(), m.search_space,
+             f"{m.origin_text()}; {m.source_text()}")
     return t
 
 

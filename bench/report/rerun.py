@@ -19,6 +19,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from bench.api.names import PART_SEPARATOR
+
 _UNKNOWN = object()
 
 
@@ -48,7 +50,12 @@ def reproduce_args(rec: dict[str, Any], seeds: list[int]) -> list[str]:
         adapter = _adapter(dataset, sets)
     train = cfg.get("train") or {}
     changed("train", train, _train_defaults(adapter))
-    changed(method, cfg.get("method_params") or {}, _method_defaults(method, rec.get("method_source_hash")))
+    if PART_SEPARATOR in method:  # a composition: its keys are PART.KEY, each part's own --set spelling
+        defaults = _composition_defaults(method, cfg.get("method_source_hash"))
+        sets += [f"{k}={_text(v)}" for k, v in (cfg.get("method_params") or {}).items()
+                 if defaults.get(k, _UNKNOWN) != v]
+    else:
+        changed(method, cfg.get("method_params") or {}, _method_defaults(method, rec.get("method_source_hash")))
     for role, ident in (cfg.get("backbones") or {}).items():
         modality = cfg.get(f"{role}_modality") or rec.get(f"{role}_modality")
         changed(role, ident.get("params") or {}, _backbone_defaults(adapter, role, modality,
@@ -116,6 +123,21 @@ def _method_defaults(method: str, source_hash: str | None) -> dict[str, Any]:
     return params_dict(METHODS.get(method).Params())
 
 
+def _composition_defaults(method: str, source_hashes: Any) -> dict[str, Any]:
+    """A composition's flat defaults where every part's recorded version is registered here."""
+    from bench.api.compose import default_params
+    from bench.api.registry import METHODS
+
+    hashes = source_hashes if isinstance(source_hashes, dict) else {}
+    for part in method.split(PART_SEPARATOR):
+        if part not in METHODS.names() or METHODS.entry(part).source_hash != hashes.get(part):
+            return {}
+    try:
+        return default_params(method, METHODS)
+    except Exception:  # noqa: BLE001 - parts that no longer compose here: every value is spelled out
+        return {}
+
+
 def _backbone_defaults(adapter: Any, role: str, modality: str | None, chosen: str) -> dict[str, Any]:
     """The parameters ``--set ROLE.KEY`` starts from: the dataset's declared network for
     ``default``, the registered backbone's own defaults otherwise."""
@@ -140,7 +162,7 @@ def _backbone_defaults(adapter: Any, role: str, modality: str | None, chosen: st
 
 def _plugins(rec: dict[str, Any]) -> list[str]:
     """The plug-in files the method, the dataset and the two networks were registered from."""
-    sources = [rec.get("method_source"), rec.get("dataset_source")]
+    sources = [*str(rec.get("method_source") or "").split(" + "), rec.get("dataset_source")]  # a composition's parts
     sources += [(b or {}).get("source") for b in (rec.get("backbones") or {}).values() if isinstance(b, dict)]
     out: list[str] = []
     for s in sources:

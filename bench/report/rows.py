@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from bench.api.names import PART_SEPARATOR
 
-CATEGORY_ORDER = ["Uni-Modal", "Control", "Logits", "Feature", "Cross-Modal"]
+CATEGORY_ORDER = ["Uni-Modal", "Control", "Logits", "Feature", "Cross-Modal", "Composition"]
 
 
 PAPER_ORDER = ["none", "ls", "tfkd", "logit", "dist", "dml", "nkd", "dkd", "feat", "pkd", "ofd", "afd", "c2kd", "fdcmkd",
@@ -46,6 +47,8 @@ def display_name(method: str) -> str:
     for suffix, label in _SUFFIX_LABELS.items():
         if method.endswith(suffix):
             return display_name(method[: -len(suffix)]) + label
+    if PART_SEPARATOR in method:  # a composition (bench.api.compose): "DKD + RKD"
+        return " + ".join(DISPLAY.get(p, p) for p in method.split(PART_SEPARATOR))
     return DISPLAY.get(method, method)
 
 

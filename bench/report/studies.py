@@ -57,11 +57,17 @@ def method_defaults(method: str) -> dict[str, Any] | None:
     """The default parameters of a row's method; a tuned or teacher-control row key
     (``logit:shuffled-teacher``) is its registered method's."""
     from bench.api.config import params_dict
+    from bench.api.names import PART_SEPARATOR
     from bench.api.registry import METHODS
     from bench.report.rows import base_method
 
     try:
-        return params_dict(METHODS.get(base_method(method)).Params())
+        base = base_method(method)
+        if PART_SEPARATOR in base:  # a composition: its flat PART.KEY defaults (bench.api.compose)
+            from bench.api.compose import default_params
+
+            return default_params(base, METHODS)
+        return params_dict(METHODS.get(base).Params())
     except Exception:  # noqa: BLE001 - a plug-in not loaded here: nothing to compare with
         return None
 

@@ -42,6 +42,7 @@ import torch
 
 from bench.api.errors import BenchError
 from bench.api.method import MethodContext
+from bench.api.compose import method_class
 from bench.api.registry import METHODS
 from bench.data import DatasetAdapter
 from bench.models.registry import BackboneChoice, build_for
@@ -103,7 +104,7 @@ class _Mode:
                  backbones: dict[str, BackboneChoice]):
         self.name, self.device = name, device
         torch.manual_seed(seed)
-        mcls = METHODS.get(method_name)
+        mcls = method_class(method_name, METHODS)  # a composition too (bench speed --methods dkd+rkd)
         params = mcls.Params()
         split = fake_split(adapter, n, seed)
         student = build_for(adapter, backbones["student"], s_mod, split, device)
@@ -433,7 +434,7 @@ def run_speed(methods: str, dataset: str, directions: str, *, batch_size: int | 
         bb = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"), overrides.get(role, {}))
               for role, mod in (("teacher", t_mod), ("student", s_mod))}
         for m in mnames:
-            if adapter.task != "classification" and not METHODS.get(m).dense_ok:
+            if adapter.task != "classification" and not method_class(m, METHODS).dense_ok:
                 continue
             if on_start is not None:
                 on_start(f"timing {m} {adapter.direction_name(t_mod, s_mod)} on {adapter.name} shapes ...")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.api.compose import SEPARATOR, WEIGHT, composition_class, composition_params, encode, is_composition
 from bench.api.config import TrainConfig, build_params, hashed_params, hashed_train, params_dict
 from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
@@ -106,8 +107,6 @@ def resolve(spec: RunSpec) -> Resolved:
     """Validate names and overrides and compute the run's identity (no training)."""
     load_plugins(spec.plugins)
     adapter = build_adapter(spec.dataset, spec.overrides)
-    mentry = METHODS.entry(spec.method)
-    method_cls = mentry.obj
     known_scopes = ({"train", adapter.name, "folder" if is_dataset_folder(spec.dataset) else adapter.name, *ROLES}
                     | set(METHODS.names()))
     for scope in spec.overrides:
@@ -116,7 +115,7 @@ def resolve(spec: RunSpec) -> Resolved:
                 f"--set {scope}.…: unknown scope {scope!r}; use 'train', the dataset name, a method name, "
                 f"or 'teacher' / 'student' (backbone parameters)"
             )
-    mparams = build_params(method_cls.Params, spec.overrides.get(method_cls.name, {}), method_cls.name)
+    method_cls, mparams, ident, (msource, msource_hash) = resolve_method(spec)
     train = build_train_config(adapter, spec.overrides)
     t = adapter.modality(spec.teacher_modality).name
     s = adapter.modality(spec.student_modality).name
@@ -136,13 +135,10 @@ def resolve(spec: RunSpec) -> Resolved:
         "teacher_modality": t,
         "student_modality": s,
         "method": method_cls.name,
-        "method_params": hashed_params(mparams),  # a later switch at its default leaves the hash alone
-        "method_source_hash": mentry.source_hash,
+        **ident,  # method_params (a later switch at its default leaves the hash alone), method_source_hash
         "train": hashed_train(train),
         "seed": spec.seed,
     }
-    if method_cls.version != 1:  # only a changed method carries it: every version-1 identity keeps its hash
-        config["method_version"] = method_cls.version
     check_teacher_control(train, adapter, method_cls)
     uses_teacher = method_cls.uses_teacher
     backbones = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"),
@@ -165,9 +161,31 @@ def resolve(spec: RunSpec) -> Resolved:
     # Identity of the *cell configuration* (everything but the seed): seeds of one cell share it,
     # so tables can average over seeds and flag cells whose records disagree on anything else.
     group_hash = stable_hash({k: v for k, v in config.items() if k != "seed"}, 10)
-    run_id = check_component(f"{adapter.name}_{direction}_{method_cls.name}_s{spec.seed}_{chash[:8]}", "run id")
+    run_id = check_component(f"{adapter.name}_{direction}_{encode(method_cls.name)}_s{spec.seed}_{chash[:8]}", "run id")
     return Resolved(spec, adapter, method_cls, mparams, train, direction, run_id, config, chash, group_hash,
-                    mentry.source, mentry.source_hash, backbones, ckpt)
+                    msource, msource_hash, backbones, ckpt)
+
+
+def resolve_method(spec: RunSpec) -> tuple[type[Method], Any, dict[str, Any], tuple[str, str | None]]:
+    """The method's class, parameters, identity entries (``method_params``, ``method_source_hash``,
+    ``method_version`` where it is not 1) and (source, source hash): a registered method, or a
+    composition of them (:mod:`bench.api.compose`)."""
+    if is_composition(spec.method):
+        cls = composition_class(spec.method, METHODS)
+        params = composition_params(cls, spec.overrides)
+        return cls, params, cls.identity(params), cls.source()
+    entry = METHODS.entry(spec.method)
+    cls = entry.obj
+    values = spec.overrides.get(cls.name, {})
+    if WEIGHT in values and WEIGHT not in getattr(cls.Params, "__dataclass_fields__", {}):
+        raise ConfigError(f"--set {cls.name}.{WEIGHT}: a part's weight exists only inside a composition (e.g. "
+                          f"--methods {cls.name}{SEPARATOR}OTHER); run the single method {cls.name} without it, in a "
+                          f"command of its own")
+    params = build_params(cls.Params, values, cls.name)
+    ident: dict[str, Any] = {"method_params": hashed_params(params), "method_source_hash": entry.source_hash}
+    if cls.version != 1:  # only a changed method carries it: every version-1 identity keeps its hash
+        ident["method_version"] = cls.version
+    return cls, params, ident, (entry.source, entry.source_hash)
 
 
 def resolve_backbone(adapter: DatasetAdapter, role: str, modality: str, name: str,

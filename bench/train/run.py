@@ -70,7 +70,9 @@ def result_versions(r: Resolved) -> dict[str, Any]:
     from bench.models.registry import backbone_version
 
     roles = ("teacher", "student") if r.method_cls.uses_teacher else ("student",)
-    return {"runner": RUNNER_VERSION, "method": int(r.method_cls.version),
+    parts = getattr(r.method_cls, "part_classes", None)  # a composition: every part's version
+    method = {n: int(c.version) for n, c in parts.items()} if parts else int(r.method_cls.version)
+    return {"runner": RUNNER_VERSION, "method": method,
             "adapter": int(getattr(type(r.adapter), "version", 1)),
             "backbones": {role: backbone_version(r.backbones[role]) for role in roles}}
 
@@ -324,6 +326,7 @@ def _record_base(r: Resolved, device: torch.device) -> dict[str, Any]:
         "method_category": r.method_cls.category,
         "method_source": r.method_source,
         "method_source_hash": r.method_source_hash,
+        **({"method_parts": list(r.method_cls.part_classes)} if getattr(r.method_cls, "part_classes", None) else {}),
         "dataset": r.adapter.name,
         **_dataset_origin(r),
         "task": r.adapter.task,

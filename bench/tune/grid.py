@@ -37,6 +37,10 @@ def plan_studies(methods: str, datasets: str, directions: str, *, n_trials: int,
     for spec in specs:
         spec = dataclasses.replace(spec, runs_per_gpu=max(runs_per_gpu, 1))
         r = resolve(spec)
+        if getattr(r.method_cls, "part_classes", None):
+            raise ConfigError(f"bench tune --methods {r.method_cls.name}: a composition is not tuned (its parts' "
+                              f"spaces together would be a different study); tune the parts, then compose them "
+                              f"with their values (--set PART.KEY=V)")
         if r.train.selection != "val":
             raise ConfigError("bench tune selects on the validation split: train.selection must be val")
         space = study_space(r.method_cls, r.train, tune_lr)
