@@ -55,6 +55,7 @@ from bench.api.errors import BenchError
 from bench.api.method import Method, MethodContext, NoParams, PrepareData, relative_epochs
 from bench.api.registry import register_method
 from bench.api.search import Real
+from bench.data.tsets import batch_inputs
 from bench.models import ModelOutput
 
 FILLS = ("mean", "zero")
@@ -186,7 +187,7 @@ def channel_salience(data: PrepareData, teacher: nn.Module, ref: nn.Module, *, r
         idx = order[start:start + batch_size]
         if len(idx) < 2:  # one sample: a permutation changes nothing
             continue
-        xb, _ = data.adapter.batch(split, idx, [s_mod, t_mod], data.device, False, None)
+        xb, _ = batch_inputs(data.adapter, split, idx, [s_mod, t_mod], data.device, False, None)
         z_ref = ref(xb[s_mod]).logits
         f = teacher(xb[t_mod]).feature
         sal = permutation_salience(f, z_ref, teacher.classifier, draw_permutations(repeats, f.shape[1], len(idx), gen))

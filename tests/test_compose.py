@@ -322,3 +322,29 @@ def test_bench_tune_refuses_a_composition(tmp_path):
 
     with pytest.raises(ConfigError, match="a composition is not tuned"):
         plan_studies("dkd+rkd", "synthetic", "a2v", n_trials=2, results=str(tmp_path), overrides=small())
+
+
+def test_dkd_plus_crd_gets_crds_sample_indices_and_resumes_bit_identically(tmp_path):
+    """The issue's example: CRD's bank is keyed by training sample, so the composition must bind the
+    training set and pass each batch's indices to the part. Interrupted after epoch 1 and resumed,
+    the run equals an uninterrupted one (the bank, its normalisers and CRD's generator travel in the
+    composition's state)."""
+    ov = small(train={"epochs": "2"}, crd={"weight": "0.8"})
+    full = run(spec("dkd+crd", ov, tmp_path / "full"))
+    assert full["status"] == "ok" and full["method"] == "dkd+crd"
+    assert set(full["history"][0]["terms"]) == {"ce", "dkd.tckd", "dkd.nckd", "crd.crd"}
+    alone = run(spec("crd", small(), tmp_path / "alone"))["extra"]["method"]
+    crd = full["extra"]["method"]["crd"]
+    assert crd["n_data"] == alone["n_data"] == full["splits"]["sizes"]["train"]  # one bank row per training sample
+    assert crd["k"] == alone["k"] and len(crd["z"]) == 2 and all(z > 0 for z in crd["z"])  # the bank ran
+    with pytest.raises(KeyboardInterrupt):
+        run(spec("dkd+crd", ov, tmp_path / "cut"), _StopAfterFirst())
+    again = run(spec("dkd+crd", ov, tmp_path / "cut"))
+    assert again["resumed_from_epoch"] == 1
+    assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in full["history"]]
+    assert again["extra"]["method"] == full["extra"]["method"]
+
+
+def test_a_mixture_of_teachers_method_cannot_be_a_part():
+    with pytest.raises(BenchError, match="mst runs a mixture of its own teachers"):
+        composition_class("dkd+mst", METHODS)

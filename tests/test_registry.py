@@ -31,9 +31,12 @@ def test_unknown_modality_names_the_valid_ones(tmp_path):
     assert "depth" in str(e.value) and "audio (a)" in str(e.value)
 
 
-def test_same_modality_refused(tmp_path):
-    with pytest.raises(BenchError, match="both"):
-        resolve(RunSpec("synthetic", "visual", "v", "logit", results_dir=str(tmp_path)))
+def test_same_modality_direction_resolves_apart_from_cross_modal(tmp_path):
+    # issue #27: a same-modality direction (v2v) is a run of its own, no longer refused
+    r = resolve(RunSpec("synthetic", "visual", "v", "logit", results_dir=str(tmp_path)))
+    cross = resolve(RunSpec("synthetic", "audio", "v", "logit", results_dir=str(tmp_path)))
+    assert (r.direction, r.config["teacher_modality"], r.config["student_modality"]) == ("v2v", "visual", "visual")
+    assert r.run_id.startswith("synthetic_v2v_logit_s0_") and r.config_hash != cross.config_hash
 
 
 def test_direction_parsing():

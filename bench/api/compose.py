@@ -24,6 +24,8 @@ fields; the composition only sums what they return. Rules, each one a reason giv
 * **Identity.** ``method_params`` is flat, ``PART.FIELD -> value`` (every part's hashed parameters,
   ``PART.weight`` only when not 1), so a key reads as its ``--set`` spelling; ``method_version``
   holds every part's version. No single-method identity changes.
+* **Hooks.** A part's per-run hooks run for it: CRD's sample indices and training-set binding,
+  MFH's ``prepare``. A part that runs a mixture of its own teachers (MST-Distill) is refused.
 * Dense support is every part's (the reason is the refusing part's); the teacher-cache fields are
   the union (none cached if a part does not declare them); ``bench tune`` does not tune a
   composition (tune the parts, compose with their values).
@@ -127,6 +129,9 @@ def canonical_name(text: str, registry: Any) -> str:
         if not cls.uses_teacher:
             raise BenchError(f"composition {text!r}: {entry.name} uses no teacher and adds no distillation term "
                              f"(the cross-entropy is in every composition already); it cannot be a part")
+        if cls.runs_teachers or cls.requires_teacher_set:
+            raise BenchError(f"composition {text!r}: {entry.name} runs a mixture of its own teachers; the other "
+                             f"parts read the run's one teacher, so it cannot be a part")
         if WEIGHT in getattr(cls.Params, "__dataclass_fields__", {}):
             raise BenchError(f"composition {text!r}: {entry.name} has a parameter named {WEIGHT!r}, which in a "
                              f"composition is the part's weight; it cannot be a part")
@@ -207,7 +212,22 @@ class Composition(Method):
                 raise BenchError(f"part {n}: {exc}") from exc
         self.modules = nn.ModuleDict({n: p.modules for n, p in self.parts.items()})
 
+    def bind_training_set(self, labels: torch.Tensor, seed: int) -> None:
+        for p in self.parts.values():
+            if p.wants_sample_indices:
+                p.bind_training_set(labels, seed)
+
+    def prepare(self, data: Any) -> None:
+        for n, p in self.parts.items():
+            try:
+                p.prepare(data)
+            except BenchError as exc:
+                raise BenchError(f"part {n}: {exc}") from exc
+
     def loss(self, s: ModelOutput, t: ModelOutput | None, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        for p in self.parts.values():
+            if p.wants_sample_indices:  # the runner sets the composition's; each part reads its own
+                p.sample_indices = self.sample_indices
         part_terms = {n: p.loss(s, t, y, epoch) for n, p in self.parts.items()}
         return compose_terms(self.task_loss(s.logits, y), part_terms, self.p.weights, self.p.ce_weight)
 
@@ -278,6 +298,9 @@ def composition_class(text: str, registry: Any) -> type[Composition]:
             "dense_ok": not dense,
             "dense_reason": f"part {dense[0][0]}: {dense[0][1].dense_reason}" if dense else "",
             "teacher_train_mode": bool(entries[0].obj.teacher_train_mode),
+            "wants_sample_indices": any(e.obj.wants_sample_indices for e in entries),
+            "no_cache_reason": "; ".join(f"part {e.name}: {e.obj.no_cache_reason}" for e in entries
+                                         if e.obj.no_cache_reason),
             "__module__": __name__,
         })
     return _CLASSES[key]

@@ -262,6 +262,8 @@ class TrainConfig:
     teacher_backbone: str = hp("default", "teacher network: default (the dataset's) or a name from `bench list backbones` "
                                           "(its parameters: --set teacher.KEY=VALUE)")
     student_backbone: str = hp("default", "student network: default or a registered backbone (--set student.KEY=VALUE)")
+    teacher_fusion: str = hp("late_fusion", "multimodal teacher of a teacher-set direction (av2v): a registered fusion "
+                                            "network over the members' backbones (late_fusion | late_fusion_linear)")
     teacher_checkpoint: str = hp("", "a trained teacher (results/teachers/*.pt, or a state dict) used instead of "
                                      "training one; its sha256 is part of the run's identity")
     teacher_finetune_epochs: int = hp(0, "with teacher_checkpoint: epochs of fine-tuning it first (0: used frozen, as it is)",
@@ -314,7 +316,8 @@ SPEED_KEYS = ("speed", "amp", "channels_last", "data_placement", "compile", "fus
 """``train.*`` keys that only change how fast a run goes; kept out of the config hash."""
 
 
-LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs", "teacher_control", "split_mode")
+LATER_KEYS = ("teacher_backbone", "student_backbone", "teacher_finetune_epochs", "teacher_control", "split_mode",
+              "teacher_fusion")
 """``train.*`` keys added after records existed: hashed only when not at their default, so every
 configuration from before keeps its config hash and run id."""
 

@@ -97,6 +97,14 @@ class Method:
     :meth:`loss`. Off by default, so no other method's step changes."""
     no_cache_reason: ClassVar[str] = ""
     """Why :meth:`teacher_cache_fields` is None, where the method knows (the record's cache reason)."""
+    runs_teachers: ClassVar[bool] = False
+    """The method runs its teachers itself (MST-Distill's masked experts): the runner loads the
+    cached unimodal teachers :meth:`extra_teachers` names, hands them over with
+    :meth:`attach_teachers` before :meth:`setup`, and sets ``self.inputs`` (modality -> the step's
+    prepared input) before every :meth:`loss` call. Its teacher outputs are never cached."""
+    requires_teacher_set: ClassVar[bool] = False
+    """The method distils a teacher set's mixture (MST-Distill): refused on a one-teacher direction
+    when named, and left out of ``--methods all`` there, so the default job does not fail on it."""
     search_space: ClassVar[dict[str, Any]] = {}
     """What ``bench tune`` searches: the 1-3 hyper-parameters that matter most, with the ranges the
     paper reports (``{"beta": Real(0.5, 10.0)}``, see :mod:`bench.api.search`); empty: nothing to tune."""
@@ -117,6 +125,7 @@ class Method:
     def bind_training_set(self, labels: torch.Tensor, seed: int) -> None:
         """With :attr:`wants_sample_indices`: the training split's labels (its size and classes) and
         the run's seed, for state sized by the training set and draws of the method's own. Default: nothing."""
+
     def prepare(self, data: PrepareData) -> None:
         """Once per run, after :meth:`setup` and before the first epoch (also of a resumed run, so
         it must be a deterministic function of ``data.seed``). A method that changes the teacher's
@@ -132,6 +141,16 @@ class Method:
         modality can be cached (see :mod:`bench.train.teacher_outputs`). ``None``: never cache (the default, so a
         plugin method is only cached when it says what it reads)."""
         return None
+
+    def extra_teachers(self) -> list[str]:
+        """The modalities whose cached unimodal teachers this method needs besides the run's own
+        teacher (only with ``runs_teachers``); refusing a direction is :meth:`setup`'s job."""
+        return []
+
+    def attach_teachers(self, nets: dict[str, Backbone], probes: dict[str, ModelOutput]) -> None:
+        """The frozen teachers :meth:`extra_teachers` named (eval mode) and their dry-run outputs on
+        two training samples (shapes for connectors), before :meth:`setup`."""
+        self.extra_nets, self.extra_probes = dict(nets), dict(probes)
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.modules.parameters())

@@ -29,6 +29,10 @@ def _show(res) -> None:  # type: ignore[no-untyped-def]
         sys.stdout.write(res.text)
 
 
+KINDS_HELP = ("kinds of direction: cross-modal (default) | same-modality (v2v) | teacher-set (av2v) | all, "
+              "comma-separated; the others get columns of their own and enter the ranks only when asked")
+
+
 @app.command()
 def results(
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results folder"),
@@ -102,6 +106,7 @@ def table(
     intervals: bool = typer.Option(False, "--intervals", help="a 95 % CI column (t-interval of the seed mean) after each column"),
     params: str = typer.Option("default", "--params", help="default (as published) | tuned (bench run --tuned) | both "
                                "(side by side, with each method's gain from tuning)"),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help=KINDS_HELP),
 ) -> None:
     """Paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation (Table 4),
     threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, with --heatmap)."""
@@ -111,7 +116,7 @@ def table(
                        value=value, caption=caption, caption_latex=caption_latex, label=label, booktabs=booktabs,
                        standalone=standalone, heatmap=heatmap, mark_tied=mark_tied, marks=marks, pairing=pairing,
                        alpha=alpha, out=out, vs_baseline=vs_baseline, correction=correction, params=params, rope=rope,
-                       intervals=intervals))
+                       intervals=intervals, kinds=kinds))
 
 
 @app.command()
@@ -134,13 +139,15 @@ def leaderboard(
     rank_cells: str = typer.Option("common", "--rank-cells", help="common: rank the methods only on the cells every one "
                                    "of them has (default) | own: each method on the cells it has"),
     params: str = typer.Option("default", "--params", help="default | tuned | both (DKD and DKD (tuned) ranked side by side)"),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help=KINDS_HELP),
 ) -> None:
     """Rank methods over every (dataset, student modality) cell, with statistics."""
     from bench.report.render import render_leaderboard
 
     res = render_leaderboard(list(results or [Path("results")]), fmt=fmt, datasets=datasets, methods=methods, out=out,
                              cells=cells, alpha=alpha, correction=correction, cd=cd, decimals=decimals,
-                             pairing=pairing, rank_cells=rank_cells, params=params, rope=rope, blocks=blocks)
+                             pairing=pairing, rank_cells=rank_cells, params=params, rope=rope, blocks=blocks,
+                             kinds=kinds)
     if fmt == "html":
         res.notes.append("open the page from the file system; no server needed")
     _show(res)

@@ -174,6 +174,10 @@ def _print_comparison(results: Path, specs: list, params: str = "default") -> No
     if not len(df):
         return
     df, _notes = select_params(df, params)
+    from bench.data.tsets import KINDS
+    from bench.report.kinds import select_frame
+
+    df = select_frame(df, KINDS)  # what was run, every kind of direction in columns of its own
     comp = build_comparison(df)
     mark_chance(comp, df)
     mark_tied(comp)

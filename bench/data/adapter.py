@@ -117,22 +117,27 @@ class DatasetAdapter:
         raise BenchError(f"dataset {self.name!r} has no modality {key!r}; it has: {valid}")
 
     def directions(self) -> list[tuple[str, str]]:
-        """All ordered (teacher, student) modality pairs."""
+        """All ordered cross-modal (teacher, student) modality pairs (``--directions all``); teacher
+        sets and same-modality directions are asked for by name or group (:mod:`bench.data.tsets`)."""
         ms = [m.name for m in self.modalities]
         return [(a, b) for a in ms for b in ms if a != b]
 
     def direction_name(self, teacher: str, student: str) -> str:
-        return f"{self.modality(teacher).code}2{self.modality(student).code}"
+        from bench.data.tsets import teacher_code
+
+        return f"{teacher_code(self, teacher)}2{self.modality(student).code}"
 
     def parse_direction(self, text: str) -> tuple[str, str]:
-        """``a2v`` (codes) or ``audio2visual`` / ``audio->visual`` (names) -> (teacher, student)."""
+        """``a2v`` (codes), ``audio2visual`` / ``audio->visual`` (names), ``v2v`` (same modality) or
+        a teacher set ``av2v`` / ``a+v2v`` / ``audio+visual->visual`` -> (teacher, student)."""
+        from bench.data.tsets import check_set, parse_teacher
+
         t = text.strip()
         for sep in ("->", ":", "2"):
             if sep in t:
                 a, b = t.split(sep, 1) if sep != "2" else _split_on_2(t, self)
-                ta, sb = self.modality(a).name, self.modality(b).name
-                if ta == sb:
-                    raise BenchError(f"direction {text!r}: teacher and student modality are the same")
+                ta, sb = parse_teacher(self, a), self.modality(b).name
+                check_set(self, ta, sb)
                 return ta, sb
         raise BenchError(f"direction {text!r}: expected e.g. {self.direction_name(*self.directions()[0])} or teacher->student")
 
@@ -194,19 +199,23 @@ class DatasetAdapter:
 
 
 def _split_on_2(t: str, ds: DatasetAdapter) -> tuple[str, str]:
-    # Modality names may themselves contain '2'; try every split point.
+    # Modality names may themselves contain '2'; try every split point (the teacher may be a set).
+    from bench.data.tsets import parse_teacher
+
     for i, ch in enumerate(t):
         if ch == "2":
             a, b = t[:i], t[i + 1:]
             try:
-                ds.modality(a)
+                parse_teacher(ds, a)
                 ds.modality(b)
                 return a, b
             except BenchError:
                 continue
+    _c = [m.code for m in ds.modalities]
     raise BenchError(
         f"direction {t!r}: no such modality pair in {ds.name!r}; valid: "
         + ", ".join(ds.direction_name(a, b) for a, b in ds.directions())
+        + f" (same-modality: {_c[-1]}2{_c[-1]}; a teacher set: members joined by '+', e.g. {'+'.join(_c)}2{_c[-1]})"
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.api.compose import method_class
 from bench.api.errors import BenchError
-from bench.api.registry import DATASETS, select_methods
+from bench.api.registry import DATASETS, METHODS, select_methods
+from bench.data.tsets import expand_directions, is_set
 from bench.records.store import existing_ok
 from bench.train.resolve import (
     RunSpec,
@@ -37,6 +39,7 @@ def expand_grid(
     mnames = select_methods(methods)  # 'all': KD methods and w/o KD; 'controls' adds the controls; names checked
     if not mnames:
         raise BenchError("--methods is empty; give 'all', 'all,controls' or a comma-separated list")
+    named = {x.lower() for x in split_list(methods)}  # named, not from a group: kept (and refused if it cannot run)
     dnames = split_list(datasets)
     if not dnames:
         raise BenchError("--datasets is empty; valid datasets: " + ", ".join(DATASETS.names()))
@@ -49,19 +52,18 @@ def expand_grid(
     if any(not 0 <= sd <= MAX_SEED for sd in seed_list):
         raise BenchError(f"--seeds {seeds!r}: seeds must be between 0 and {MAX_SEED} (2**32 - 1)")
     if directions.strip().lower() != "all" and not split_list(directions):
-        raise BenchError("--directions is empty; give 'all' or e.g. a2v,v2a")
+        raise BenchError("--directions is empty; give 'all' (cross-modal), 'same', 'sets' or e.g. a2v,v2a,v2v,av2v")
     from bench.train.device import resolve_device
 
     resolve_device(device)  # a bad --device fails here, before any run, with the valid choices
     specs: list[RunSpec] = []
     for d in dnames:
         adapter = build_adapter(d, overrides)
-        if directions.strip().lower() == "all":
-            dirs = adapter.directions()
-        else:
-            dirs = [adapter.parse_direction(x) for x in split_list(directions)]
+        dirs = expand_directions(adapter, directions)  # 'all' = the cross-modal pairs; 'same', 'sets' by name
         for t, s in dirs:
             for m in mnames:
+                if m not in named and method_class(m, METHODS).requires_teacher_set and not is_set(t):
+                    continue  # a mixture-of-teachers method in a group ('all') runs on teacher-set directions only
                 for seed in seed_list:
                     ds = str(Path(d).expanduser().resolve()) if is_dataset_folder(d) else adapter.name
                     specs.append(RunSpec(ds, t, s, m.lower(), seed, overrides, results_dir, device,

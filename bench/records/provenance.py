@@ -70,7 +70,8 @@ def git_commit(path: str | os.PathLike | None = None, state: dict[str, Any] | No
     return state["commit"] + ("+dirty" if state["dirty"] else "")
 
 
-_PACKAGES_SEEN: dict[tuple, list[str]] = {}
+_PACKAGES_SEEN: tuple[tuple, list[str]] | None = None
+"""The last ``(sys.path state, package list)``: one entry, since a process sees one environment."""
 
 
 def _path_state() -> tuple:
@@ -93,17 +94,17 @@ def installed_packages() -> list[str]:
     or removed while a worker lives is still seen)."""
     import importlib.metadata
 
+    global _PACKAGES_SEEN
     key = _path_state()
-    if key in _PACKAGES_SEEN:
-        return list(_PACKAGES_SEEN[key])
+    if _PACKAGES_SEEN is not None and _PACKAGES_SEEN[0] == key:
+        return list(_PACKAGES_SEEN[1])
     seen = set()
     for d in importlib.metadata.distributions():
         name = d.metadata["Name"] if d.metadata is not None else None
         if name:
             seen.add(f"{re.sub(r'[-_.]+', '-', name).lower()}=={d.version}")
-    _PACKAGES_SEEN.clear()
-    _PACKAGES_SEEN[key] = sorted(seen)
-    return list(_PACKAGES_SEEN[key])
+    _PACKAGES_SEEN = (key, sorted(seen))
+    return list(_PACKAGES_SEEN[1])
 
 
 def package_set_hash(packages: list[str] | None = None) -> str:

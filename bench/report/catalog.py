@@ -77,6 +77,8 @@ class DatasetInfo:
     source: str
     module: str
     doc: str = field(default="")
+    by_name: list[str] = field(default_factory=list)
+    """Directions run only when asked for (``--directions same,sets`` or by name): same-modality, teacher sets."""
 
 
 def param_infos(params_cls: type) -> list[ParamInfo]:
@@ -171,5 +173,13 @@ def dataset_infos() -> list[DatasetInfo]:
             directions=[] if data_defined else [ad.direction_name(a, b) for a, b in ad.directions()],
             num_classes=n_classes,
             sizes=REFERENCE_SIZES.get(e.name), params=param_infos(cls.Params), train_defaults=dict(cls.train_defaults),
-            source=e.source + (f" [{e.source_hash}]" if e.source_hash else ""), module=cls.__module__, doc=_doc(cls)))
+            source=e.source + (f" [{e.source_hash}]" if e.source_hash else ""), module=cls.__module__, doc=_doc(cls),
+            by_name=[] if data_defined else _by_name(ad)))
     return out
+
+
+def _by_name(ad: Any) -> list[str]:
+    """The same-modality and teacher-set directions (``same``, ``sets``) of an adapter."""
+    from bench.data.tsets import expand_directions
+
+    return [ad.direction_name(t, s) for t, s in expand_directions(ad, "same,sets")]

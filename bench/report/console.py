@@ -50,8 +50,20 @@ def dataset_catalog() -> Table:
         t.add_column(c)
     for d in dataset_infos():
         mods = ", ".join(f"{name} ({code}, {kind})" for name, code, kind, _shape in d.modalities) or "from the data"
-        _row(t, d.name, d.task, d.metric, mods, ", ".join(d.directions) or "from the data", d.description)
+        dirs = ", ".join(d.directions) or "from the data"
+        if d.by_name:
+            dirs += f"; by name: {', '.join(d.by_name)}"
+        _row(t, d.name, d.task, d.metric, mods, dirs, d.description)
+    t.caption = DIRECTION_SYNTAX
     return t
+
+
+DIRECTION_SYNTAX = ("directions: TEACHER2STUDENT with modality codes (a2v) or names (audio->visual). --directions all "
+                    "= the cross-modal pairs; 'same' = same-modality (v2v: the student modality's own teacher, a "
+                    "separately trained one when train.teacher_backbone differs); 'sets' = a teacher set of all "
+                    "modalities (av2v, also written a+v2v: members joined by '+', or their codes run together where "
+                    "that reads back unambiguously; its teacher is train.teacher_fusion, late fusion of the members' "
+                    "pooled features by default)")
 
 
 def backbone_catalog() -> list[Any]:

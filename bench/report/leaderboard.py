@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.api.errors import BenchError
 from bench.report.cells import one_per_seed, teacher_rows, teachers_of
+from bench.report.kinds import DEFAULT_KINDS, select_records
 from bench.report.rerun import reproduce_command  # noqa: F401 - the page's import
 from bench.report.stats import paired as P
 from bench.report.tables import BASELINE, display_name, order_methods
@@ -145,7 +146,8 @@ def _method_key(rec: dict[str, Any], multi: dict[str, set]) -> str:
 def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | None = None,
                       methods: list[str] | None = None, alpha: float = 0.05, correction: str = P.DEFAULT_CORRECTION,
                       baseline: str = BASELINE, pairing: str | None = "paired", rank_cells: str = "common",
-                      rope: float = P.ROPE, blocks: str | None = "dataset", min_blocks: int | None = None) -> Leaderboard:
+                      rope: float = P.ROPE, blocks: str | None = "dataset", min_blocks: int | None = None,
+                      kinds: tuple[str, ...] = DEFAULT_KINDS) -> Leaderboard:
     """The leaderboard of ``records``; ``blocks`` declares which cells are one independent block
     (:func:`bench.report.stats.aggregate.blocks_from_spec`), ``min_blocks`` the fewest blocks the
     across-block tests run on (default :data:`bench.report.stats.across.MIN_BLOCKS`)."""
@@ -161,6 +163,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     recs = [r for r in records if r.get("status") == "ok"]
     if pairing is not None:  # the two protocols are different benchmarks: never ranked together
         recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
+    recs = select_records(recs, kinds)  # same-modality and teacher-set cells only when asked, as columns of their own
     if datasets:
         present = sorted({r["dataset"] for r in recs})
         recs = [r for r in recs if r["dataset"] in datasets]

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.api.errors import BenchError
 from bench.report import output as io
+from bench.report.kinds import check_kinds, select_frame, select_records
 from bench.report.tuning import (
     check_params,
     rank_change_note,
@@ -49,7 +50,8 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
                  booktabs: bool = True, standalone: bool = False, heatmap: Path | None = None,
                  mark_tied: bool = False, marks: str = "all", pairing: str = "paired", alpha: float = 0.05,
                  out: Path | None = None, vs_baseline: bool = False, correction: str = "holm",
-                 params: str = "default", rope: float = 0.5, intervals: bool = False) -> Rendered:
+                 params: str = "default", rope: float = 0.5, intervals: bool = False,
+                 kinds: str | None = None) -> Rendered:
     """The paper tables from the records: comparison (Table 2), segmentation (Table 3), ablation
     (Table 4), threshold (Table 7) and the l1 x l2 sensitivity grid (Fig. 5, ``heatmap``). The
     statistical marks (``mark_tied``, ``vs_baseline``, at chance) are :mod:`bench.report.table_stats`'s."""
@@ -117,6 +119,9 @@ def render_table(results: Path, kind: str = "comparison", *, fmt: str = "latex",
     df = df[df["pairing"] == pairing]
     if df.empty:
         raise BenchError(f"no {pairing}-protocol records in {results} (run with --set train.pairing={pairing})")
+    df = select_frame(df, check_kinds(kinds))  # cross-modal cells unless --kinds asks for more (own columns)
+    if df.empty:
+        raise BenchError(f"no records of the direction kinds {kinds or 'cross-modal'} in {results} (--kinds all shows every kind)")
     want_seg = kind == "segmentation"
     if comparison:
         df = df[(df["task"] == "segmentation") == want_seg]
@@ -190,9 +195,10 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
                        methods: str | None = None, out: Path | None = None, cells: bool = False, alpha: float = 0.05,
                        correction: str = "holm", cd: Path | None = None, decimals: int = 2, pairing: str = "paired",
                        rank_cells: str = "common", params: str = "default", rope: float = 0.5,
-                       blocks: str | None = None) -> Rendered:
+                       blocks: str | None = None, kinds: str | None = None) -> Rendered:
     """Rank methods over every (dataset, student modality) cell, with statistics; ``html`` writes
-    the offline page (a folder), ``cd`` the critical-difference diagram."""
+    the offline page (a folder), ``cd`` the critical-difference diagram. Only cross-modal cells
+    unless ``kinds`` asks for the same-modality or teacher-set ones too (ranked with them then)."""
     from bench.records.store import load_records
     from bench.report import leaderboard as L
 
@@ -212,7 +218,7 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
         io.check_out_folder(out or Path("site"))
     else:
         io.check_out_file(out)
-    every = load_records([str(p) for p in results], status="ok")
+    every = select_records(load_records([str(p) for p in results], status="ok"), check_kinds(kinds))
     recs, pnotes = select_params_records(every, check_params(params))
     lb = L.build_leaderboard(recs, datasets=ds, methods=with_tuned_rows(ms, params), alpha=alpha, correction=correction,
                              pairing=pairing, rank_cells=rank_cells, rope=rope, blocks=blocks)

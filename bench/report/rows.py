@@ -23,6 +23,7 @@ DISPLAY = {
     "crd": "CRD", "vid": "VID",
     "reviewkd": "ReviewKD", "mfh": "MFH", "mgdfr": "MGDFR",
     "discomkd": "DisCoM-KD",
+    "mst": "MST-Distill",
 }
 
 

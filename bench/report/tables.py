@@ -25,6 +25,7 @@ import pandas as pd
 
 from bench.api.errors import BenchError
 from bench.report.cells import one_per_seed
+from bench.report.kinds import DEFAULT_KINDS, select_frame
 from bench.report.rows import (  # noqa: F401  (the row names' home; imported from here by older code)
     CATEGORY_ORDER,
     CONTROL_SUFFIXES,
@@ -114,11 +115,14 @@ class Comparison:
 
 def build_comparison(df: pd.DataFrame, *, value: str = "best_metric", methods: list[str] | None = None,
                      datasets: list[str] | None = None, decimals: int = 1,
-                     row_labels: dict[str, str] | None = None, marks: str = "all") -> Comparison:
-    """Aggregate ok records into a :class:`Comparison` (mean/std over seeds per cell)."""
+                     row_labels: dict[str, str] | None = None, marks: str = "all",
+                     kinds: tuple[str, ...] = DEFAULT_KINDS) -> Comparison:
+    """Aggregate ok records into a :class:`Comparison` (mean/std over seeds per cell); only the
+    cross-modal directions unless ``kinds`` asks for more (columns of their own, :mod:`bench.report.kinds`)."""
     if marks not in MARK_RULES:
         raise BenchError(f"--marks {marks!r}: expected 'all' (every row ranked) or 'kd-only' (w/o KD not ranked)")
     df = df[df["status"] == "ok"] if "status" in df else df
+    df = select_frame(df, kinds)
     if datasets:
         df = df[df["dataset"].isin(datasets)]
     cats = {r.method: r.method_category for r in df[["method", "method_category"]].drop_duplicates().itertuples()}

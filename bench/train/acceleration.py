@@ -107,6 +107,8 @@ def plan_speed(train: Any, device: torch.device) -> SpeedPlan:
 
 
 def to_channels_last(x: torch.Tensor, plan: SpeedPlan) -> torch.Tensor:
+    if isinstance(x, dict):  # a teacher set's inputs, one per member modality
+        return {k: to_channels_last(v, plan) for k, v in x.items()}  # type: ignore[return-value]
     if plan.channels_last and x.dim() == 4 and x.is_floating_point():
         return x.contiguous(memory_format=torch.channels_last)
     return x

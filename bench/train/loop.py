@@ -21,6 +21,7 @@ from bench.api.errors import BenchError, ConfigError
 from bench.api.method import Method
 from bench.data import DatasetAdapter, Split, batch_indices, stratified_split
 from bench.data.adapter import concat_splits, redraw_indices
+from bench.data.tsets import batch_inputs, expand
 from bench.models import Backbone, ModelOutput
 from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
 from bench.records.provenance import stable_hash
@@ -159,7 +160,7 @@ def _evaluate(model: Backbone, adapter: DatasetAdapter, split: Split, modality: 
     source = BatchSource(split, [modality], device, plan)
     with torch.inference_mode(), plan.autocast(device):
         for s_like, li, _idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
-            xs, y = adapter.batch(s_like, li, [modality], device, False, None)
+            xs, y = batch_inputs(adapter, s_like, li, [modality], device, False, None)
             logits = fwd(to_channels_last(xs[modality], plan)).logits.float()
             pred = logits.argmax(1)
             if conf is not None:
@@ -320,7 +321,7 @@ def fit(
     if train.pairing == "unpaired" and method.uses_teacher and teacher is not None and tr.labels.dim() != 1:
         raise ConfigError("pairing=unpaired needs image-level labels (it re-pairs samples by class)")
     plan = plan or plan_speed(train, device)
-    keys = [student_modality] + ([teacher_modality] if teacher_modality and method.uses_teacher else [])
+    keys = expand([student_modality] + ([teacher_modality] if teacher_modality and method.uses_teacher else []))
     release_placements(list(splits.values()))
     plan = choose_placement(plan, train, splits, keys, device)  # type: ignore[arg-type]
     engine = Trainer(adapter=adapter, train_split=tr, student=student, student_modality=student_modality,

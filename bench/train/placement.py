@@ -267,7 +267,10 @@ class BatchSource:
     that distil from that teacher; :func:`release_placements` drops other datasets' arrays."""
 
     def __init__(self, split: Split, keys: list[str], device: torch.device, plan: SpeedPlan):
-        self.split, self.keys, self.device, self.plan = split, list(keys), device, plan
+        from bench.data.tsets import expand
+
+        keys = expand(list(keys))  # a teacher set's entry is its member modalities' arrays
+        self.split, self.keys, self.device, self.plan = split, keys, device, plan
         self.src = split
         if plan.data_placement == "device":
             self.src = self._place(split, keys, device, pin=False)

@@ -14,6 +14,8 @@ from bench.api.method import Method
 from bench.api.names import check_component, resolve_path
 from bench.api.registry import BACKBONES, DATASETS, METHODS
 from bench.data import DatasetAdapter
+from bench.data.tsets import canonical, check_set, is_set, members, parse_teacher
+from bench.models.fusion import DEFAULT_FUSION, FusionChoice, fusion_factory
 from bench.models.registry import BackboneChoice, backbone_params, check_fits, spec_of
 from bench.records.provenance import stable_hash
 from bench.train.teacher_outputs import check_teacher_control
@@ -117,17 +119,24 @@ def resolve(spec: RunSpec) -> Resolved:
             )
     method_cls, mparams, ident, (msource, msource_hash) = resolve_method(spec)
     train = build_train_config(adapter, spec.overrides)
-    t = adapter.modality(spec.teacher_modality).name
+    t = parse_teacher(adapter, spec.teacher_modality)  # a modality, the student's own, or a teacher set
     s = adapter.modality(spec.student_modality).name
-    if t == s:
-        raise BenchError(f"teacher and student modality are both {s!r}")
+    check_set(adapter, t, s)
+    if method_cls.requires_teacher_set and not is_set(t):
+        raise BenchError(f"method {method_cls.name!r} distils a mixture of a multimodal and a cross-modal teacher: it "
+                         f"needs a teacher-set direction (e.g. {adapter.direction_name(canonical(adapter, [t, s]), s) if t != s else 'av2v'}); "
+                         f"{adapter.direction_name(t, s)} has one teacher")
+    if method_cls.runs_teachers and (train.teacher_control != "none" or train.pairing != "paired"):
+        raise ConfigError(f"method {method_cls.name!r} runs its teachers itself on the step's paired inputs: "
+                          f"train.teacher_control={train.teacher_control} / train.pairing={train.pairing} would not "
+                          f"reach its teachers (only none / paired apply)")
     if adapter.task != "classification" and not method_cls.dense_ok:
         raise BenchError(
             f"method {method_cls.name!r} does not apply to {adapter.task} ({adapter.name}): {method_cls.dense_reason}"
         )
     # these become folder and file names (records, checkpoints, teachers): one gate for all of them
     check_component(adapter.name, "dataset name")
-    for m in (t, s):
+    for m in (*members(t), s):
         check_component(m, f"dataset {adapter.name!r}: modality name")
     direction = adapter.direction_name(t, s)
     config = {
@@ -142,11 +151,15 @@ def resolve(spec: RunSpec) -> Resolved:
     check_teacher_control(train, adapter, method_cls)
     uses_teacher = method_cls.uses_teacher
     backbones = {role: resolve_backbone(adapter, role, mod, getattr(train, f"{role}_backbone"),
-                                        spec.overrides.get(role, {}) if uses_teacher or role == "student" else {})
+                                        spec.overrides.get(role, {}) if uses_teacher or role == "student" else {},
+                                        train.teacher_fusion)
                  for role, mod in (("teacher", t), ("student", s))}
     ckpt = resolve_teacher_checkpoint(train)
+    if ckpt is not None and is_set(t) and uses_teacher:
+        raise ConfigError(f"train.teacher_checkpoint with the teacher set {t!r}: a given checkpoint is one "
+                          f"modality's teacher; the multimodal teacher is trained here (drop the checkpoint)")
     if not uses_teacher:  # a run without a teacher is the same run whatever teacher was configured
-        for k in ("teacher_backbone", "teacher_finetune_epochs", "teacher_control"):
+        for k in ("teacher_backbone", "teacher_finetune_epochs", "teacher_control", "teacher_fusion"):
             config["train"].pop(k, None)
         backbones["teacher"] = resolve_backbone(adapter, "teacher", t, "default", {})
         ckpt = None
@@ -189,11 +202,17 @@ def resolve_method(spec: RunSpec) -> tuple[type[Method], Any, dict[str, Any], tu
 
 
 def resolve_backbone(adapter: DatasetAdapter, role: str, modality: str, name: str,
-                     values: dict[str, str]) -> BackboneChoice:
+                     values: dict[str, str], fusion: str = DEFAULT_FUSION) -> BackboneChoice:
     """One role's network: ``default`` is the adapter's (``default_backbone``: a registered backbone
     and its parameters, which ``--set ROLE.KEY`` may change; or its own ``build_model``), any
     other name a registered backbone with its parameters. Checked against the modality's declared
-    kind and the task here, before anything is read or trained."""
+    kind and the task here, before anything is read or trained. A teacher set's network is the
+    fusion network ``fusion`` over each member's choice of ``name`` and ``values``."""
+    if is_set(modality):
+        mem = {m: resolve_backbone(adapter, role, m, name, values) for m in members(modality)}
+        entry = BACKBONES.entry(fusion_factory(fusion.strip().lower()).name)
+        default = entry.name == DEFAULT_FUSION and all(c.default for c in mem.values())
+        return FusionChoice(role, entry.name, None, default, entry.source, members=mem)
     name = name.strip().lower()
     declared = getattr(adapter, "default_backbone", None)
     if name == "default":

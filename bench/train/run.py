@@ -53,7 +53,14 @@ from bench.train.resolve import Resolved, RunSpec, resolve
 from bench.train.step import probe_outputs
 from bench.train.stop import file_lock
 from bench.train.teacher_outputs import decide_teacher_cache
-from bench.train.teachers import backbone_record, build_network, check_pair, get_teacher, teacher_epochs_to_train
+from bench.train.teachers import (
+    backbone_record,
+    build_network,
+    check_pair,
+    extra_teachers,
+    get_teacher,
+    teacher_epochs_to_train,
+)
 
 
 RUNNER_VERSION = 2
@@ -188,6 +195,8 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
                                          on_epoch=lambda e, row: reporter.epoch(r.run_id, "teacher", e, row),
                                          on_note=note)
         student, method, plan = build_student_and_method(r, spec, splits, teacher, device)
+        if method.runs_teachers and tinfo is not None:  # the mixture's other teachers (MST-Distill)
+            tinfo = dict(tinfo, mixture=getattr(method, "extra_info", {}))
         base["backbones"] = backbone_record(r, student, teacher)
         s_mod, t_mod = r.config["student_modality"], r.config["teacher_modality"]
         res = fit(adapter=r.adapter, splits=splits, student=student, student_modality=s_mod, method=method,
@@ -260,6 +269,10 @@ def build_student_and_method(r: Resolved, spec: RunSpec, splits: dict[str, Any],
     ctx = MethodContext(r.adapter.num_classes, r.train.epochs, r.adapter.task, t_mod if needs_teacher else None,
                         s_mod, device, r.adapter.ignore_index)
     method = r.method_cls(r.method_params, ctx)
+    if method.runs_teachers:  # its other teachers (cached, locked; seeded again so the student is unchanged)
+        method.extra_info = extra_teachers(r, method, splits, device)
+        seed_everything(spec.seed, r.train.deterministic)
+        student = build_network(r, "student", splits, device)
     s_probe, t_probe = probe_outputs(r.adapter, splits["train"], student, teacher, s_mod, t_mod, device)
     method.setup(student, teacher, s_probe, t_probe)
     method.modules.to(device)

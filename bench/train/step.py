@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from bench.api.method import Method
 from bench.data import DatasetAdapter, Split, batch_indices
+from bench.data.tsets import batch_inputs
 from bench.models import Backbone, ModelOutput
 from bench.train.acceleration import (
     SpeedPlan,
@@ -66,6 +67,8 @@ class Trainer:
                  device: torch.device, plan: SpeedPlan, teacher_key: str | None = None, seed: int = 0):
         self.adapter, self.tr, self.student, self.s_mod = adapter, train_split, student, student_modality
         self.method, self.teacher, self.t_mod, self.train, self.device = method, teacher, teacher_modality, train, device
+        # a same-modality teacher's re-paired input must not replace the student's (v2v, unpaired/shuffled)
+        self.t_key = f"teacher:{teacher_modality}" if teacher_modality == student_modality else teacher_modality
         self.need_t = method.uses_teacher and teacher is not None
         if method.wants_sample_indices:  # before the optimizer and any resume: state sized by the training set
             method.bind_training_set(train_split.labels, seed)
@@ -121,7 +124,7 @@ class Trainer:
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Network inputs (augmented on the device), labels, and the teacher's sample indices; a
         method that asks for them (:attr:`~bench.api.Method.wants_sample_indices`) gets ``idx``."""
-        xb, y = self.adapter.batch(s_like, li, self.fetch_mods, self.device, True, gen)
+        xb, y = batch_inputs(self.adapter, s_like, li, self.fetch_mods, self.device, True, gen)
         if self.method.wants_sample_indices:
             self.method.sample_indices = idx
         t_idx = idx
@@ -131,7 +134,7 @@ class Trainer:
                      else repair_by_class(self.tr.labels, idx, self.by_class, gen))
             if self.t_src is not None:
                 ts, tli = self.t_src.gather(t_idx)
-                xb[self.t_mod] = self.adapter.batch(ts, tli, [self.t_mod], self.device, True, gen)[0][self.t_mod]  # type: ignore[index]
+                xb[self.t_key] = batch_inputs(self.adapter, ts, tli, [self.t_mod], self.device, True, gen)[0][self.t_mod]  # type: ignore[index,list-item]
         return xb, y, t_idx
 
     def teacher_out(self, xb: dict[str, torch.Tensor], t_idx: torch.Tensor) -> ModelOutput | None:
@@ -139,7 +142,7 @@ class Trainer:
             return None
         if self.tcache is not None:
             return self.tcache.take(t_idx)
-        xt = xb[self.t_mod]  # type: ignore[index]
+        xt = xb[self.t_key] if self.t_key in xb else xb[self.t_mod]  # type: ignore[index]
         if self.teacher_in_opt:
             with self.plan.autocast(self.device):
                 return self.teacher_fwd(to_channels_last(xt, self.plan))  # type: ignore[misc]
@@ -150,6 +153,8 @@ class Trainer:
         """Student forward, the method's losses (in fp32), backward. Returns (total, terms)."""
         with self.plan.autocast(self.device):
             s_out = self.student_fwd(to_channels_last(xb[self.s_mod], self.plan))
+        if self.method.runs_teachers:  # it runs its teachers itself on the step's inputs
+            self.method.inputs = xb
         terms = self.method.loss(for_loss(s_out, self.plan), for_loss(t_out, self.plan) if t_out is not None else None,
                                  y, epoch)
         total = sum(terms.values())
@@ -200,7 +205,7 @@ def probe_outputs(adapter: DatasetAdapter, split: Split, student: Backbone, teac
     idx = torch.arange(min(2, len(split)))
     was = student.training
     student.eval()
-    xb, _ = adapter.batch(split, idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)  # type: ignore[list-item]
+    xb, _ = batch_inputs(adapter, split, idx, [s_mod] + ([t_mod] if teacher is not None else []), device, False, None)  # type: ignore[list-item]
     with torch.no_grad():
         s_probe = student(xb[s_mod])
         t_probe = None

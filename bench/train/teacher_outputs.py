@@ -32,6 +32,7 @@ import torch
 
 from bench.api.errors import ConfigError
 from bench.data import Split, batch_indices
+from bench.data.tsets import batch_inputs, members
 from bench.models import ModelOutput
 from bench.train.acceleration import SpeedPlan, frozen_forward
 from bench.train.placement import BatchSource, free_device_bytes
@@ -130,8 +131,9 @@ def decide_teacher_cache(plan: SpeedPlan, method: Any, adapter: Any, teacher_mod
     if fields is None:
         return no(method.no_cache_reason or f"method {method.name!r} does not declare which teacher outputs it reads")
     fields = normalise_fields(set(fields), t_probe)
-    if adapter.augments(teacher_modality):
-        return no(f"the {teacher_modality} input of {adapter.name} is augmented at every training step")
+    augmented = [m for m in members(teacher_modality) if adapter.augments(m)]
+    if augmented:
+        return no(f"the {augmented[0]} input of {adapter.name} is augmented at every training step")
     need = _field_nbytes(t_probe, set(fields), n_train, plan.amp != "off")
     budget = (0.25 * free_device_bytes(device) / max(plan.runs_per_gpu, 1)) if device.type == "cuda" else CPU_CACHE_BUDGET
     if need > budget:
@@ -153,7 +155,7 @@ class TeacherOutputs:
         n_maps = n_pre = 0
         source = BatchSource(split, [modality], device, plan)
         for s, li, idx in source.iterate(list(batch_indices(len(split), batch_size, False, None, False))):
-            xs, _ = adapter.batch(s, li, [modality], device, True, None)
+            xs, _ = batch_inputs(adapter, s, li, [modality], device, True, None)
             out = frozen_forward(teacher_fwd, xs[modality], plan, device)
             n_maps, n_pre = len(out.feature_maps), len(out.preact_maps)
             for name in fields:

@@ -17,6 +17,7 @@ never trained, never cached (:func:`random_teacher`)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +28,9 @@ from bench.api.errors import BenchError
 from bench.api.method import Method, MethodContext
 from bench.api.names import join_under
 from bench.data import Split
+from bench.data.tsets import batch_inputs, component, is_set, members
 from bench.models import Backbone
+from bench.models.fusion import FusionChoice, fusion_factory
 from bench.models.registry import build_for, first_mismatch, load_weights_file
 from bench.records.files import CorruptFileError, atomic_torch_save, load_torch_file
 from bench.records.provenance import stable_hash
@@ -51,7 +54,9 @@ def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
     if r.train.split_mode != "fixed":  # per-seed splits: the teacher of a seed is trained on that seed's split
         fp["train"]["split_mode"] = r.train.split_mode  # (the seed is in the key already); fixed keeps old names
     choice = r.backbones.get("teacher")
-    if choice is not None and not choice.default:  # default teachers keep their file names
+    if is_set(modality):  # a multimodal teacher: its fusion network and every member's backbone
+        fp["fusion"] = r.backbones["teacher"].identity()
+    elif choice is not None and not choice.default:  # default teachers keep their file names
         fp["backbone"] = choice.identity()
     if r.teacher_checkpoint is not None:  # a fine-tuned user teacher
         fp.update(epochs=r.train.teacher_finetune_epochs, init_sha256=r.teacher_checkpoint.sha256)
@@ -60,7 +65,7 @@ def teacher_fingerprint(r: Resolved, modality: str) -> dict[str, Any]:
 
 def teacher_path(r: Resolved, modality: str) -> Path:
     fp = stable_hash(teacher_fingerprint(r, modality), 12)
-    return join_under(Path(r.spec.results_dir) / "teachers", r.adapter.name, modality, f"seed{r.spec.seed}-{fp}.pt")
+    return join_under(Path(r.spec.results_dir) / "teachers", r.adapter.name, component(modality), f"seed{r.spec.seed}-{fp}.pt")
 
 
 def teacher_resume_path(path: Path) -> Path:
@@ -82,8 +87,13 @@ def teacher_epochs_to_train(r: Resolved) -> int:
 def build_network(r: Resolved, role: str, splits: dict[str, Split], device: torch.device) -> Backbone:
     """The ``role`` ("teacher" | "student") network of run ``r`` on ``device``: the dataset's own
     (``adapter.build_model``, exactly as before backbones could be chosen) or the chosen backbone,
-    built for the modality's input as measured on two prepared training samples."""
-    return build_for(r.adapter, r.backbones[role], r.config[f"{role}_modality"], splits["train"], device)
+    built for the modality's input as measured on two prepared training samples. A teacher set's
+    network is its fusion network over each member's (:mod:`bench.models.fusion`)."""
+    modality, choice = r.config[f"{role}_modality"], r.backbones[role]
+    if is_set(modality):
+        nets = {m: build_for(r.adapter, choice.members[m], m, splits["train"], device) for m in members(modality)}
+        return fusion_factory(choice.name).build_fusion(nets, r.adapter.num_classes, r.adapter.task).to(device)
+    return build_for(r.adapter, choice, modality, splits["train"], device)
 
 
 def check_pair(r: Resolved, splits: dict[str, Split], device: torch.device) -> None:
@@ -99,13 +109,72 @@ def check_pair(r: Resolved, splits: dict[str, Split], device: torch.device) -> N
                         r.adapter.ignore_index)
     method = r.method_cls(r.method_params, ctx)
     try:
+        if method.runs_teachers:
+            nets = {m: frozen(build_network(as_teacher_of(r, m), "teacher", splits, device))
+                    for m in method.extra_teachers()}
+            method.attach_teachers(nets, {m: _probe(r, net, m, splits, device) for m, net in nets.items()})
         method.setup(student, teacher, s_probe, t_probe)
     except Exception as exc:
         t_c, s_c = r.backbones["teacher"], r.backbones["student"]
         why = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+        if t_probe is not None and not t_probe.feature_maps:
+            why += f" (the teacher of direction {r.direction} has no stage maps: {NO_MAPS})"
         raise BenchError(f"method {r.method_cls.name!r} cannot distil teacher {t_c.describe()} on {t_mod} "
                          f"({_maps(t_probe)}) into student {s_c.describe()} on {s_mod} ({_maps(s_probe)}): "
                          f"{why}") from exc
+    refuse_without_maps(r, method, t_probe)
+
+
+def as_teacher_of(r: Resolved, modality: str) -> Resolved:
+    """Run ``r`` seen from the unimodal teacher of ``modality`` (one member of its teacher set):
+    the same cache key as that modality's teacher in a cross-modal run of these settings."""
+    choice = r.backbones["teacher"]
+    member = choice.members[modality] if isinstance(choice, FusionChoice) else choice
+    return replace(r, config={**r.config, "teacher_modality": modality}, backbones={**r.backbones, "teacher": member})
+
+
+def frozen(net: Backbone) -> Backbone:
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def extra_teachers(r: Resolved, method: Method, splits: dict[str, Split], device: torch.device,
+                   on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The cached unimodal teachers a method that runs its teachers itself asks for (trained once
+    under their lock, like any teacher), frozen, and what the record says about them."""
+    nets, infos = {}, {}
+    for m in method.extra_teachers():
+        net, info = get_teacher(as_teacher_of(r, m), splits, device, on_note=on_note)
+        nets[m], infos[m] = frozen(net), info
+    method.attach_teachers(nets, {m: _probe(r, net, m, splits, device) for m, net in nets.items()})
+    return infos
+
+
+def _probe(r: Resolved, net: Backbone, modality: str, splits: dict[str, Split], device: torch.device) -> Any:
+    """``net``'s outputs on two training samples of ``modality`` (eval mode, no grad)."""
+    xb, _ = batch_inputs(r.adapter, splits["train"], torch.arange(min(2, len(splits["train"]))), [modality],
+                         device, False, None)
+    with torch.no_grad():
+        return net(xb[modality])
+
+
+MAP_FIELDS = ("feature_maps", "preact_maps")
+
+
+NO_MAPS = "a fusion of pooled features exposes only the fused feature vector and logits; use a logit- or vector-based method"
+
+
+def refuse_without_maps(r: Resolved, method: Method, t_probe: Any) -> None:
+    """A method that reads the teacher's stage maps cannot use a teacher that has none (the fusion
+    teacher of a teacher set): refuse, naming the direction, before anything trains."""
+    if t_probe is None or t_probe.feature_maps:
+        return
+    reads = sorted(f for f in method.teacher_cache_fields() or () if f.startswith(MAP_FIELDS))
+    if reads:
+        raise BenchError(f"method {r.method_cls.name!r} reads the teacher's stage maps ({', '.join(reads)}); the "
+                         f"teacher of direction {r.direction} ({r.backbones['teacher'].name}) has none: {NO_MAPS}")
 
 
 def _maps(out: Any) -> str:
@@ -147,7 +216,7 @@ def get_teacher(r: Resolved, splits: dict[str, Split], device: torch.device,
     modality = r.config["teacher_modality"]
     if r.train.teacher_control == "random":
         return random_teacher(r, splits, device)
-    if r.teacher_checkpoint is not None and r.train.teacher_finetune_epochs == 0:
+    if r.teacher_checkpoint is not None and r.train.teacher_finetune_epochs == 0 and not is_set(modality):
         return _frozen_checkpoint_teacher(r, splits, device)
     path = teacher_path(r, modality)
     with file_lock(path.with_suffix(".lock")):
