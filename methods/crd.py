@@ -101,13 +101,33 @@ def contrast_index(idx: torch.Tensor, labels: torch.Tensor, k: int, gen: torch.G
 def crd_scores(v_s: torch.Tensor, v_t: torch.Tensor, bank_s: torch.Tensor, bank_t: torch.Tensor,
                cidx: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Unnormalised scores (B, K+1): student anchor ``exp(<bank_t[j], v_s>/T)``, teacher anchor
-    ``exp(<bank_s[j], v_t>/T)`` for j in each row of ``cidx``; the banks are detached."""
+    ``exp(<bank_s[j], v_t>/T)`` for j in each row of ``cidx``; the banks are detached.
+
+    Two equal ways (:func:`score_path`): gather the K+1 bank rows of every sample and multiply
+    (the reference's ``index_select`` + ``bmm``), or score the whole bank once (B x N) and pick the
+    K+1 columns. Where B(K+1) >= N the gather copies more rows than the bank has, so the second
+    is the cheaper (on synthetic: 64 x 901 rows of a 1080-row bank, 5x faster); with the
+    reference's N = 50000 and K = 16384 on CIFAR it is 1.5x the multiply-adds and far less memory
+    traffic. The two differ only in float rounding (tested to 1e-12 in float64)."""
     b, k1 = cidx.shape
+    if score_path(b, k1, bank_s.shape[0]) == "bank":
+        # copies (N x D, what the gather would copy B(K+1)/N times over): the backward needs the
+        # banks as they were, and the momentum update changes them in place before it runs
+        p_s = torch.exp((v_s @ bank_t.detach().t().clone()).gather(1, cidx) / temperature)
+        p_t = torch.exp((v_t @ bank_s.detach().t().clone()).gather(1, cidx) / temperature)
+        return p_s, p_t
     w_t = bank_t.detach().index_select(0, cidx.flatten()).view(b, k1, -1)
     w_s = bank_s.detach().index_select(0, cidx.flatten()).view(b, k1, -1)
     p_s = torch.exp(torch.bmm(w_t, v_s.unsqueeze(2)).squeeze(2) / temperature)
     p_t = torch.exp(torch.bmm(w_s, v_t.unsqueeze(2)).squeeze(2) / temperature)
     return p_s, p_t
+
+
+def score_path(batch: int, k1: int, n_data: int) -> str:
+    """``bank`` (score every bank row, then pick) where the batch's B(K+1) picks reach the bank's
+    size N, else ``gather`` (pick the rows, then score them): a function of the shapes only, so a
+    configuration always runs the same arithmetic."""
+    return "bank" if batch * k1 >= n_data else "gather"
 
 
 def nce_loss(p: torch.Tensor, n_data: int, eps: float = NCE_EPS) -> torch.Tensor:
@@ -198,6 +218,7 @@ class CRD(Method):
     dense_ok = False
     dense_reason = "its negatives are samples of other classes, and a segmentation image has no single class"
     wants_sample_indices = True
+    version = 2  # scores the whole bank where the batch's picks cover it (rounding-level different, 5x faster)
     # CRD paper: beta 0.8 on CIFAR-100; its temperature study spans 0.02-0.3
     search_space = {"feat_weight": Real(0.08, 8.0, log=True), "nce_t": Real(0.02, 0.3, log=True)}
 

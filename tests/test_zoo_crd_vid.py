@@ -14,7 +14,7 @@ import torch
 from bench.api.errors import BenchError
 from bench.api.method import MethodContext
 from bench.api.registry import METHODS
-from bench.methods.crd import ContrastMemory, contrast_index, crd_loss, effective_k
+from bench.methods.crd import ContrastMemory, contrast_index, crd_loss, crd_scores, effective_k, score_path
 from bench.methods.vid import initial_log_scale, predicted_variance, regressor, vid_loss
 from bench.train.run import NullReporter, run
 
@@ -300,3 +300,30 @@ def test_crd_resumes_bit_identically_with_its_bank_z_and_generator(results):
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in full["history"]]
     assert [r["test_metric"] for r in resumed["history"]] == [r["test_metric"] for r in full["history"]]
     assert resumed["extra"]["method"] == full["extra"]["method"]
+
+
+def test_crd_scores_whole_bank_and_gathered_rows_agree_in_value_and_gradient(monkeypatch):
+    """The two score paths (the whole bank scored, then picked; the rows gathered, then scored) are
+    one function: values and gradients agree in float64, and the path follows the shapes only."""
+    import bench.methods.crd as crd_mod
+
+    g = torch.Generator().manual_seed(5)
+    n, d, b = 40, 8, 6
+    labels = torch.arange(n) % 4
+    bank_s, bank_t = torch.randn(n, d, generator=g, dtype=D), torch.randn(n, d, generator=g, dtype=D)
+    idx = torch.randperm(n, generator=g)[:b]
+    cidx = contrast_index(idx, labels, 29, g)
+    assert score_path(b, 30, n) == "bank" and score_path(b, 3, n) == "gather"
+    got = {}
+    for path in ("bank", "gather"):
+        monkeypatch.setattr(crd_mod, "score_path", lambda *_a, _p=path: _p)
+        v_s = torch.randn(b, d, generator=torch.Generator().manual_seed(9), dtype=D).requires_grad_()
+        v_t = torch.randn(b, d, generator=torch.Generator().manual_seed(10), dtype=D).requires_grad_()
+        p_s, p_t = crd_scores(v_s, v_t, bank_s, bank_t, cidx, 0.5)
+        (p_s.log().sum() * 0.3 + p_t.sum()).backward()
+        got[path] = (p_s.detach(), p_t.detach(), v_s.grad, v_t.grad)
+    v_s0 = torch.randn(b, d, generator=torch.Generator().manual_seed(9), dtype=D)
+    direct = torch.exp(torch.einsum("bkd,bd->bk", bank_t[cidx], v_s0) / 0.5)
+    torch.testing.assert_close(got["bank"][0], direct, rtol=1e-12, atol=0)  # the formula, element by element
+    for a, c in zip(got["bank"], got["gather"]):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-300)
