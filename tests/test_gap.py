@@ -134,7 +134,8 @@ def _own_features(grid: Path):
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)[key])
         return net.eval()
 
-    run = next(r["run_id"] for r in records(grid) if r["direction"] == "v2v" and r["method"] == "none" and r["seed"] == 0)
+    run = next(r["run_id"] for r in records(grid)
+               if r["direction"] == "v2v" and r["method"] == "none" and r["seed"] == 0)
     with torch.no_grad():
         hs = loaded(ad.build_model("visual", nc), grid / "models" / f"{run}.pt", "student")(xs["visual"]).pre_feature
         a2v = loaded(ad.build_model("audio", nc), _teacher_file(grid, "a2v"))(xs["audio"]).pre_feature
@@ -145,7 +146,8 @@ def _own_features(grid: Path):
         av2v = fusion(xs).pre_feature
         fused = torch.cat([fusion.nets[m](xs[m]).pre_feature for m in ("audio", "visual")], 1)
     f = lambda t: t.double().numpy()  # noqa: E731
-    return f(hs), {"a2v": f(a2v), "av2v": f(av2v), "v2v": f(v2v), "fused": f(fused)}, onehot_minus_one(y.numpy(), nc), run
+    hts = {"a2v": f(a2v), "av2v": f(av2v), "v2v": f(v2v), "fused": f(fused)}
+    return f(hs), hts, onehot_minus_one(y.numpy(), nc), run
 
 
 def _mi(ht, hs, yoh, k):
@@ -184,6 +186,7 @@ def test_prediction_agreement_and_ranking_rules():
     assert [_agreement("does not help", v) for v in ("better", "worse", "equivalent", "untested")] == \
         ["disagree", "agree", "agree", "undecided"]
     assert _agreement("no prediction (the ks disagree)", "better") == "no prediction"
+    assert _agreement("helps", None) == "missing"
     rows = [{"direction": "a2v", "delta_k8": 0.1, "mean_gain": 1.0}, {"direction": "av2v", "delta_k8": 0.5,
             "mean_gain": 2.0}, {"direction": "v2v", "delta_k8": 3.0, "mean_gain": 3.0}]
     rk = _ranking(rows, ks)
@@ -214,6 +217,7 @@ def test_missing_cells_are_reported_and_w_o_kd_pairs_with_the_same_modality_runs
     assert rows["av2v"]["gain_missing"] == "no Logit records of av2v"
     assert rows["av2v"]["cch_missing"] == "no KD record of av2v at seed 0 names its teacher"
     assert rows["av2v"]["gap_missing"] == "gain of av2v missing" and rows["av2v"]["predicted"] == "missing"
+    assert rows["av2v"]["agreement"] == "missing" and "1 without a gain, of 3" in out["markdown"]
     assert rows["a2v"]["baseline"] == "v2v"  # no w/o KD runs of a2v left: the same-modality direction's
     assert rows["a2v"]["mean_gain"] == pytest.approx(np.mean([v[("a2v", "logit", s)] - v[("v2v", "none", s)]
                                                               for s in (0, 1)]))
@@ -229,7 +233,7 @@ def test_refusals_name_what_is_missing_and_the_command_that_makes_it(grid, tmp_p
     with pytest.raises(BenchError, match="none run with the dataset parameters given"):
         gap("synthetic", res, tmp_path / "o", {"synthetic": {"n_train": "200"}}, seed=0)
     for bad, match in (({"predict": "some"}, "--predict"), ({"set_feature": "x"}, "--set-feature"),
-                       ({"correction": "x"}, "--correction"), ({"methods": ["dkd"]}, "no records of 'dkd'")):
+                       ({"correction": "x"}, "--correction"), ({"methods": ["none", "dkd"]}, "no records of 'dkd'")):
         with pytest.raises(BenchError, match=match):
             gap("synthetic", res, tmp_path / "o", OV, seed=0, **bad)
     with pytest.raises(BenchError, match="expected a results folder"):
@@ -245,7 +249,8 @@ def test_refusals_name_what_is_missing_and_the_command_that_makes_it(grid, tmp_p
     msg = str(e.value)
     assert "no w/o KD student of visual saved with --save-model at seed 0" in msg
     assert ("`bench run --methods none --datasets synthetic --directions v2v --seeds 0 --save-model --set "
-            "synthetic.n_train=200 --set synthetic.n_test=100 --set train.epochs=1 --set train.teacher_epochs=1`") in msg
+            "synthetic.n_train=200 --set synthetic.n_test=100 --set train.epochs=1 "
+            "--set train.teacher_epochs=1`") in msg
     # no same-modality direction
     for p in (res / "records").glob("*_v2v_*.json"):
         p.unlink()

@@ -165,8 +165,7 @@ def _prediction(deltas: list[float] | None, ks: tuple[int, ...], predict: str) -
     if not deltas:
         return "missing"
     if predict == "middle":
-        mid = sorted(range(len(ks)), key=lambda i: ks[i])[(len(ks) - 1) // 2]
-        return "helps" if deltas[mid] > 0 else "does not help"
+        return "helps" if deltas[ks.index(G.middle_k(ks))] > 0 else "does not help"
     if all(x > 0 for x in deltas):
         return "helps"
     return "does not help" if all(x <= 0 for x in deltas) else "no prediction (the ks disagree)"
@@ -174,24 +173,22 @@ def _prediction(deltas: list[float] | None, ks: tuple[int, ...], predict: str) -
 
 def _agreement(predicted: str, verdict: str | None) -> str:
     """CCH says KD helps when delta > 0, "does not help or hurts" otherwise; inconclusive decides nothing."""
+    if verdict is None:
+        return "missing"
     if predicted not in ("helps", "does not help"):
         return "no prediction"
-    if verdict in (None, "inconclusive", "untested"):
+    if verdict in ("inconclusive", "untested"):
         return "undecided"
     if predicted == "helps":
         return "agree" if verdict == "better" else "disagree"
     return "agree" if verdict in ("worse", "equivalent") else "disagree"
 
 
-def middle_k(ks: tuple[int, ...]) -> int:
-    return sorted(ks)[(len(ks) - 1) // 2]
-
-
 def _ranking(rows: list[dict[str, Any]], ks: tuple[int, ...]) -> dict[str, Any]:
     """Per method: the choices ordered by delta at the middle k and by mean gain, and whether they agree."""
     from scipy.stats import rankdata, spearmanr
 
-    k = middle_k(ks)
+    k = G.middle_k(ks)
     have = [r for r in rows if r.get(f"delta_k{k}") is not None and r.get("mean_gain") is not None]
     res: dict[str, Any] = {"k": k, "choices": [r["direction"] for r in have],
                            "delta": [r[f"delta_k{k}"] for r in have], "gain": [r["mean_gain"] for r in have],
@@ -224,6 +221,7 @@ def gap(dataset: str, results: Path, out: Path, overrides: dict[str, dict[str, s
     ks = tuple(dict.fromkeys(int(k) for k in ks))
     if not ks or min(ks) < 1:
         raise BenchError(f"--k {','.join(map(str, ks))}: expected PCA sizes >= 1")
+    methods = [m for m in methods or [] if m != "none"] or None  # w/o KD is every gain's baseline anyway
     results = Path(results)
     if not results.is_dir():
         raise BenchError(f"-r {results}: expected a results folder (records/, teachers/, models/), not a file")
@@ -277,6 +275,7 @@ def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[i
         notes.append(_none_runs_note(df, s, dirs))
         same = adapter.direction_name(s, s)
         base = {d: _cell(df, d, "none") for d in dirs}
+        notes += [why for _, why in base.values() if why and why.startswith("conflict")]
         ms = [m for m in order_methods(set(df[df["student_modality"] == s]["method"]) - {"none"}, cats)
               if not methods or m in methods]
         for m in ms:
@@ -303,7 +302,8 @@ def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[i
         if key in seeds_of and ref in seeds_of:
             gap_items[key] = (seeds_of[key], seeds_of[ref])
         else:
-            row["gap_missing"] = "gain of " + " and of ".join(x[2] for x in (key, ref) if x not in seeds_of) + " missing"
+            lacking = " and of ".join(x[2] for x in (key, ref) if x not in seeds_of)
+            row["gap_missing"] = f"gain of {lacking} missing"
     gaps = P.compare_family(gap_items, alpha=alpha, rope=rope, correction=correction)
     for key, r in gaps.items():
         _fill(by_key[key], "gap", r, "mean_gap", by_key[key]["gap_vs"])

@@ -66,7 +66,8 @@ def student_network(results: Path, adapter: Any, none_recs: list[dict[str, Any]]
                     device: torch.device, remedy: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """H_S: the saved w/o KD student of ``student`` at ``seed`` (see the module docstring)."""
     same = adapter.direction_name(student, student)
-    saved = [r for r in none_recs if r["student_modality"] == student and int(r["seed"]) == seed and r.get("model_path")]
+    saved = [r for r in none_recs
+             if r["student_modality"] == student and int(r["seed"]) == seed and r.get("model_path")]
     if not saved:
         raise BenchError(f"bench analyze gap: no w/o KD student of {student} saved with --save-model at seed {seed} "
                          f"in {results} (H_S, the student representation of every teacher choice); make it with "
@@ -129,7 +130,8 @@ def teacher_network(results: Path, adapter: Any, teacher: str, name: str,
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise Missing(f"teacher file {path.name} does not fit the dataset's network: {str(exc).splitlines()[0]}") from None
+        why = str(exc).splitlines()[0]
+        raise Missing(f"teacher file {path.name} does not fit the dataset's network: {why}") from None
     return model.to(device).eval(), path
 
 
@@ -150,6 +152,11 @@ def representation(model: torch.nn.Module, adapter: Any, split: Any, modality: s
             v = o.pre_feature if tap == "pre" else o.feature
         out.append(v.float().cpu())
     return torch.cat(out).numpy()
+
+
+def middle_k(ks: tuple[int, ...]) -> int:
+    """The middle PCA size (the lower of the two middle ones for an even count)."""
+    return sorted(ks)[(len(ks) - 1) // 2]
 
 
 def cch_per_k(ht: np.ndarray, hs: np.ndarray, yoh: np.ndarray, ks: tuple[int, ...]) -> list[dict[str, Any]]:

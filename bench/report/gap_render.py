@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from bench.report.gap_features import middle_k
 from bench.report.output import csv_text
 from bench.report.rows import display_name
 from bench.report.stats import paired as P
@@ -128,7 +129,7 @@ def _rank_table(student: str, rankings: dict) -> list[str]:
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     """How many (method, teacher choice) rows agree, disagree, are undecided or have no prediction."""
-    out = {"agree": 0, "disagree": 0, "undecided": 0, "no prediction": 0}
+    out = {"agree": 0, "disagree": 0, "undecided": 0, "no prediction": 0, "missing": 0}
     for r in rows:
         out[r["agreement"]] += 1
     return out
@@ -156,17 +157,19 @@ def markdown(rows: list[dict[str, Any]], cch: dict, plan: dict, rankings: dict, 
                   *_predict_table(mine, ks), ""]
         c = counts(mine)
         lines += [f"Agreement: {c['agree']} agree, {c['disagree']} disagree, {c['undecided']} undecided (gain not "
-                  f"shown either way), {c['no prediction']} without a prediction, of {len(mine)}.", "",
+                  f"shown either way), {c['no prediction']} without a prediction, {c['missing']} without a gain, of "
+                  f"{len(mine)}.", "",
                   *_rank_table(s, rankings), ""]
     rule = {"all": "helps when Δ > 0 at every k, does not help when Δ ≤ 0 at every k, no prediction otherwise",
-            "middle": f"the sign of Δ at the middle k ({sorted(ks)[(len(ks) - 1) // 2]})"}[info["predict"]]
+            "middle": f"the sign of Δ at the middle k ({middle_k(ks)})"}[info["predict"]]
     lines += ["## Rules", "",
               "- Gains: " + P.rule_text("gains shown", info["n_gain_tests"], info["alpha"], info["rope"],
                                         info["correction"]) + ".",
               "- Gaps: " + P.rule_text("gaps shown", info["n_gap_tests"], info["alpha"], info["rope"],
                                        info["correction"]) + ".",
               f"- Prediction: {rule}. Agreement: predicted helps and gain better; or predicted does not help and gain "
-              f"worse or equivalent (CCH: KD does not help or hurts). An inconclusive or untested gain decides nothing.",
+              f"worse or equivalent (CCH: KD does not help or hurts). An inconclusive or untested gain decides "
+              f"nothing.",
               "- Ranking: teacher choices ordered by Δ at the middle k and by mean gain; Spearman ρ with three or more "
               "choices.", ""]
     if notes:
