@@ -182,21 +182,31 @@ def curves(
 
 @app.command()
 def analyze(
-    kind: str = typer.Argument(..., help="similarity | means | tsne | cch | premise"),
+    kind: str = typer.Argument(..., help="similarity | means | tsne | cch | gap | premise"),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     direction: Optional[str] = typer.Option(None, "--direction", help="tsne: e.g. a2v (default: the first direction)"),
     results: Path = typer.Option(Path("results"), "--results", "-r"),
     out: Path = typer.Option(Path("results/analysis"), "--out", "-o", help="folder for the figure (PNG+PDF) and CSV"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="the models' seed (gap: the seed whose features give the CCH)"),
     tap: str = typer.Option("pre", "--tap", help="pre (pre-ReLU pooled, FD-CMKD's) | post (classifier input)"),
     ratio: float = typer.Option(0.5, "--ratio", help="similarity: frequency split threshold"),
-    ks: str = typer.Option("4,8,16", "--k", help="cch: PCA sizes"),
-    methods: str = typer.Option("none,feat,fdcmkd", "--methods", help="tsne: students to show"),
+    ks: str = typer.Option("4,8,16", "--k", "--ks", help="cch, gap: PCA sizes"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="tsne: students to show (default none,feat,fdcmkd); "
+                                                                   "gap: KD methods (default: every one recorded)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="dataset parameters the models were trained with"),
     device: str = typer.Option("cpu", "--device"),
+    set_feature: str = typer.Option("output", "--set-feature", help="gap: a teacher set's H_T: output (the fusion "
+                                                                     "teacher's classifier input) | fused (members' "
+                                                                     "vectors concatenated)"),
+    predict: str = typer.Option("all", "--predict", help="gap: CCH predicts from the sign of delta at every k (all) "
+                                                         "or at the middle k (middle)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="gap: significance level of the gain and gap tests"),
+    correction: str = typer.Option("holm", "--correction", help="gap: holm | bonferroni | none over each family"),
+    rope: float = typer.Option(0.5, "--rope", help="gap: region of practical equivalence, +- metric points"),
 ) -> None:
     """Cross-modal analyses from trained checkpoints (FD-CMKD Table 1, Fig. 1, Fig. 4; the CCH criterion;
-    FD-CMKD's premise probed against the ground truth of datasets that carry it, e.g. synthetic)."""
+    the CCH and the modality gap per teacher choice, `gap`; FD-CMKD's premise probed against the ground
+    truth of datasets that carry it, e.g. synthetic)."""
     from bench.launch.grid import split_list
     from bench.report import analysis as A
     from bench.report.console import cch_table
@@ -211,21 +221,29 @@ def analyze(
     elif kind == "means":
         res = A.means(dataset, results, out, ov, seed, tap, device)
     elif kind == "tsne":
-        res = A.tsne(dataset, direction, results, out, ov, seed, tuple(split_list(methods)), tap=tap, device=device)
-    elif kind == "cch":
+        res = A.tsne(dataset, direction, results, out, ov, seed, tuple(split_list(methods or "none,feat,fdcmkd")),
+                     tap=tap, device=device)
+    elif kind in ("cch", "gap"):
         try:
             kk = tuple(int(x) for x in split_list(ks))
         except ValueError:
             raise BenchError(f"--k {ks!r}: expected comma-separated integers") from None
-        res = A.cch(dataset, results, out, ov, seed, kk, tap, device)
-        console.print(cch_table(dataset, res["rows"]))
+        if kind == "cch":
+            res = A.cch(dataset, results, out, ov, seed, kk, tap, device)
+            console.print(cch_table(dataset, res["rows"]))
+        else:
+            from bench.report.gap import gap
+
+            res = gap(dataset, results, out, ov, seed, kk, tap, device, set_feature=set_feature, predict=predict,
+                      methods=split_list(methods) if methods else None, alpha=alpha, rope=rope, correction=correction)
+            console.print(res["markdown"], markup=False, highlight=False, soft_wrap=True)
     elif kind == "premise":
         from bench.report.premise import premise
 
         res = premise(dataset, results, out, ov, seed, ratio, tap, device, direction)
         console.print(res["markdown"], markup=False, highlight=False)
     else:
-        raise BenchError(f"bench analyze {kind!r}: expected similarity, means, tsne, cch or premise")
+        raise BenchError(f"bench analyze {kind!r}: expected similarity, means, tsne, cch, gap or premise")
     console.print("wrote " + escape(", ".join(str(p) for p in [res["csv"], *res["figures"]])))
 
 
