@@ -595,3 +595,30 @@ def test_dollar_signs_in_names_are_not_mathtext(tmp_path):
                 write_record(root2, rec(m, ds, mod, s, 50 + 5 * j + i + s))
     paths = cd_diagram(build_leaderboard(load_records(root2)), tmp_path / "cd")
     assert [p.suffix for p in paths] == [".png", ".pdf"]
+
+
+@needs_chromium
+@needs_latex
+def test_a_composition_of_hostile_part_names_is_text_in_the_page_and_the_pdf(tmp_path):
+    """A composition's display name is built from its parts' names (``A + B``): a record whose
+    parts are markup reaches the HTML page and LaTeX only through the escapers."""
+    res = tmp_path / "res"
+    comp_xss, comp_tex = f"{XSS_NAME}+dkd", f"{TEX_NASTY}+dkd"
+    for mod in ("visual", "audio"):
+        for s in (0, 1):
+            write_record(res, rec("none", "A", mod, s, 50 + s, "Uni-Modal"))
+            write_record(res, rec(comp_xss, "A", mod, s, 60 + s, "Composition"))
+            write_record(res, rec(comp_tex, "A", mod, s, 55 + s, "Composition"))
+    site = tmp_path / "site"
+    r = cli("leaderboard", "-r", str(res), "--format", "html", "--out", str(site))
+    assert r.exit_code == 0, r.output
+    dom, log = dump((site / "index.html").resolve().as_uri())
+    assert "data-xss" not in dom.body, dom.body  # the onerror handler never ran
+    assert not [(t, a) for t, a in dom.attrs if any(k.startswith("on") for k in a) or a.get("src") == "x"]
+    rows = {m: cells for m, cells in dom.rows}
+    assert rows[comp_xss][2] == f"{XSS_NAME} + DKD" and rows[comp_tex][2] == f"{TEX_NASTY} + DKD"
+    tex = tmp_path / "comparison.tex"
+    r = cli("table", "comparison", "-r", str(res), "--standalone", "--out", str(tex))
+    assert r.exit_code == 0, r.output
+    flat = squash(pdf_text(tex))
+    assert squash(f"{TEX_NASTY} + DKD") in flat  # every special character printed as itself
