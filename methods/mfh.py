@@ -196,6 +196,26 @@ def channel_salience(data: PrepareData, teacher: nn.Module, ref: nn.Module, *, r
     return (total / count).mean(0).cpu()
 
 
+@torch.no_grad()
+def teacher_val_top1(data: PrepareData, teacher: nn.Module, removed: torch.Tensor | None, fill: str) -> float | None:
+    """Top-1 (%) on the validation split of the teacher's head on its feature, with the ``removed``
+    channels filled (None: all kept): what the student's only target knows (the record shows both,
+    so a masked teacher that kept no label information is visible). None without a validation split."""
+    split = data.val_split
+    if split is None or len(split) == 0:
+        return None
+    teacher.eval()
+    correct = 0
+    for start in range(0, len(split), 512):
+        idx = torch.arange(start, min(start + 512, len(split)))
+        xb, y = batch_inputs(data.adapter, split, idx, [data.teacher_modality], data.device, False, None)
+        f = teacher(xb[data.teacher_modality]).feature
+        if removed is not None:
+            f = remove_channels(f, removed.to(f.device), fill)
+        correct += int((teacher.classifier(f).argmax(1) == y.to(f.device)).sum())
+    return 100.0 * correct / len(split)
+
+
 def epochs_for(reference: int, reference_total: int, mode: str, epochs: int) -> int:
     """A reference epoch count on this run's schedule (``relative``) or as it is (``absolute``)."""
     return reference if mode == "absolute" else relative_epochs(reference, reference_total, epochs)
@@ -287,7 +307,9 @@ class MFH(ChannelRemoval, Method):
                                every_batch=self.p.salience_batches == "all", salt=37)
         self.rank(sal, self.p.ratio, self.p.channels)
         self.prepared_info = {"prepared": True, "reference_network_epochs": n,
-                              "reference_network_val_metric": row["val_metric"]}
+                              "reference_network_val_metric": row["val_metric"],
+                              "teacher_val_top1": teacher_val_top1(data, self.teacher, None, self.p.fill),
+                              "masked_teacher_val_top1": teacher_val_top1(data, self.teacher, self.removed, self.p.fill)}
 
     def teacher_cache_fields(self) -> set[str]:
         return {"feature"}

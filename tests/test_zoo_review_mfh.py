@@ -342,6 +342,12 @@ def test_one_epoch_end_to_end(results, tiny_overrides, name):
     else:
         assert info["prepared"] is True and len(info["removed_channels"]) == int(0.75 * len(info["salience"]))
         assert min(info["salience"]) == 0 and max(info["salience"]) == 1
+    if name == "mfh":  # the unmasked head on the cached teacher scores as the teacher did on validation
+        import torch
+
+        teacher = torch.load(next(results.glob("teachers/synthetic/audio/*.pt")), weights_only=True)
+        assert info["teacher_val_top1"] == pytest.approx(teacher["info"]["val_metric"])
+        assert 0 <= info["masked_teacher_val_top1"] <= 100
     if name == "mgdfr":  # the co-trained teacher is this run's alone: never from or into the output cache
         assert rec["speed"]["teacher_cache"] is False and "co-training" in rec["speed"]["teacher_cache_reason"]
         assert info["co_training_epochs"] == 1 and info["alpha"] == [0.5]
