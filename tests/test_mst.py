@@ -167,6 +167,12 @@ def test_mst_refuses_a_one_teacher_direction_with_the_reason(tmp_path):
     assert not [s for s in expand_grid("all", "synthetic", "all", "0") if s.method == "mst"]
     assert {s.teacher_modality for s in expand_grid("all", "synthetic", "sets", "0") if s.method == "mst"} == {
         "audio+visual"}
+    # named next to other methods on a grid with a teacher set: it runs there, the rest run everywhere
+    grid = expand_grid("none,mst", "synthetic", "a2v,av2v,v2v", "0")
+    assert sorted((s.method, s.teacher_modality) for s in grid) == [
+        ("mst", "audio+visual"), ("none", "audio"), ("none", "audio+visual"), ("none", "visual")]
+    with pytest.raises(BenchError, match="needs a teacher-set direction"):  # named where it can run nowhere
+        expand_grid("none,mst", "synthetic", "a2v", "0")
 
 
 def test_mst_runs_its_three_stages_with_the_fusion_and_the_cross_modal_teacher(tmp_path):

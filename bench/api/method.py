@@ -103,8 +103,9 @@ class Method:
     :meth:`attach_teachers` before :meth:`setup`, and sets ``self.inputs`` (modality -> the step's
     prepared input) before every :meth:`loss` call. Its teacher outputs are never cached."""
     requires_teacher_set: ClassVar[bool] = False
-    """The method distils a teacher set's mixture (MST-Distill): refused on a one-teacher direction
-    when named, and left out of ``--methods all`` there, so the default job does not fail on it."""
+    """The method distils a teacher set's mixture (MST-Distill): a grid runs it on its teacher-set
+    directions only (so ``--methods all`` and ``none,mst`` over ``a2v,av2v`` do not fail on it), and
+    refuses it, with the reason, when it is named for a grid that has no teacher-set direction."""
     search_space: ClassVar[dict[str, Any]] = {}
     """What ``bench tune`` searches: the 1-3 hyper-parameters that matter most, with the ranges the
     paper reports (``{"beta": Real(0.5, 10.0)}``, see :mod:`bench.api.search`); empty: nothing to tune."""

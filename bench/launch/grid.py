@@ -60,10 +60,14 @@ def expand_grid(
     for d in dnames:
         adapter = build_adapter(d, overrides)
         dirs = expand_directions(adapter, directions)  # 'all' = the cross-modal pairs; 'same', 'sets' by name
+        any_set = any(is_set(t) for t, _ in dirs)
         for t, s in dirs:
             for m in mnames:
-                if m not in named and method_class(m, METHODS).requires_teacher_set and not is_set(t):
-                    continue  # a mixture-of-teachers method in a group ('all') runs on teacher-set directions only
+                if (method_class(m, METHODS).requires_teacher_set and not is_set(t)
+                        and (m not in named or any_set)):
+                    # a mixture-of-teachers method runs on the grid's teacher-set directions only; named
+                    # for a grid without one, it is kept, and resolve() refuses it with the reason
+                    continue
                 for seed in seed_list:
                     ds = str(Path(d).expanduser().resolve()) if is_dataset_folder(d) else adapter.name
                     specs.append(RunSpec(ds, t, s, m.lower(), seed, overrides, results_dir, device,
