@@ -196,24 +196,21 @@ def channel_salience(data: PrepareData, teacher: nn.Module, ref: nn.Module, *, r
     return (total / count).mean(0).cpu()
 
 
-@torch.no_grad()
 def teacher_val_top1(data: PrepareData, teacher: nn.Module, removed: torch.Tensor | None, fill: str) -> float | None:
     """Top-1 (%) on the validation split of the teacher's head on its feature, with the ``removed``
     channels filled (None: all kept): what the student's only target knows (the record shows both,
     so a masked teacher that kept no label information is visible). None without a validation split."""
-    split = data.val_split
-    if split is None or len(split) == 0:
+    from bench.train.loop import evaluate
+
+    if data.val_split is None or len(data.val_split) == 0:
         return None
-    teacher.eval()
-    correct = 0
-    for start in range(0, len(split), 512):
-        idx = torch.arange(start, min(start + 512, len(split)))
-        xb, y = batch_inputs(data.adapter, split, idx, [data.teacher_modality], data.device, False, None)
-        f = teacher(xb[data.teacher_modality]).feature
-        if removed is not None:
-            f = remove_channels(f, removed.to(f.device), fill)
-        correct += int((teacher.classifier(f).argmax(1) == y.to(f.device)).sum())
-    return 100.0 * correct / len(split)
+
+    def masked(x: Any) -> ModelOutput:
+        out = teacher(x)
+        return replace(out, logits=teacher.classifier(remove_channels(out.feature, removed.to(out.feature.device), fill)))
+
+    return evaluate(teacher, data.adapter, data.val_split, data.teacher_modality, data.device,  # type: ignore[arg-type]
+                    data.train.eval_batch_size, fwd=None if removed is None else masked)
 
 
 def epochs_for(reference: int, reference_total: int, mode: str, epochs: int) -> int:
