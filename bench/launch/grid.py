@@ -39,7 +39,8 @@ def expand_grid(
     mnames = select_methods(methods)  # 'all': KD methods and w/o KD; 'controls' adds the controls; names checked
     if not mnames:
         raise BenchError("--methods is empty; give 'all', 'all,controls' or a comma-separated list")
-    named = {x.lower() for x in split_list(methods)}  # named, not from a group: kept (and refused if it cannot run)
+    named = {x.lower() for x in split_list(methods)}  # named, not from a group (see the teacher-set rule below)
+    needs_set = {m for m in mnames if method_class(m, METHODS).requires_teacher_set}
     dnames = split_list(datasets)
     if not dnames:
         raise BenchError("--datasets is empty; valid datasets: " + ", ".join(DATASETS.names()))
@@ -63,8 +64,7 @@ def expand_grid(
         any_set = any(is_set(t) for t, _ in dirs)
         for t, s in dirs:
             for m in mnames:
-                if (method_class(m, METHODS).requires_teacher_set and not is_set(t)
-                        and (m not in named or any_set)):
+                if m in needs_set and not is_set(t) and (m not in named or any_set):
                     # a mixture-of-teachers method runs on the grid's teacher-set directions only; named
                     # for a grid without one, it is kept, and resolve() refuses it with the reason
                     continue
