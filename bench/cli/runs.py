@@ -99,6 +99,8 @@ def run(
     from bench.launch.grid import plan_grid
     from bench.train.trackers import parse_trackers
 
+    skipped: list[str] = []
+
     trackers = parse_trackers(log)  # not part of a run's identity: the same runs, logged to more places
     overrides = parse_overrides(set_)
     if epochs is not None:
@@ -112,7 +114,9 @@ def run(
     specs, todo = plan_grid(methods, datasets, directions, seeds, overrides=overrides, sweeps=list(sweep or []),
                             results=results, device=device, save_model=save_model, plugins=list(plugin or []),
                             force=force, retry_failed=retry_failed,
-                            tuned=dict(trials=tuned_trials, storage=storage) if tuned else None)
+                            tuned=dict(trials=tuned_trials, storage=storage) if tuned else None, skipped=skipped)
+    for why in skipped:
+        err_console.print(f"[yellow]{escape(why)}[/yellow]")
     console.print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run "
                   f"-> {escape(str(results))}/records/")
     if executor == "slurm":

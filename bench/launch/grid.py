@@ -31,8 +31,12 @@ def split_list(text: str | None) -> list[str]:
 def expand_grid(
     methods: str, datasets: str, directions: str = "all", seeds: str = "0", *,
     overrides: dict[str, dict[str, str]] | None = None, results_dir: str = "results", device: str = "auto",
-    save_model: bool = False, plugins: list[str] | None = None,
+    save_model: bool = False, plugins: list[str] | None = None, skipped: list[str] | None = None,
 ) -> list[RunSpec]:
+    """The runs of a grid, validated. A method that a group (``all``, ``controls``) brought in and
+    that cannot connect a direction's teacher to its student (:func:`bench.train.teachers.refusal`,
+    e.g. a spatial-map method on MLPs) is left out of that direction, its reason appended to
+    ``skipped``; a method named on its own still fails the grid with the reason."""
     overrides = overrides or {}
     plugins = plugins or []
     load_plugins(plugins)
@@ -74,7 +78,35 @@ def expand_grid(
                                          save_model, plugins))
     for spec in specs:  # validate overrides / method-dataset compatibility up front
         resolve(spec)
-    return specs
+    return _drop_refused(specs, named, skipped)
+
+
+_REFUSALS: dict[tuple[str, str], str | None] = {}
+
+
+def _drop_refused(specs: list[RunSpec], named: set[str], skipped: list[str] | None) -> list[RunSpec]:
+    """Leave out the group-expanded methods that refuse a direction (probed once per dataset,
+    direction, method and settings, the first seed; memoised per process)."""
+    from bench.records.provenance import stable_hash
+    from bench.train.teachers import refusal
+
+    out = []
+    for spec in specs:
+        if spec.method in named:
+            out.append(spec)
+            continue
+        key = (stable_hash({"d": spec.dataset, "t": spec.teacher_modality, "s": spec.student_modality, "m": spec.method,
+                            "o": spec.overrides, "p": spec.plugins}), spec.method)
+        if key not in _REFUSALS:
+            _REFUSALS[key] = refusal(spec)
+        why = _REFUSALS[key]
+        if why is None:
+            out.append(spec)
+        elif skipped is not None:
+            note = f"{spec.method} left out of {spec.dataset} {spec.teacher_modality}->{spec.student_modality}: {why}"
+            if note not in skipped:
+                skipped.append(note)
+    return out
 
 
 def pending(specs: list[RunSpec], force: bool = False) -> list[RunSpec]:
@@ -114,7 +146,8 @@ def sweep_overrides(base: dict[str, dict[str, str]], sweeps: list[str]) -> list[
 def plan_grid(methods: str, datasets: str, directions: str, seeds: str, *, overrides: dict[str, dict[str, str]],
               sweeps: list[str], results: Path, device: str = "auto", save_model: bool = False,
               plugins: list[str] | None = None, force: bool = False,
-              retry_failed: bool = False, tuned: dict | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+              retry_failed: bool = False, tuned: dict | None = None,
+              skipped: list[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
     """Every spec of the grid (all ``--sweep`` points) and the ones still to run: without an ok
     record (all with ``force``), or, with ``retry_failed``, only those whose last attempt failed
     (a failed record, or a failed or cancelled SLURM task). ``tuned`` (``trials``, ``storage``): every
@@ -122,7 +155,7 @@ def plan_grid(methods: str, datasets: str, directions: str, seeds: str, *, overr
     specs: list[RunSpec] = []
     for combo in sweep_overrides(overrides, sweeps):
         specs += expand_grid(methods, datasets, directions, seeds, overrides=combo, results_dir=str(results),
-                             device=device, save_model=save_model, plugins=list(plugins or []))
+                             device=device, save_model=save_model, plugins=list(plugins or []), skipped=skipped)
     if tuned is not None:
         from bench.tune.best import with_tuned
 

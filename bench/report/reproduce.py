@@ -43,6 +43,18 @@ from typing import Any, Callable
 from bench.api.errors import BenchError
 
 SEEDS = "0,1,2"
+PROTOCOL = {"train": {"split_mode": "per_seed"}}
+"""Overrides every run of the republished grid carries (:mod:`bench.report.offline_grid`)."""
+
+
+def with_protocol(ov: dict[str, dict[str, str]], extra: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """A benchmark's overrides with ``extra`` (default :data:`PROTOCOL`) merged in, copied."""
+    out = {k: dict(v) for k, v in ov.items()}
+    for scope, kv in (extra or PROTOCOL).items():
+        out.setdefault(scope, {}).update(kv)
+    return out
+
+
 STUDY_DATASET = "synthetic"
 
 
@@ -72,13 +84,18 @@ STUDY_SWEEPS = (
 
 def offline_specs(results: Path, seeds: str = SEEDS, device: str = "cpu", epochs: int | None = None,
                   teacher_epochs: int | None = None, benchmarks: tuple[Benchmark, ...] = BENCHMARKS,
-                  studies: bool = True, methods: str = "all", directions: str = "all") -> list:
-    """Every run of the offline results (duplicates of the studies' default point removed)."""
+                  studies: bool = True, methods: str = "all", directions: str = "all",
+                  protocol: dict[str, dict[str, str]] | None = None) -> list:
+    """Every run of the comparison grid and FD-CMKD's studies (duplicates of the studies' default
+    point removed); ``protocol`` overrides go into every run (the republished grid's per-seed
+    splits, :mod:`bench.report.offline_grid`, which adds the other parts)."""
     from bench.launch.grid import expand_grid, sweep_overrides
     from bench.train.resolve import resolve
 
     def with_epochs(ov: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         ov = {k: dict(v) for k, v in ov.items()}
+        for scope, kv in (protocol or {}).items():
+            ov.setdefault(scope, {}).update(kv)
         if epochs is not None:
             ov.setdefault("train", {})["epochs"] = str(epochs)
         if teacher_epochs is not None:
@@ -217,6 +234,37 @@ def grid_coverage(df, modalities: dict[str, list[str]] | None = None) -> dict[st
     return out
 
 
+def excuse_refused(coverage: dict[str, dict[str, Any]], benchmarks: tuple[Benchmark, ...]) -> None:
+    """Move the missing runs of a method that cannot connect a benchmark's networks (the grid left
+    it out: :func:`bench.train.teachers.refusal`) from ``missing`` to ``not_applicable`` (with the
+    reason), so such a benchmark's grid counts as complete. Cross-modal cells only: the teacher is
+    the dataset's other modality."""
+    from bench.train.resolve import RunSpec
+    from bench.train.teachers import refusal
+
+    by_name = {b.dataset: b for b in benchmarks}
+    for d, c in coverage.items():
+        b = by_name.get(d)
+        if b is None or not c["missing"]:
+            continue
+        mods = _student_modalities(b)
+        if len(mods) != 2:
+            continue
+        reasons: dict[tuple[str, str], str | None] = {}
+        keep = []
+        for item in c["missing"]:  # "method->student seed N" (grid_coverage)
+            m, _, rest = item.partition("->")
+            s = rest.rpartition(" seed ")[0]
+            if (m, s) not in reasons:
+                t = next(x for x in mods if x != s)
+                reasons[(m, s)] = refusal(RunSpec(d, t, s, m, 0, with_protocol(b.overrides)))
+            if reasons[(m, s)] is None:
+                keep.append(item)
+        c["expected"] -= len(c["missing"]) - len(keep)
+        c["missing"] = keep
+        c["not_applicable"] = {f"{m}->{s}": why for (m, s), why in reasons.items() if why}
+
+
 OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
                 "protocol_gap", "unimodal")
 """The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
@@ -267,6 +315,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     present = set(everything["dataset"])
     coverage = grid_coverage(everything[everything["dataset"].isin([b.dataset for b in benchmarks])],
                              {b.dataset: _student_modalities(b) for b in benchmarks} if every_direction else None)
+    excuse_refused(coverage, benchmarks)
     summary["coverage"] = coverage
     partial = [d for d, c in coverage.items() if c["missing"]]
     comparison_sets = [b.dataset for b in benchmarks if b.dataset in present and b.dataset not in partial]

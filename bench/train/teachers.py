@@ -338,3 +338,25 @@ def _plain_ce_method(r: Resolved, modality: str, device: torch.device, epochs: i
 
     ctx = MethodContext(r.adapter.num_classes, epochs, r.adapter.task, None, modality, device, r.adapter.ignore_index)
     return NoKD(NoKD.Params(), ctx)
+
+
+def refusal(spec: Any) -> str | None:
+    """Why the method of ``spec`` cannot connect its teacher to its student (:func:`check_pair` on
+    fresh CPU networks, the first seed's splits), or None. The grid asks this once per (dataset,
+    direction, method) for the methods a group such as ``all`` brought in, so ``--methods all`` on
+    a benchmark whose networks lack what a method needs (spatial maps on mfeat's MLPs) leaves that
+    method out with the reason instead of failing the grid."""
+    from bench.train.loop import load_splits
+    from bench.train.resolve import resolve
+
+    r = resolve(spec)
+    if not r.method_cls.uses_teacher:
+        return None
+    splits = load_splits(r.adapter, r.train, seed=spec.seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            check_pair(r, splits, torch.device("cpu"))
+    except BenchError as exc:
+        return str(exc)
+    return None
