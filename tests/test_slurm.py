@@ -198,12 +198,24 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
 
     def requeued() -> bool:
         st = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout
-        if "PENDING" in st:
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-            return True
-        return False
+        return "PENDING" in st
+
+    def old_credential_expired() -> bool:
+        """slurmd refuses a launch whose credential is not newer, in whole seconds, than the
+        revocation of the requeued instance's ("Job credential revoked"): release the job only once
+        the clock has passed the second after that instance's end (sacct's REQUEUED row)."""
+        rows = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job, "-o", "State,End", "-P"], capture_output=True,
+                              text=True).stdout.split()
+        ends = [r.split("|")[1] for r in rows if r.startswith("REQUEUED|") and r.split("|")[1] not in ("", "Unknown")]
+        if not ends:
+            return False
+        import datetime as _dt
+
+        return _dt.datetime.now() >= _dt.datetime.fromisoformat(ends[-1]) + _dt.timedelta(seconds=2)
 
     _wait_for(requeued, 300, "the task to be requeued")
+    _wait_for(old_credential_expired, 120, "the requeued instance's credential to be older than the clock")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
     gate.unlink()
     from bench.launch import slurm
 
