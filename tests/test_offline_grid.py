@@ -118,3 +118,48 @@ def test_coverage_excuses_a_method_the_benchmark_cannot_run_and_keeps_real_gaps(
     assert c["missing"] == ["logit->audio seed 0"] and c["expected"] == 7
     assert set(c["not_applicable"]) == {"at->visual", "nst->audio"}
     assert all("no spatial axis" in why for why in c["not_applicable"].values())
+
+
+def test_teacher_sets_leave_out_a_named_method_that_cannot_use_a_fusion_teacher(tmp_path, monkeypatch):
+    """SET_METHODS names C2KD, which reads a teacher stage map; a fusion teacher has none, so the
+    part keeps C2KD on the same-modality direction only and says why (the frozen grid's runs of it
+    on av2v failed with this reason)."""
+    from bench.report import offline_grid as G
+    from bench.report.reproduce import Benchmark
+
+    monkeypatch.setattr(G, "SET_DIRECTIONS", {"synthetic": "av2v,v2v"})
+    part = next(p for p in G.plan(tmp_path, seeds="0", device="cpu", benchmarks=(Benchmark("synthetic", "synthetic", tiny()),),
+                                  epochs=1, teacher_epochs=1) if p.name == "teacher_sets")
+    specs = part.build(tmp_path)
+    by_dir = {}
+    for s in specs:
+        by_dir.setdefault(f"{s.teacher_modality}->{s.student_modality}", set()).add(s.method)
+    assert by_dir["visual->visual"] == set(G.SET_METHODS) - {"mst"}
+    assert by_dir["audio+visual->visual"] == set(G.SET_METHODS) - {"c2kd"}
+    assert len(part.left_out) == 1 and part.left_out[0].startswith("c2kd on synthetic audio+visual->visual: ")
+    assert "stage map" in part.left_out[0]
+
+
+def test_coverage_counts_only_the_comparison_grid():
+    """MST-Distill exists only on teacher-set directions and the teacher controls have pages of their
+    own: neither may make the cross-modal grid look incomplete (every method x direction x seed)."""
+    import pandas as pd
+
+    from bench.report.reproduce import comparison_records, grid_coverage
+
+    rows = [dict(dataset="avdigits", teacher_modality=t, student_modality=s, method=m, seed=sd, teacher_control=c,
+                 method_params={}, tuned=False, config_hash=f"{m}{t}{s}{sd}{c}")
+            for sd in (0, 1) for (t, s, m, c) in [("audio", "visual", "none", "none"), ("audio", "visual", "logit", "none"),
+                                                  ("audio+visual", "visual", "mst", "none"), ("visual", "visual", "logit", "none"),
+                                                  ("audio", "visual", "logit", "shuffled")]]
+    df = pd.DataFrame(rows)
+    kept = comparison_records(df)
+    assert sorted(set(zip(kept["teacher_modality"], kept["method"], kept["teacher_control"]))) == [
+        ("audio", "logit", "none"), ("audio", "none", "none")]
+    cov = grid_coverage(kept, {"avdigits": ["visual"]})
+    assert cov["avdigits"] == {"expected": 4, "done": 4, "missing": []}
+    # a missing cross-modal run is not hidden by the same method's runs on other directions
+    gap = df[~((df["method"] == "logit") & (df["teacher_modality"] == "audio") & (df["seed"] == 1)
+               & (df["teacher_control"] == "none"))]
+    assert grid_coverage(comparison_records(gap), {"avdigits": ["visual"]})["avdigits"]["missing"] == ["logit->visual seed 1"]
+    assert grid_coverage(gap, {"avdigits": ["visual"]})["avdigits"]["missing"] == []  # what the unfiltered count said

@@ -229,6 +229,23 @@ def test_rank_rules_common_and_own(tmp_path):
     assert "left out of the ranking: B/visual (missing: half), B/audio (missing: half)" in st
 
 
+def test_rank_rule_complete_ranks_every_cell_and_lists_the_incomplete_method(tmp_path):
+    """A method one benchmark cannot run ("half" lacks B) no longer drops B out of the ranks: the
+    methods with all 4 cells are ranked on all 4, "half" is listed unranked with its gain."""
+    recs = load_records(half_results(tmp_path / "res"))
+    lb = build_leaderboard(recs, rank_cells="complete")
+    rows = {r["method"]: r for r in lb.rows}
+    assert lb.rank_used == list(HALF_VALUES) and lb.unranked == ["half"] and lb.rank_left_out == {}
+    expect = {"full1": (1 + 1 + 4 + 4) / 4, "full2": (2 + 3 + 1 + 1) / 4, "full3": (3 + 2 + 2 + 2) / 4,
+              "none": (4 + 4 + 3 + 3) / 4}  # hand-ranked among the four complete methods, every cell
+    assert {m: r["mean_rank"] for m, r in rows.items() if m != "half"} == pytest.approx(expect)
+    assert rows["half"]["mean_rank"] is None and rows["half"]["mean_gain"] == pytest.approx((15 + 21) / 2)
+    assert [r["method"] for r in lb.rows][-1] == "half"
+    st = lb.stats_statement()
+    assert st.startswith(RANK_RULES["complete"])
+    assert "Ranked on all 4 cells: the methods that have every one; not ranked (lacks a cell): half." in st
+
+
 def test_rank_rule_edge_cases(tmp_path):
     root = tmp_path / "res"
     for m, ds, v in (("x", "A", 60), ("y", "B", 70), ("none", "A", 50), ("none", "B", 50)):
@@ -272,6 +289,8 @@ def test_page_applies_the_same_rank_rule_when_filtering(tmp_path):
     assert order[:2] == ["full1", "half"] and shown["half"] == ("2.00", "2/4")
     shown, order, text = board("#rule=own")
     assert (shown, text) == python(rank_cells="own") and order[0] == "half"
+    shown, order, text = board("#rule=complete")
+    assert (shown, text) == python(rank_cells="complete") and shown["half"] == ("-", "-") and order[0] == "full2"
     shown, order, text = board("#nodataset=A")  # "half" has no cell left: listed, not ranked
     assert {m: v for m, v in shown.items() if m != "half"} == python(datasets=["B"])[0]
     assert shown["half"] == ("-", "-") and order[-1] == "half"

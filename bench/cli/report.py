@@ -137,7 +137,8 @@ def leaderboard(
     decimals: int = typer.Option(2, "--decimals", help="digits after the decimal point of gains and cells (0-10)"),
     pairing: str = typer.Option("paired", "--pairing", help="paired | unpaired protocol records"),
     rank_cells: str = typer.Option("common", "--rank-cells", help="common: rank the methods only on the cells every one "
-                                   "of them has (default) | own: each method on the cells it has"),
+                                   "of them has (default) | complete: rank only the methods that have every cell, "
+                                   "on all cells | own: each method on the cells it has"),
     params: str = typer.Option("default", "--params", help="default | tuned | both (DKD and DKD (tuned) ranked side by side)"),
     kinds: Optional[str] = typer.Option(None, "--kinds", help=KINDS_HELP),
 ) -> None:
@@ -294,6 +295,8 @@ def reproduce(
         failed = []
         for part in parts:
             specs = part.build(results)
+            for why in part.left_out:
+                err_console.print(f"[yellow]{part.name}: left out {escape(plain_text(why))}[/yellow]")
             todo = pending(specs)
             console.print(f"{part.name}: {len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to run "
                           f"-> {escape(str(results))}/records/")

@@ -40,6 +40,10 @@ RANK_RULES = {
                "that every one of them has, so every mean rank averages the same cells against the same "
                "opponents. Cells some method lacks are left out of the ranking but still count in gain, "
                "verdicts and coverage."),
+    "complete": ("Mean rank, complete-methods rule: rank 1 = best mean in a cell (ties share the average rank); "
+                 "only the methods with a usable result in every cell are ranked, among each other on every "
+                 "cell; a method that lacks a cell (one it cannot run there, a conflict) is listed unranked "
+                 "with its gain, verdicts and coverage, so no benchmark drops out of the ranks for it."),
     "own": ("Mean rank, own-cells rule: rank 1 = best mean in a cell (ties share the average rank), each "
             "method's ranks averaged over the cells it has; methods with different coverage are ranked on "
             "different cells, so read the rank together with the coverage."),
@@ -115,6 +119,9 @@ class Leaderboard:
             return "No method has a usable cell, so nothing is ranked."
         if self.rank_rule == "own":
             s = "Each method is ranked on its own cells (see coverage)"
+        elif self.rank_rule == "complete":
+            s = (f"Ranked on all {n} cells: the methods that have every one" if self.rank_used else
+                 f"No method has all {n} cells, so none is ranked; rank on common cells (--rank-cells common)")
         elif not self.rank_used:
             s = (f"No cell of the {n} is covered by every ranked method, so no method is ranked; narrow the "
                  f"methods (--methods) or rank on own cells (--rank-cells own)")
@@ -125,7 +132,8 @@ class Leaderboard:
                     f"{c[0]}/{c[1]} (missing: {', '.join(self.method_label(m) for m in ms)})"
                     for c, ms in self.rank_left_out.items())
         if self.unranked:
-            s += "; not ranked (no usable cell): " + ", ".join(self.method_label(m) for m in self.unranked)
+            s += (f"; not ranked ({'lacks a cell' if self.rank_rule == 'complete' else 'no usable cell'}): "
+                  + ", ".join(self.method_label(m) for m in self.unranked))
         return s + "."
 
     def stats_statement(self, rank: bool = True) -> str:
@@ -155,8 +163,8 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     from bench.report.stats.across import MIN_BLOCKS
 
     if rank_cells not in RANK_RULES:
-        raise BenchError(f"--rank-cells {rank_cells!r}: expected 'common' (rank on the cells every method has) "
-                         f"or 'own' (each method on its own cells)")
+        raise BenchError(f"--rank-cells {rank_cells!r}: expected 'common' (rank on the cells every method has), "
+                         f"'complete' (rank the methods that have every cell) or 'own' (each method on its own cells)")
     P.check_correction(correction)
     P.check_alpha(alpha)
     P.check_rope(rope)
@@ -251,9 +259,14 @@ def rank_cells_rule(means: dict[tuple[str, tuple[str, str]], float], methods: li
     """
     from scipy.stats import rankdata
 
-    ranked = [m for m in methods if any((m, c) in means for c in cells)]
+    if rule == "complete":
+        ranked = [m for m in methods if cells and all((m, c) in means for c in cells)]
+    else:
+        ranked = [m for m in methods if any((m, c) in means for c in cells)]
     unranked = [m for m in methods if m not in ranked]
-    if rule == "common":
+    if rule == "complete":
+        used, left_out = (list(cells) if ranked else []), {}
+    elif rule == "common":
         used = [c for c in cells if ranked and all((m, c) in means for m in ranked)]
         left_out = {c: [m for m in ranked if (m, c) not in means] for c in cells if c not in used}
     else:

@@ -133,9 +133,10 @@ function compute(){ // the rule of bench.report.leaderboard.rank_cells_rule, on 
   const rule = selected('rule')[0] || D.rank_rule;
   const cells = D.cells.filter(c=>ds.includes(c.dataset) && mods.includes(c.modality)).map(c=>c.key);
   const shown = D.methods.filter(m=>cats.includes(m.category));
-  const ranked = shown.filter(m=>cells.some(c=>usable(m, c)));
+  const ranked = rule === 'complete' ? (cells.length ? shown.filter(m=>cells.every(c=>usable(m, c))) : [])
+                                     : shown.filter(m=>cells.some(c=>usable(m, c)));
   const unranked = shown.filter(m=>!ranked.includes(m));
-  let used = cells, leftOut = [];
+  let used = (rule === 'complete' && !ranked.length) ? [] : cells, leftOut = [];
   if(rule === 'common'){
     used = ranked.length ? cells.filter(c=>ranked.every(m=>usable(m, c))) : [];
     leftOut = cells.filter(c=>!used.includes(c)).map(c=>[c, ranked.filter(m=>!usable(m, c))]);
@@ -161,14 +162,16 @@ function compute(){ // the rule of bench.report.leaderboard.rank_cells_rule, on 
       cov: pres.length, grid: cells.length, isBase});
   }
   let s;
-  if(!ranked.length) s = 'No method has a usable cell, so nothing is ranked.';
+  if(!ranked.length) s = rule === 'complete' ? 'No method has all '+cells.length+' cells, so none is ranked; rank on common cells.'
+                                             : 'No method has a usable cell, so nothing is ranked.';
   else {
     if(rule === 'own') s = 'Each method is ranked on its own cells (see coverage)';
+    else if(rule === 'complete') s = 'Ranked on all '+cells.length+' cells: the methods that have every one';
     else if(!used.length) s = 'No cell of the '+cells.length+' is covered by every ranked method, so no method is ranked; '+
       'narrow the methods (category filter) or rank on own cells';
     else { s = 'Ranked on '+used.length+' of '+cells.length+' cells (those every ranked method has)';
       if(leftOut.length) s += '; left out of the ranking: '+leftOut.map(([c, ms])=>label(c)+' (missing: '+ms.map(m=>m.name).join(', ')+')').join(', '); }
-    if(unranked.length) s += '; not ranked (no usable cell): '+unranked.map(m=>m.name).join(', ');
+    if(unranked.length) s += '; not ranked ('+(rule === 'complete' ? 'lacks a cell' : 'no usable cell')+'): '+unranked.map(m=>m.name).join(', ');
     s += '.';
   }
   return {rows, rule, detail: s};
@@ -206,7 +209,7 @@ document.querySelectorAll('#board th').forEach(th=>th.addEventListener('click',(
 document.querySelectorAll('.filters input').forEach(i=>i.addEventListener('change',render));
 const h = new URLSearchParams(location.hash.slice(1));
 if(KEYS.includes(h.get('sort'))) { sortKey = h.get('sort'); sortDir = h.get('dir')==='desc' ? 'desc' : 'asc'; }
-if(['common','own'].includes(h.get('rule'))) document.querySelector('input[name="rule"][value="'+h.get('rule')+'"]').checked = true;
+if(['common','complete','own'].includes(h.get('rule'))) document.querySelector('input[name="rule"][value="'+h.get('rule')+'"]').checked = true;
 for(const [name, key] of [['ds','dataset'],['mod','modality'],['cat','category']]) {
   const off = h.getAll('no'+key); // e.g. #nodataset=B: start with a filter unticked (tests drive this)
   document.querySelectorAll('input[name="'+name+'"]').forEach(i=>{ if(off.includes(i.value)) i.checked = false; });
@@ -281,7 +284,7 @@ def render_html(lb: Leaderboard, cd_png: Path | None, title: str = "cmkd-bench l
 <fieldset><legend>Datasets</legend>{boxes('ds', datasets)}</fieldset>
 <fieldset><legend>Student modality</legend>{boxes('mod', mods)}</fieldset>
 <fieldset><legend>Category</legend>{boxes('cat', data['categories'])}</fieldset>
-<fieldset><legend>Rank on</legend>{radio('common', 'cells every method has')}{radio('own', "each method's own cells")}</fieldset>
+<fieldset><legend>Rank on</legend>{radio('common', 'cells every method has')}{radio('complete', 'methods with every cell')}{radio('own', "each method's own cells")}</fieldset>
 </div>
 <table id="board"><thead><tr>{th}</tr></thead><tbody></tbody></table>
 <p class="stats" id="rank-rule">{esc(RANK_RULES[lb.rank_rule] + ' ' + lb.rank_detail())}</p>

@@ -207,8 +207,8 @@ def render_leaderboard(results: list[Path], *, fmt: str = "rich", datasets: str 
     if pairing not in ("paired", "unpaired"):
         raise BenchError(f"--pairing {pairing!r}: expected paired or unpaired")
     if rank_cells not in L.RANK_RULES:
-        raise BenchError(f"--rank-cells {rank_cells!r}: expected common (the cells every ranked method has) "
-                         f"or own (each method's own cells)")
+        raise BenchError(f"--rank-cells {rank_cells!r}: expected common (the cells every ranked method has), "
+                         f"complete (the methods that have every cell) or own (each method's own cells)")
     io.check_decimals(decimals)
     ds = io.name_list(datasets, "--datasets", "crema,ave")
     ms = io.name_list(methods, "--methods", "none,logit,fdcmkd")
