@@ -277,14 +277,15 @@ def marks_sentence(comp: Comparison, bold: str, underline: str) -> str:
     """The caption's statement of which rows compete for the marks (``bold``/``underline``: the
     format's spelling of the two words)."""
     s = f"Best in {bold}, second {underline}"
-    if any(is_control_row(m) for m in comp.methods):
+    controls = any(is_control_row(m) for m in comp.methods)
+    if controls:
         s = ("Teacher-control rows (shuffled or random teacher) are controls, shown but never ranked or marked "
              "against the best. " + s)
     if BASELINE not in comp.methods:
-        return s + "."
+        return s + (" among the methods." if controls else ".")
     if comp.marks_rule == "kd-only":
         return s + f" among the KD methods; {display_name(BASELINE)} is shown but not ranked (the FD-CMKD paper's convention)."
-    return s + f" over every row, {display_name(BASELINE)} included."
+    return s + f" over every {'method ' if controls else ''}row, {display_name(BASELINE)} included."
 
 
 def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption: str | None = None,

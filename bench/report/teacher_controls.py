@@ -233,8 +233,10 @@ def to_markdown(tc: dict[str, Any], zoo: dict[str, Any] | None = None) -> str:
              "fingerprint); *paired - shuffled* is how much of the gain needs the teacher's per-sample information; "
              "*share* = shuffled gain / paired gain, given only where the paired gain is significantly > 0.\n\n")
     if zoo is not None:
-        picked = ", ".join(display_name(m) for m in zoo.get("picked") or []) or "none"
-        intro += md_escape(f"Zoo methods with controls: {picked} ({zoo['rule']}).") + "\n\n"
+        have = ", ".join(display_name(m) for m in zoo["with_control_records"]) or "none"
+        rule = (f"the rule picks {', '.join(display_name(m) for m in zoo['picked'])}" if zoo.get("picked")
+                else f"the rule picks none here ({zoo.get('why')})")
+        intro += md_escape(f"Zoo methods with teacher-control records: {have}; {rule}: {zoo['rule']}.") + "\n\n"
     if tc["status"] != "ok":
         return intro + md_escape(tc["why"]) + ".\n"
     fams = "; ".join(f"{md_escape(f['what'])}: {f['tested']} tested" for f in tc["families"].values())
