@@ -139,7 +139,8 @@ def teacher_control_gains(records: list[dict[str, Any]], datasets: list[str], *,
     95 % interval, p, corrected p, verdict) and the share of the gain that survives the shuffle.
     ``status`` is ``no records`` (with ``why``) when the records hold no teacher control."""
     df, notes = _frame(records, datasets)
-    keys = sorted({m for m in (df["method"] if len(df) else []) if is_control_row(m)})
+    keys = sorted({m for m in (df["method"] if len(df) else []) if is_control_row(m)
+                   and any(m.endswith(x) for x in CONTROL_SUFFIXES.values())})  # not tuned ones (left out anyway)
     out: dict[str, Any] = {"datasets": list(datasets), "alpha": alpha, "rope": rope, "correction": correction,
                            "notes": notes, "rows": [], "families": {}}
     if not keys:
@@ -147,7 +148,7 @@ def teacher_control_gains(records: list[dict[str, Any]], datasets: list[str], *,
                    " (the grid's teacher_controls part has not run yet)")
         return out
     cats = {r.method: r.method_category for r in df[["method", "method_category"]].drop_duplicates().itertuples()}
-    methods = order_methods({k.split(":", 1)[0] for k in keys}, cats)
+    methods = order_methods({next(k[: -len(x)] for x in CONTROL_SUFFIXES.values() if k.endswith(x)) for k in keys}, cats)
     cells = [c for d in datasets for c in sorted({(d, s) for s in df[df["dataset"] == d]["student_modality"]})]
     cells = [c for c in cells if any(_cell_values(df, k, c)[0] for k in keys)]
     pairs: dict[str, dict[int, tuple[dict, dict]]] = {k: {} for k in COMPARISONS}
