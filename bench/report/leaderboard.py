@@ -169,6 +169,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     P.check_alpha(alpha)
     P.check_rope(rope)
     recs = [r for r in records if r.get("status") == "ok"]
+    recs, controls = _without_controls(recs)
     if pairing is not None:  # the two protocols are different benchmarks: never ranked together
         recs = [r for r in recs if ((r.get("config") or {}).get("train") or {}).get("pairing", "paired") == pairing]
     recs = select_records(recs, kinds)  # same-modality and teacher-set cells only when asked, as columns of their own
@@ -200,7 +201,7 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
             cells.append(c)
     metric = "/".join(sorted({str(r.get("metric", "top1")) for r in recs}))  # "mIoU/top1": cells of both
     lb = Leaderboard(mkeys, cats, cells, {}, [], alpha, correction, baseline, metric, rank_rule=rank_cells, rope=rope)
-    lb.notes += hidden
+    lb.notes += hidden + controls
     for c in cells:  # the teacher the cell's KD records distilled: a reference, never ranked
         found = teachers_of(teacher_rows(r for r in recs if (r["dataset"], r["student_modality"]) == c))
         if found:
@@ -248,6 +249,19 @@ def build_leaderboard(records: list[dict[str, Any]], *, datasets: list[str] | No
     lb.rows.sort(key=lambda r: (math.inf if r["mean_rank"] is None else r["mean_rank"], r["display"]))
     LS.aggregates(lb, ok, blocks, MIN_BLOCKS if min_blocks is None else min_blocks)
     return lb
+
+
+def _without_controls(recs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records without teacher-control runs (``train.teacher_control`` shuffled / random, raw or
+    already under their row key): a control is not a method, so it is never ranked (and a raw one
+    would otherwise conflict with its method's cell); a note says how many were left out."""
+    from bench.records.store import teacher_control
+    from bench.report.rows import is_control_row
+
+    keep = [r for r in recs if teacher_control(r) == "none" and not is_control_row(str(r["method"]))]
+    n = len(recs) - len(keep)
+    return keep, ([f"{n} teacher-control record(s) (shuffled or random teacher) not ranked: controls, not methods "
+                   f"(bench table shows them as rows of their own)"] if n else [])
 
 
 def rank_cells_rule(means: dict[tuple[str, tuple[str, str]], float], methods: list[str],

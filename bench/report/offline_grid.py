@@ -29,16 +29,16 @@ from typing import Any, Callable
 
 from bench.api.errors import BenchError
 from bench.report.reproduce import PROTOCOL, with_protocol  # noqa: F401  (part of this module's interface)
+from bench.report.teacher_controls import (  # noqa: F401  (their home; part of this module's interface)
+    CONTROL_METHODS,
+    TEACHER_CONTROLS,
+    ZOO,
+    ZOO_CONTROLS,
+    best_zoo_methods,
+    sample_paired,
+)
 
 SEEDS = "0,1,2,3,4"
-CONTROL_METHODS = ("logit", "dkd", "dist", "feat", "c2kd", "fdcmkd", "ucmkd")
-"""The methods that always get the shuffled- and random-teacher controls (issue #28's subset)."""
-
-ZOO = ("at", "sp", "pkt", "rkd", "nst", "cc", "kdsvd", "wsld", "ctkd", "mlkd", "reviewkd", "mfh", "mgdfr",
-       "crd", "vid", "discomkd")
-"""The methods issue #26 added (the zoo), among which the two best of ``main`` get the controls too."""
-
-ZOO_CONTROLS = 2
 
 SET_METHODS = ("none", "logit", "dkd", "dist", "c2kd", "fdcmkd", "mst")
 """w/o KD and the methods run on the teacher-set and same-modality directions (MST-Distill only where
@@ -46,8 +46,6 @@ the teacher is a set)."""
 
 SET_DIRECTIONS = {"avdigits": "av2v,av2a,v2v,a2a", "mfeat": "sets,same"}
 """Per benchmark dataset: the teacher-set directions and their same-modality controls."""
-
-TEACHER_CONTROLS = ("shuffled", "random")
 
 
 @dataclass(frozen=True)
@@ -66,33 +64,6 @@ def _dedupe(specs: list) -> list:
     for s in specs:
         unique.setdefault(resolve(s).run_id, s)
     return list(unique.values())
-
-
-def sample_paired(benchmarks: tuple) -> list:
-    """The benchmarks whose modalities are paired by sample (a shuffled teacher is a control there;
-    on a class-paired benchmark such as AV-Digits every teacher is already 'shuffled')."""
-    from bench.train.resolve import build_adapter
-
-    return [b for b in benchmarks if getattr(build_adapter(b.dataset, b.overrides), "paired_by", "sample") == "sample"]
-
-
-def best_zoo_methods(records: list[dict[str, Any]], k: int = ZOO_CONTROLS) -> tuple[list[str], dict[str, float]]:
-    """The ``k`` zoo methods with the best (lowest) mean rank over the cells (dataset, student) of
-    ``records``: per cell each method's mean test metric over seeds, ranked among every method
-    present (1 = best, ties averaged). Returns the names and every zoo method's mean rank."""
-    import pandas as pd
-
-    if not records:
-        raise BenchError("no records of the main part to choose the zoo's controls from")
-    df = pd.DataFrame([{"cell": (r["dataset"], r["student_modality"]), "method": r["method"],
-                        "metric": float(r["best_metric"])} for r in records])
-    means = df.groupby(["cell", "method"])["metric"].mean().reset_index()
-    means["rank"] = means.groupby("cell")["metric"].rank(ascending=False, method="average")
-    mean_rank = means.groupby("method")["rank"].mean()
-    zoo = {m: float(v) for m, v in mean_rank.items() if m in ZOO}
-    if len(zoo) < k:
-        raise BenchError(f"the main part has {len(zoo)} zoo method(s) with records; {k} are needed")
-    return sorted(zoo, key=lambda m: (zoo[m], m))[:k], zoo
 
 
 def plan(results: Path, seeds: str = SEEDS, device: str = "cpu", benchmarks: tuple | None = None,

@@ -14,6 +14,8 @@ job. Then every output is rebuilt from the records:
     ablation.*, threshold.*, sensitivity.* (+ sensitivity_heatmap.png)     FD-CMKD studies
     protocol_gap.md                        reference protocol (best test epoch) minus validation selection
     unimodal.md                            each modality alone: the w/o KD student and the teacher, mean ± std
+    teacher_controls.md                    gain over w/o KD with the paired, shuffled and random teacher, paired
+                                           minus shuffled, the share surviving the shuffle (bench.report.teacher_controls)
     summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std), and the records' provenance
     records.jsonl.gz                       the published records, compact (bench table / leaderboard -r FILE read it)
 
@@ -279,7 +281,7 @@ def excuse_refused(coverage: dict[str, dict[str, Any]], benchmarks: tuple[Benchm
 
 
 OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
-                "protocol_gap", "unimodal")
+                "protocol_gap", "unimodal", "teacher_controls")
 """The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
 
 
@@ -313,6 +315,8 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     from bench.report.studies import prefer_defaults, standalone
     from bench.report.table_stats import mark_chance, mark_vs_baseline
     from bench.report.tables import add_teachers, build_comparison, teachers_json, to_markdown
+    from bench.report.tuning import control_rows
+    from bench.report.teacher_controls import write_teacher_controls
 
     names = {b.dataset for b in benchmarks}
     published = [r for r in load_records(results, status="ok") if r["dataset"] in names]
@@ -359,6 +363,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
             f"{', '.join(c['missing'][:20])}{' ...' if len(c['missing']) > 20 else ''}\n\n" + (md.text or ""))
     df = everything[everything["dataset"].isin(comparison_sets)]
     kept, _notes = prefer_defaults(df)
+    kept = control_rows(kept)  # a teacher control is a row of its own, never a conflict of its method's cell
     comp = build_comparison(kept, datasets=comparison_sets)
     add_teachers(comp, kept)
     mark_chance(comp, kept)
@@ -402,6 +407,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
                          ("teacher_mean", "teacher top-1 (%)", ".2f"), ("teacher_std", "std", ".2f"),
                          ("teacher_seeds", "seeds", "d")]))
     summary["unimodal"] = uni
+    summary["teacher_controls"], summary["zoo_controls"] = write_teacher_controls(published, benchmarks, out)
     if provenance["mixed"]:  # every Markdown output says so at its top
         banner = mixed_banner(provenance)
         for name in OUTPUT_PAGES + tuple(f"comparison_incomplete_{d}" for d in partial):

@@ -39,6 +39,12 @@ row of its own, named "Logit (shuffled teacher)", never averaged into the method
 _SUFFIX_LABELS = {TUNED_SUFFIX: " (tuned)", **{v: f" ({k} teacher)" for k, v in CONTROL_SUFFIXES.items()}}
 
 
+def is_control_row(key: str) -> bool:
+    """A row key of a teacher-control run (``logit:shuffled-teacher``, also with ``:tuned``): a
+    control, shown next to its method and tested against w/o KD, but never ranked as a method."""
+    return any(s in key for s in CONTROL_SUFFIXES.values())
+
+
 def base_method(key: str) -> str:
     """The registered method of a row key (``logit:shuffled-teacher:tuned`` -> ``logit``)."""
     return key.split(":", 1)[0]

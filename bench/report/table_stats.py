@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.report.stats import paired as P
-from bench.report.tables import BASELINE, CHANCE_MARK, Comparison, display_name
+from bench.report.tables import BASELINE, CHANCE_MARK, Comparison, display_name, is_control_row
 
 
 def _unmatched_note(comp: Comparison, results: dict, other: str) -> None:
@@ -27,7 +27,8 @@ def mark_tied(comp: Comparison, alpha: float = P.ALPHA, rope: float = P.ROPE,
     """† on every cell that is not significantly below its column's best: the paired verdict
     against the best is equivalent or inconclusive (not evidence of equality). The reference is the
     highest unrounded mean among the bold cells, then the method name (never the row order); cells
-    that carry the best mark themselves, and cells with fewer than two matched seeds, are not marked."""
+    that carry the best mark themselves, cells with fewer than two matched seeds and teacher-control
+    rows (never ranked) are not marked."""
     family = {}
     for col in comp.columns:
         bold = {m: comp.cells[(m, col)].mean for m in comp.methods if comp.marks.get((m, col)) == "best"}
@@ -36,7 +37,8 @@ def mark_tied(comp: Comparison, alpha: float = P.ALPHA, rope: float = P.ROPE,
         ref = P.best_first(bold)[0]
         for m in comp.methods:
             c = comp.cells[(m, col)]
-            if m != ref and c.mean is not None and not c.conflict and comp.marks.get((m, col)) != "best":
+            if (m != ref and c.mean is not None and not c.conflict and comp.marks.get((m, col)) != "best"
+                    and not is_control_row(m)):  # a control is not ranked, so not 'tied with the best' either
                 family[(m, col)] = (c.seeds, comp.cells[(ref, col)].seeds)
     results = P.compare_family(family, alpha=alpha, rope=rope, correction=correction)
     for key, r in results.items():

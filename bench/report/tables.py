@@ -35,6 +35,7 @@ from bench.report.rows import (  # noqa: F401  (the row names' home; imported fr
     TUNED_SUFFIX,
     base_method,
     display_name,
+    is_control_row,
     order_methods,
 )
 from bench.report.teacher_rows import TEACHER_ROW, add_teachers, teacher_sentence, teacher_text, teachers_json  # noqa: F401
@@ -182,8 +183,9 @@ def tex_symbols(text: str) -> str:
 
 
 def ranked_rows(comp: Comparison) -> list[str]:
-    """The rows that compete for the marks under ``comp.marks_rule``."""
-    return [m for m in comp.methods if comp.marks_rule == "all" or m != BASELINE]
+    """The rows that compete for the marks under ``comp.marks_rule``; a teacher-control row
+    (``Logit (shuffled teacher)``) never does: it is a control of its method, not a method."""
+    return [m for m in comp.methods if (comp.marks_rule == "all" or m != BASELINE) and not is_control_row(m)]
 
 
 def _mark(comp: Comparison, decimals: int) -> None:
@@ -275,11 +277,15 @@ def marks_sentence(comp: Comparison, bold: str, underline: str) -> str:
     """The caption's statement of which rows compete for the marks (``bold``/``underline``: the
     format's spelling of the two words)."""
     s = f"Best in {bold}, second {underline}"
+    controls = any(is_control_row(m) for m in comp.methods)
+    if controls:
+        s = ("Teacher-control rows (shuffled or random teacher) are controls, shown but never ranked or marked "
+             "against the best. " + s)
     if BASELINE not in comp.methods:
-        return s + "."
+        return s + (" among the methods." if controls else ".")
     if comp.marks_rule == "kd-only":
         return s + f" among the KD methods; {display_name(BASELINE)} is shown but not ranked (the FD-CMKD paper's convention)."
-    return s + f" over every row, {display_name(BASELINE)} included."
+    return s + f" over every {'method ' if controls else ''}row, {display_name(BASELINE)} included."
 
 
 def to_latex(comp: Comparison, *, decimals: int = 1, std: bool = False, caption: str | None = None,
