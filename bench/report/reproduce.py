@@ -14,6 +14,7 @@ job. Then every output is rebuilt from the records:
     ablation.*, threshold.*, sensitivity.* (+ sensitivity_heatmap.png)     FD-CMKD studies
     protocol_gap.md                        reference protocol (best test epoch) minus validation selection
     unimodal.md                            each modality alone: the w/o KD student and the teacher, mean ± std
+    teacher_sets.md                        teacher sets against each one-modality teacher: gains, gaps, verdicts
     summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std), and the records' provenance
     records.jsonl.gz                       the published records, compact (bench table / leaderboard -r FILE read it)
 
@@ -266,7 +267,7 @@ def excuse_refused(coverage: dict[str, dict[str, Any]], benchmarks: tuple[Benchm
 
 
 OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
-                "protocol_gap", "unimodal")
+                "protocol_gap", "unimodal", "teacher_sets")
 """The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
 
 
@@ -386,6 +387,10 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
                          ("teacher_mean", "teacher top-1 (%)", ".2f"), ("teacher_std", "std", ".2f"),
                          ("teacher_seeds", "seeds", "d")]))
     summary["unimodal"] = uni
+    from bench.report.teacher_sets import teacher_sets  # gains, gaps and set vs one-modality teachers (#28)
+
+    sets_md, summary["teacher_sets"] = teacher_sets(published, benchmarks)
+    (out / "teacher_sets.md").write_text(sets_md + "\n")
     if provenance["mixed"]:  # every Markdown output says so at its top
         banner = mixed_banner(provenance)
         for name in OUTPUT_PAGES + tuple(f"comparison_incomplete_{d}" for d in partial):
