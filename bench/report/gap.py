@@ -14,7 +14,8 @@ least one other teacher choice (cross-modal ``a2v``, the teacher set ``av2v``):
    paired with the w/o KD runs of its own direction, else of the same-modality direction, else of
    the first other direction of ``s`` (column "w/o KD of").
 3. **Modality gap** per (method, choice other than same-modality): gain(choice) - gain(same-
-   modality), paired per seed.
+   modality), paired per seed; n/a for a method that distils from a teacher set only (MST-Distill:
+   no same-modality run exists to subtract).
 4. **Does CCH predict which teachers help?** Per (method, choice): the prediction (``predict="all"``:
    delta > 0 at every k -> helps, <= 0 at every k -> does not help, else no prediction;
    ``"middle"``: the sign at the middle k) against the measured gain verdict; and, per method,
@@ -63,15 +64,22 @@ def check_predict(value: str) -> str:
 
 
 def _records(results: Path, adapter: Any, sets: str, remedy: str) -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
-    """The records the analysis reads (see the module docstring) as a frame and by run id, and
-    notes on those left out."""
-    mine = [r for r in load_records(results, status="ok") if r.get("dataset") == adapter.name]
+    """The ok records of ``results`` that the analysis reads (see :func:`select_records`)."""
+    return select_records(load_records(results, status="ok"), adapter, sets, remedy, where=str(results))
+
+
+def select_records(records: list[dict[str, Any]], adapter: Any, sets: str, remedy: str,
+                   where: str = "the records") -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
+    """Of ok ``records``, those the analysis reads (see the module docstring) as a frame and by run
+    id, and notes on those left out. A list rather than a folder, so that a publication that has
+    already loaded and checked its records (``bench reproduce``) analyses exactly those."""
+    mine = [r for r in records if r.get("dataset") == adapter.name and r.get("status", "ok") == "ok"]
     if not mine:
-        raise BenchError(f"bench analyze gap: no ok records of {adapter.name} in {results}; run `{remedy}` first")
+        raise BenchError(f"bench analyze gap: no ok records of {adapter.name} in {where}; run `{remedy}` first")
     want = stable_hash(adapter.fingerprint())
     same = [r for r in mine if stable_hash((r.get("config") or {}).get("dataset")) == want]
     if not same:
-        raise BenchError(f"bench analyze gap: {len(mine)} record(s) of {adapter.name} in {results}, none run with the "
+        raise BenchError(f"bench analyze gap: {len(mine)} record(s) of {adapter.name} in {where}, none run with the "
                          f"dataset parameters given ({sets.strip() or 'the defaults'}); pass the --set options the "
                          f"runs used")
     notes = [f"{len(mine) - len(same)} record(s) of {adapter.name} with other dataset parameters left out"] \
@@ -104,15 +112,17 @@ def _per_seed(a: dict, b: dict) -> dict:
     return {k: a[k] - b[k] for k in keys}
 
 
-def _plan(df: pd.DataFrame, adapter: Any) -> dict[str, list[tuple[str, str, str]]]:
-    """Student modality -> its teacher choices (direction, teacher, kind), same-modality last."""
+def _plan(df: pd.DataFrame, adapter: Any, need: str = "same-modality") -> dict[str, list[tuple[str, str, str]]]:
+    """Student modality -> its teacher choices (direction, teacher, kind), same-modality last: the
+    students with records of a choice of kind ``need`` and of at least one other choice (the gap
+    needs the same-modality direction; the teacher-set comparison a teacher set)."""
     plan = {}
     for s in (m.name for m in adapter.modalities):
         sub = df[df["student_modality"] == s]
         dirs = {d: t for d, t in zip(sub["direction"], sub["teacher_modality"])}
         choices = sorted(((d, t, direction_kind(t, s)) for d, t in dirs.items()),
                          key=lambda c: (KIND_ORDER[c[2]], c[0]))
-        if adapter.direction_name(s, s) in dirs and len(choices) > 1:
+        if any(c[2] == need for c in choices) and len(choices) > 1:
             plan[s] = choices
     return plan
 
@@ -250,7 +260,7 @@ def gap(dataset: str, results: Path, out: Path, overrides: dict[str, dict[str, s
     cch = _cch(results, adapter, df, by_id, plan, splits, seed, ks, tap, set_feature, torch.device(device),
                lambda s: f"bench run --methods none --datasets {name} --directions {adapter.direction_name(s, s)} "
                          f"--seeds {seed} --save-model{sets}")
-    rows, n_gain, n_gap = _measured(df, adapter, plan, cch, ks, methods, notes, alpha, rope, correction)
+    rows, n_gain, n_gap, _ = _measured(df, adapter, plan, cch, ks, methods, notes, alpha, rope, correction)
     for row in rows:
         deltas = [row.get(f"delta_k{k}") for k in ks]
         row["predicted"] = _prediction(None if None in deltas else deltas, ks, predict)
@@ -264,10 +274,49 @@ def gap(dataset: str, results: Path, out: Path, overrides: dict[str, dict[str, s
     return write_outputs(out, rows, cch, plan, rankings, notes, info)
 
 
+CCH_KEYS = ("teacher_file", "hs_run", "cch_missing")
+
+
+def gains_and_gaps(df: pd.DataFrame, adapter: Any, *, need: str = "same-modality", methods: list[str] | None = None,
+                   alpha: float = P.ALPHA, rope: float = P.ROPE,
+                   correction: str = P.DEFAULT_CORRECTION) -> dict[str, Any]:
+    """The measured part of ``bench analyze gap`` alone: gains and gaps from the records'
+    best metrics (``df`` from :func:`select_records`), without CCH, so without any model file,
+    and writing nothing (a publication whose grid saved no models calls this). ``need``: which
+    students are analysed (:func:`_plan`). Returns ``rows`` (as ``gap``'s, less the CCH columns),
+    ``plan``, ``per_seed`` ((student, method, direction) -> seed key -> gain, what a further
+    paired comparison of gains starts from), ``notes`` and the sizes of the two families."""
+    P.check_correction(correction)
+    P.check_alpha(alpha)
+    P.check_rope(rope)
+    plan = _plan(df, adapter, need)
+    notes: list[str] = []
+    rows, n_gain, n_gap, per_seed = _measured(df, adapter, plan, {}, (), methods, notes, alpha, rope, correction)
+    for r in rows:
+        for k in CCH_KEYS:
+            r.pop(k, None)
+    return {"rows": rows, "plan": plan, "per_seed": per_seed, "notes": notes, "n_gain_tests": n_gain,
+            "n_gap_tests": n_gap}
+
+
+def set_only(method: str) -> bool:
+    """Whether ``method`` distils from a teacher set only (MST-Distill): it has no run with a
+    one-modality teacher, so no modality gap. A name no registry knows (a plug-in not loaded)
+    counts as not: its gap then says which gain is missing."""
+    from bench.api.compose import method_class
+    from bench.api.registry import METHODS
+
+    try:
+        return bool(method_class(method, METHODS).requires_teacher_set)
+    except (BenchError, KeyError):
+        return False
+
+
 def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[int, ...], methods: list[str] | None,
-              notes: list[str], alpha: float, rope: float, correction: str) -> tuple[list[dict[str, Any]], int, int]:
+              notes: list[str], alpha: float, rope: float,
+              correction: str) -> tuple[list[dict[str, Any]], int, int, dict[tuple[str, str, str], dict]]:
     """One row per (student, method, teacher choice) with its CCH values, gain and gap; the numbers
-    of gain and gap tests (each family corrected together)."""
+    of gain and gap tests (each family corrected together); the per-seed gains."""
     cats = dict(zip(df["method"], df["method_category"]))
     rows, gain_items, seeds_of = [], {}, {}
     for s, choices in plan.items():
@@ -283,7 +332,7 @@ def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[i
                 row = _row(s, d, t, kind, m, cch.get((s, d), {}), ks)
                 row["gap_vs"] = same if kind != "same-modality" else None
                 kd, why = _cell(df, d, m)
-                b_dir = next((x for x in [d, same, *dirs] if base[x][0] is not None), None)
+                b_dir = next((x for x in [d, same, *dirs] if x in base and base[x][0] is not None), None)
                 if kd is None or b_dir is None:
                     row["gain_missing"] = why or f"no w/o KD records of student {s}"
                 else:
@@ -298,6 +347,10 @@ def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[i
             _fill(row, "gain", gains[key], "mean_gain", "w/o KD")
         if row["gap_vs"] is None:
             continue
+        if row["kind"] == "teacher-set" and set_only(key[1]):
+            row["gap_missing"] = (f"n/a: {display_name(key[1])} distils from a teacher set only; no run with a "
+                                  f"one-modality teacher to subtract")
+            continue
         ref = (key[0], key[1], row["gap_vs"])
         if key in seeds_of and ref in seeds_of:
             gap_items[key] = (seeds_of[key], seeds_of[ref])
@@ -308,7 +361,7 @@ def _measured(df: pd.DataFrame, adapter: Any, plan: dict, cch: dict, ks: tuple[i
     for key, r in gaps.items():
         _fill(by_key[key], "gap", r, "mean_gap", by_key[key]["gap_vs"])
     tested = [sum(1 for r in fam.values() if r.p is not None) for fam in (gains, gaps)]
-    return rows, tested[0], tested[1]
+    return rows, tested[0], tested[1], seeds_of
 
 
 def _row(s: str, d: str, t: str, kind: str, m: str, c: dict, ks: tuple[int, ...]) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def _p(v: Any) -> str:
 
 def _missing(row: dict[str, Any], prefix: str) -> str:
     why = row.get(f"{prefix}_missing")
-    return f"missing: {md_escape(why)}" if why else ""
+    if not why:
+        return ""
+    return md_escape(why) if why.startswith("n/a") else f"missing: {md_escape(why)}"  # n/a: not applicable
 
 
 def _cch_table(student: str, choices: list, cch: dict, ks: tuple[int, ...]) -> list[str]:
@@ -62,7 +64,7 @@ def _cch_table(student: str, choices: list, cch: dict, ks: tuple[int, ...]) -> l
     return out
 
 
-def _gain_table(rows: list[dict[str, Any]]) -> list[str]:
+def gain_table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| method | teacher choice | w/o KD of | seeds | mean gain | 95 % CI | p (adj.) | verdict |",
            "|---|---|---|---|---:|---|---:|---|"]
     for r in rows:
@@ -76,7 +78,7 @@ def _gain_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _gap_table(rows: list[dict[str, Any]]) -> list[str]:
+def gap_table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| method | teacher choice | seeds | mean gap | 95 % CI | p (adj.) | verdict |",
            "|---|---|---|---:|---|---:|---|"]
     for r in rows:
@@ -151,9 +153,9 @@ def markdown(rows: list[dict[str, Any]], cch: dict, plan: dict, rankings: dict, 
         same = next(d for d, _t, k in choices if k == "same-modality")
         lines += [f"## Student {md_escape(s)}", "", f"H_S: the w/o KD student of run {md_escape(hs[s])}.", "",
                   "### CCH per teacher choice", "", *_cch_table(s, choices, cch, ks), "",
-                  "### Gain over w/o KD (KD minus w/o KD, paired per seed)", "", *_gain_table(mine), "",
+                  "### Gain over w/o KD (KD minus w/o KD, paired per seed)", "", *gain_table(mine), "",
                   f"### Modality gap: gain(teacher choice) − gain({md_escape(same)}), paired per seed", "",
-                  *_gap_table(mine), "", "### Does CCH predict which teachers help?", "",
+                  *gap_table(mine), "", "### Does CCH predict which teachers help?", "",
                   *_predict_table(mine, ks), ""]
         c = counts(mine)
         lines += [f"Agreement: {c['agree']} agree, {c['disagree']} disagree, {c['undecided']} undecided (gain not "

@@ -16,6 +16,7 @@ job. Then every output is rebuilt from the records:
     unimodal.md                            each modality alone: the w/o KD student and the teacher, mean ± std
     teacher_controls.md                    gain over w/o KD with the paired, shuffled and random teacher, paired
                                            minus shuffled, the share surviving the shuffle (bench.report.teacher_controls)
+    teacher_sets.md                        teacher sets against each one-modality teacher: gains, gaps, verdicts
     summary.json                           the numbers behind the above (``teachers``: per cell, mean ± std), and the records' provenance
     records.jsonl.gz                       the published records, compact (bench table / leaderboard -r FILE read it)
 
@@ -281,7 +282,7 @@ def excuse_refused(coverage: dict[str, dict[str, Any]], benchmarks: tuple[Benchm
 
 
 OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
-                "protocol_gap", "unimodal", "teacher_controls")
+                "protocol_gap", "unimodal", "teacher_controls", "teacher_sets")
 """The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
 
 
@@ -408,6 +409,10 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
                          ("teacher_seeds", "seeds", "d")]))
     summary["unimodal"] = uni
     summary["teacher_controls"], summary["zoo_controls"] = write_teacher_controls(published, benchmarks, out)
+    from bench.report.teacher_sets import teacher_sets  # gains, gaps and set vs one-modality teachers (#28)
+
+    sets_md, summary["teacher_sets"] = teacher_sets(published, benchmarks)
+    (out / "teacher_sets.md").write_text(sets_md + "\n")
     if provenance["mixed"]:  # every Markdown output says so at its top
         banner = mixed_banner(provenance)
         for name in OUTPUT_PAGES + tuple(f"comparison_incomplete_{d}" for d in partial):
