@@ -126,3 +126,27 @@ def test_a_records_file_rebuilds_outputs_but_runs_nothing(tmp_path):
     assert r.exit_code != 0 and "add --outputs-only" in r.output
     assert compact.read_bytes() == write_compact([], tmp_path / "again.jsonl.gz").read_bytes()
     assert not (tmp_path / "out").exists()
+
+
+
+def test_the_cd_diagram_draws_its_crossbars_left_to_right(monkeypatch, tmp_path):
+    """scikit-posthocs draws a crossbar through a set of names, in an order that the process's
+    string hash seed changes, and so do the saved bytes: cd_diagram puts the points in rank order."""
+    from types import SimpleNamespace
+
+    import bench.report.figures as figures
+    from bench.report.leaderboard import cd_diagram
+
+    names = ["none", "logit", "feat", "dkd", "fdcmkd", "crd", "nkd", "ofd"]
+    p = [[1.0] * len(names) for _ in names]  # the Nemenyi p matrix in the methods' order
+    p[0][-1] = p[-1][0] = 0.001  # all alike but the ends: two crossbars of seven names
+    lb = SimpleNamespace(alpha=0.05, method_label=str.upper,
+                         friedman={"statistic": 3.0, "methods": names, "avg_ranks": {m: 1.0 + 0.5 * i for i, m in enumerate(names)},
+                                   "nemenyi_p": p, "n_blocks": 10, "cd": 1.5})
+    seen = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, base: seen.append(fig) or [])
+    cd_diagram(lb, tmp_path / "cd")
+    bars = [ln.get_xdata() for ln in seen[0].axes[0].lines if len(ln.get_xdata()) > 2 and len(set(ln.get_ydata())) == 1]
+    assert sorted(len(x) for x in bars) == [7, 7]
+    assert all(list(x) == sorted(x) for x in bars)
+    figures.pyplot().close(seen[0])
