@@ -253,7 +253,9 @@ def reproduce(
     what: str = typer.Argument("offline", help="offline: synthetic, mfeat and the AV-Digits hard preset: every method and "
                                                "w/o KD in both directions, the controls, FD-CMKD's studies, the teacher "
                                                "sets and the teacher controls, 5 seeds with per-seed splits"),
-    results: Path = typer.Option(Path("results/offline"), "--results", "-r", help="results folder of the runs"),
+    results: Path = typer.Option(Path("results/offline"), "--results", "-r",
+                                 help="results folder of the runs; with --outputs-only also the records.jsonl.gz "
+                                      "a build wrote (same records, same bytes)"),
     out: Path = typer.Option(Path("docs/results"), "--out", "-o", help="folder for the tables, pages and figures"),
     seeds: str = typer.Option("0,1,2,3,4", "--seeds"),
     device: str = typer.Option("auto", "--device"),
@@ -292,6 +294,9 @@ def reproduce(
         _print_plan(parts, results, seeds, device, calibration or [results], runs_per_gpu)
         return
     if not outputs_only:
+        if results.is_file():  # a compact records file holds finished records only: nothing can run into it
+            raise BenchError(f"-r {results} is a records file: add --outputs-only to rebuild the outputs from it, "
+                             "or give the results folder to run the grid")
         failed = []
         for part in parts:
             specs = part.build(results)

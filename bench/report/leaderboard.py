@@ -332,7 +332,13 @@ def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     ranks = pd.Series(f["avg_ranks"].values(), index=labels)
     sig = pd.DataFrame(f["nemenyi_p"], index=labels, columns=labels)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.3), dpi=150)
-    sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
+    drawn = sp.critical_difference_diagram(ranks, sig, ax=ax, alpha=lb.alpha)
+    for line in (ln for bar in drawn.get("crossbars", []) for ln in bar):
+        # a crossbar's points come in the order of a set of names, which the string hash seed
+        # changes from process to process: drawn left to right, the same diagram gives the same bytes
+        x, y = line.get_xdata(), line.get_ydata()
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        line.set_data([x[i] for i in order], [y[i] for i in order])
     ax.set_title(f"Mean rank over {f['n_blocks']} blocks (Nemenyi, alpha={lb.alpha}, CD={f['cd']:.2f});\n"
                  f"bars join methods not significantly different", fontsize=8)  # two lines: fits the figure
     fig.tight_layout()

@@ -31,11 +31,20 @@ versions, one runner version over the grid. ``allow_mixed_provenance`` publishes
 
 The PDF/PNG steps need ``pdflatex``/``pdftoppm`` and the screenshot ``chromium``; when a tool is
 missing the step is skipped and ``summary.json`` says so (nothing else depends on it).
+
+The same records give the same bytes, in every file, wherever and whenever they are built: the
+PDFs are dated by the newest record's ``finished_at`` (not the clock), figures carry no time or
+library version, the compact records are gzipped without a time or a name, and no page names the
+output folder. The one path written is ``summary.json``'s ``results``, the ``-r`` given, so
+``bench reproduce offline --outputs-only -r docs/results/records.jsonl.gz -o docs/results``
+rebuilds the published folder from its committed records, unchanged when it was published
+with that ``-r`` (tests/test_outputs_bytes.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -127,16 +136,41 @@ def _tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def compile_latex(tex: str, pdf: Path, png: Path | None) -> str | None:
-    """Compile a standalone LaTeX document to ``pdf`` (and its first page to ``png``). Returns
-    None, or why it was skipped or failed."""
+def source_date_epoch(records: list[dict[str, Any]]) -> int | None:
+    """The newest ``finished_at`` of ``records`` in whole seconds since the epoch: the date stamped
+    into the PDFs, so that the same records give the same bytes (not the clock's time of the build)."""
+    from datetime import datetime, timezone
+
+    stamps = []
+    for r in records:
+        try:
+            t = datetime.fromisoformat(str(r.get("finished_at")))
+        except ValueError:
+            continue
+        stamps.append(t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+    return int(max(stamps).timestamp()) if stamps else None
+
+
+def latex_env(epoch: int | None) -> dict[str, str]:
+    """pdfTeX's environment: with ``epoch``, its creation/modification dates and trailer /ID come
+    from ``SOURCE_DATE_EPOCH`` (``FORCE_SOURCE_DATE=1`` makes ``\\today`` and the clock primitives
+    use it too) instead of the build's clock; none: the clock, as pdflatex does by default."""
+    env = dict(os.environ)
+    if epoch is not None:
+        env.update(SOURCE_DATE_EPOCH=str(epoch), FORCE_SOURCE_DATE="1")
+    return env
+
+
+def compile_latex(tex: str, pdf: Path, png: Path | None, epoch: int | None = None) -> str | None:
+    """Compile a standalone LaTeX document to ``pdf`` (and its first page to ``png``), dated
+    ``epoch`` (:func:`latex_env`). Returns None, or why it was skipped or failed."""
     if _tool("pdflatex") is None:
         return "pdflatex not found (Debian: texlive-latex-base texlive-latex-recommended)"
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "table.tex"
         src.write_text(tex)
         r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", src.name], cwd=tmp,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=latex_env(epoch))
         if r.returncode != 0:
             return "pdflatex failed: " + r.stdout[-600:]
         shutil.copyfile(Path(tmp) / "table.pdf", pdf)
@@ -325,6 +359,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     if provenance["mixed"]:
         log(f"publishing mixed provenance ({len(provenance['problems'])} problem(s)), as "
             f"{provenance['published_with']} asks; the outputs say so")
+    epoch = source_date_epoch(published)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"results": str(results), "skipped": {},
                                "benchmarks": {b.dataset: {"name": b.name, "overrides": b.overrides, "note": b.note}
@@ -347,7 +382,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
         tex = render_table(results, kind, fmt="latex", std=kind != "sensitivity", **kw,
                            **({"heatmap": out / f"{name}_heatmap"} if kind == "sensitivity" else {}))
         (out / f"{name}.tex").write_text(tex.text or "")
-        why = compile_latex(standalone(tex.text or ""), out / f"{name}.pdf", out / f"{name}.png")
+        why = compile_latex(standalone(tex.text or ""), out / f"{name}.pdf", out / f"{name}.png", epoch)
         if why:
             summary["skipped"][f"{name}.pdf"] = why
             log(f"{name}.pdf/png skipped: {why}")
