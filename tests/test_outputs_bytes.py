@@ -1,7 +1,8 @@
 """Issue #28: the command that rebuilds docs/results from the committed records reproduces it byte
-for byte. A toy grid is built three times (two output folders, one of them twice, the second time
-from its own compact records file, in place, and one build in another process with another hash
-seed): every file must come out with the same bytes."""
+for byte. A toy grid is built four times (three output folders, one of them twice, the second time
+from its own compact records file, in place; one build in another process with another hash seed,
+one after a library changed matplotlib's global style): every file must come out with the same
+bytes."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def test_rebuilding_the_outputs_gives_the_same_bytes(tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", script, str(res), str(b)], check=True, env=env, cwd=tmp_path, timeout=300)
     assert differing(first, files(b)) == []
+
+    # in this process after a library changed matplotlib's process-wide style (optuna's plot
+    # functions call plt.style.use("ggplot"); `bench tune` draws them): the figures come out the same,
+    # and the caller's style is left as it was
+    import matplotlib
+    import matplotlib.style
+
+    c = tmp_path / "c"
+    with matplotlib.rc_context():
+        matplotlib.style.use("ggplot")
+        ggplot = dict(matplotlib.rcParams)
+        build_outputs(res, c, benchmarks=tiny, every_direction=False, log=lambda s: None)
+        assert dict(matplotlib.rcParams) == ggplot
+    assert differing(first, files(c)) == []
 
     # in place, from the compact file the first build wrote: the published folder rebuilt from its records
     compact = a / "records.jsonl.gz"

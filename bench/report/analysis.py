@@ -28,6 +28,7 @@ import torch
 from bench.api.errors import BenchError
 from bench.records.files import load_torch_file
 from bench.records.models import load_saved_model
+from bench.report.figures import in_default_style
 from bench.report.figures import pyplot as _plt
 from bench.report.figures import save_figure as _save
 from bench.train.loop import load_splits
@@ -123,6 +124,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     return path
 
 
+@in_default_style
 def similarity(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, tap: str = "pre",
                ratio: float = 0.5, device: str = "cpu") -> dict[str, Any]:
     from bench.methods.fdcmkd import decompose
@@ -156,6 +158,7 @@ def similarity(dataset: str, results: Path, out: Path, overrides: dict, seed: in
     return {"values": vals, "csv": csv_path, "figures": figs}
 
 
+@in_default_style
 def means(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, tap: str = "pre",
           device: str = "cpu") -> dict[str, Any]:
     dev = torch.device(device)
@@ -181,6 +184,7 @@ def means(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0
     return {"means": {m: mu[m].tolist() for m in mods}, "csv": csv_path, "figures": figs}
 
 
+@in_default_style
 def tsne(dataset: str, direction: str | None, results: Path, out: Path, overrides: dict, seed: int = 0,
          methods: tuple[str, ...] = ("none", "feat", "fdcmkd"), n: int = 400, tap: str = "pre",
          device: str = "cpu") -> dict[str, Any]:
@@ -236,6 +240,7 @@ def tsne(dataset: str, direction: str | None, results: Path, out: Path, override
     return {"csv": csv_path, "figures": figs}
 
 
+@in_default_style
 def cch(dataset: str, results: Path, out: Path, overrides: dict, seed: int = 0, ks: tuple[int, ...] = (4, 8, 16),
         tap: str = "pre", device: str = "cpu") -> dict[str, Any]:
     """CCH verdict per direction and PCA size k, next to the measured KD gain from the records."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.api.errors import BenchError
+from bench.report.figures import in_default_style
 
 VALUES = {"best_metric": "selected_epoch", "final_metric": None, "reference_best_metric": "reference_best_epoch"}
 """``--value`` -> the record field with the epoch it was read at (None: the last epoch)."""
@@ -169,6 +170,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", s)[:80] or "_"
 
 
+@in_default_style
 def draw(fig_data: Figure, out_base: Path, value: str = "best_metric") -> list[Path]:
     """The curves of one (dataset, direction) as PNG + PDF: validation and test metric, total
     training loss and one panel per loss term; one colour per method, mean line, ± std band."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def pyplot():
@@ -13,6 +17,25 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def in_default_style(draw: F) -> F:
+    """Run ``draw`` under matplotlib's default style, restoring the caller's settings afterwards.
+
+    Why: a figure's bytes must depend on its data only. matplotlib's style is process-global and
+    libraries change it behind one's back (optuna's plot functions call ``plt.style.use("ggplot")``),
+    so a leaderboard drawn after a tuning plot in the same process came out in another style; and
+    a style the harness sets must not leak into a user's own plots either."""
+
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+        import matplotlib.style
+
+        with matplotlib.rc_context(), matplotlib.style.context("default"):
+            return draw(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
 
 
 STABLE_METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None, "Creator": None}}

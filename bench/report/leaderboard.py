@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from bench.api.errors import BenchError
+from bench.report.figures import in_default_style
 from bench.report.cells import one_per_seed, teacher_rows, teachers_of
 from bench.report.kinds import DEFAULT_KINDS, select_records
 from bench.report.rerun import reproduce_command  # noqa: F401 - the page's import
@@ -316,6 +317,7 @@ def _prefer_default_params(recs: list[dict[str, Any]]) -> tuple[list[dict[str, A
     return out, notes
 
 
+@in_default_style
 def cd_diagram(lb: Leaderboard, out_base: Path) -> list[Path]:
     """Write the critical-difference diagram as PNG and PDF; [] with a note when refused."""
     f = lb.friedman

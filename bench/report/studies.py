@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench.api.errors import BenchError
+from bench.report.figures import in_default_style
 from bench.report.tables import Comparison, build_comparison, check_label, tex_escape
 
 SWITCHES = ("freq", "align", "scale", "log")
@@ -254,6 +255,7 @@ def sensitivity_latex(grids: dict[tuple[str, str], pd.DataFrame], *, decimals: i
     return "\n".join(out) + "\n"
 
 
+@in_default_style
 def sensitivity_heatmap(grids: dict[tuple[str, str], pd.DataFrame], out_base: Path, metric: str = "top1") -> list[Path]:
     from bench.report.figures import pyplot, save_figure
 

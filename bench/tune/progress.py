@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.report.figures import in_default_style
 from bench.tune.plan import TunePlan
 from bench.tune.study import best_trial, counts, quiet_optuna, storage_of, study_dir
 
@@ -73,6 +74,7 @@ def table(rows: list[dict[str, Any]], title: str = "bench tune"):  # type: ignor
     return t
 
 
+@in_default_style
 def history_plots(plan: TunePlan) -> list[Path]:
     """Optuna's optimisation-history plot of every study that has a finished trial, saved as
     ``tuning/<study>/history.png`` and ``.pdf``."""
@@ -104,6 +106,7 @@ def history_plots(plan: TunePlan) -> list[Path]:
     return paths
 
 
+@in_default_style
 def overview_plots(plan: TunePlan) -> list[Path]:
     """One figure per (dataset, direction): each method's best validation value so far against the
     trial number (the equal budget made visible), ``tuning/overview-<dataset>-<direction>.png|pdf``."""

@@ -26,6 +26,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from bench.api.errors import BenchError
+from bench.report.figures import in_default_style
 
 Cell = tuple[str, str]
 Values = dict[tuple[str, Cell], dict[Any, float]]
@@ -189,6 +190,7 @@ def mean_rank_interval(values: Values, cells: Sequence[Cell], methods: Sequence[
     return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(methods)}
 
 
+@in_default_style
 def performance_profile(per_method: dict[str, dict[str, np.ndarray]], labels: dict[Hashable, str], out_base,
                         title: str = "") -> list:
     """Score distributions (Agarwal et al. 2021): for each threshold tau the fraction of runs whose
