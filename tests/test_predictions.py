@@ -333,3 +333,45 @@ def test_a_segmentation_runs_confusion_counts_rescore_to_its_miou(tmp_path):
     assert "cannot load dataset 'nyudv2'" in text or "labels fingerprint mismatch" in text, text  # (another cache)
     code, text = verify(tmp_path / "res", "--set", f"nyudv2.cache={tmp_path / 'cache'}")
     assert code == 0 and "1 re-score exactly" in text, text
+
+
+def test_collect_from_a_compact_records_file_resumes_a_grid(ran, tmp_path):
+    """A grid whose results folder was lost resumes from its published records.jsonl.gz: the
+    records are taken in, the runs they cover are skipped, and a damaged file is refused whole."""
+    from bench.records.store import load_records, write_compact
+
+    recs = load_records(ran[0])
+    pub = tmp_path / "pub"
+    compact = write_compact(recs, pub / "records.jsonl.gz")
+    dest = tmp_path / "dest"
+    out = CliRunner().invoke(app, ["collect", "--from", str(compact), "-r", str(dest)], env={"COLUMNS": "400"})
+    assert out.exit_code == 0 and "2 copied" in out.output, out.output
+    # no predictions beside the compact file: the records keep their fields and the note says so
+    assert out.output.count("predictions not copied") == 2, out.output
+    for r in recs:
+        got = read_record(record_path(dest, r["run_id"]))
+        assert {k: got[k] for k in ("config_hash", "best_metric", "history")} == \
+               {k: r[k] for k in ("config_hash", "best_metric", "history")}
+    again = run(spec(dest, "logit"))
+    assert again.get("skipped") is True and again["best_metric"] == ran[1]["logit"]["best_metric"]
+    out = CliRunner().invoke(app, ["collect", "--from", str(compact), "-r", str(dest)], env={"COLUMNS": "400"})
+    assert "0 copied, 2 duplicate(s)" in out.output, out.output
+
+    # with the predictions folder beside it (a published folder that kept them) they come along, checked
+    shutil.copytree(ran[0] / "predictions", pub / "predictions")
+    dest2 = tmp_path / "dest2"
+    out = CliRunner().invoke(app, ["collect", "--from", str(compact), "-r", str(dest2)], env={"COLUMNS": "400"})
+    assert "2 copied" in out.output and "predictions not copied" not in out.output, out.output
+    code, text = verify(dest2)
+    assert code == 0 and "2 re-score exactly" in text, text
+
+    # one bad line: nothing is taken from the file, and the line is named
+    import gzip
+
+    lines = gzip.decompress(compact.read_bytes()).split(b"\n")
+    lines[1] = b'{"run_id": '
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b"\n".join(lines)))
+    out = CliRunner().invoke(app, ["collect", "--from", str(bad), "-r", str(tmp_path / "dest3")], env={"COLUMNS": "400"})
+    assert "0 copied" in out.output and "line 2" in out.output and "nothing copied" in out.output, out.output
+    assert not list((tmp_path / "dest3" / "records").glob("*.json"))

@@ -242,7 +242,7 @@ def status(
 
 @app.command()
 def collect(
-    from_: Optional[List[Path]] = typer.Option(None, "--from", help="results folder(s) to merge from (repeatable)"),
+    from_: Optional[List[Path]] = typer.Option(None, "--from", help="results folder(s) or records.jsonl.gz file(s) to merge from (repeatable)"),
     results: Path = typer.Option(Path("results"), "--results", "-r", help="destination results folder"),
 ) -> None:
     """Merge records from other folders (--from; identical runs deduplicated, conflicts reported), or,

@@ -425,7 +425,10 @@ def identity_problem(rec: dict[str, Any]) -> str | None:
 
 
 def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[str]]:
-    """Merge the records of ``sources`` into ``dest/records`` (idempotent).
+    """Merge the records of ``sources`` into ``dest/records`` (idempotent). A source is a results
+    folder, a folder of record files, or a compact ``records.jsonl.gz`` (a published grid: taking
+    it in lets a grid be extended or resumed where its runs were not kept; a file with one bad line
+    is refused whole, naming the line).
 
     Runs are identified by their config hash (which includes the seed): a record whose config hash
     is already in ``dest`` with the same results is a duplicate and skipped; one with different
@@ -471,13 +474,26 @@ def collect(sources: Iterable[str | Path], dest: str | Path) -> dict[str, list[s
         by_id[r["run_id"]] = r
 
     for src in sources:
-        for p in iter_record_files(src):
-            if p.parent.resolve() == dest_dir.resolve():
-                continue
+        if is_compact(src):
+            # a published records.jsonl.gz: its records, and its folder for the files they name
             try:
-                r = read_record(p)
-            except RecordError as exc:
-                report["invalid"].append(str(exc))
+                entries: list[tuple[str, dict[str, Any] | RecordError]] = [(r.pop("path"), r) for r in read_compact(src)]
+            except RecordError as exc:  # one bad line: the file is not taken in part
+                report["invalid"].append(f"{exc}; nothing copied from {src}")
+                continue
+            src = Path(src).parent
+        else:
+            entries = []
+            for p in iter_record_files(src):
+                if p.parent.resolve() == dest_dir.resolve():
+                    continue
+                try:
+                    entries.append((str(p), read_record(p)))
+                except RecordError as exc:
+                    entries.append((str(p), exc))
+        for p, r in entries:
+            if isinstance(r, RecordError):
+                report["invalid"].append(str(r))
                 continue
             r.pop("path", None)
             h, rid = r["config_hash"], r["run_id"]
