@@ -43,6 +43,10 @@ def test_rebuilding_the_outputs_gives_the_same_bytes(tmp_path, monkeypatch):
 
     build_outputs(res, a, benchmarks=tiny, every_direction=False, log=lambda s: None)
     first = files(a)
+    # the reading is the reading of the summary beside it: every number comes from summary.json
+    from bench.report.reading import reading_markdown
+
+    assert first["reading.md"].decode() == reading_markdown(json.loads(first["summary.json"]))
     # another process with another string hash seed: set and dict orders built from names differ
     script = ("import sys; from pathlib import Path; from bench.report.reproduce import Benchmark, build_outputs; "
               f"build_outputs(Path(sys.argv[1]), Path(sys.argv[2]), benchmarks=(Benchmark('synthetic', 'synthetic', {TINY!r}),), "

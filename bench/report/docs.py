@@ -177,11 +177,22 @@ def results_block(results_dir: Path) -> str:
     return table.strip() + "\n\n" + legend.strip() + "\n"
 
 
+def reading_block(results_dir: Path) -> str:
+    """``docs/results/reading.md`` without its title (the results page shows it under its own
+    heading; the numbers are never typed), or '' before the republished results have one."""
+    src = results_dir / "reading.md"
+    if not src.exists():
+        return ""
+    lines = src.read_text().splitlines(keepends=True)
+    return "".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip() + "\n"
+
+
 RESULT_TITLES = {
     "comparison": "Comparison", "comparison_vs_baseline": "Comparison vs w/o KD", "leaderboard": "Leaderboard",
     "ablation": "FD-CMKD ablation", "threshold": "Split threshold", "sensitivity": "l1 x l2 sensitivity",
     "protocol_gap": "Protocol gap", "unimodal": "Unimodal accuracies", "tuning": "Equal-budget tuning",
-    "backbones": "Backbone pairs",
+    "backbones": "Backbone pairs", "teacher_controls": "Teacher controls", "teacher_sets": "Teacher sets",
+    "reading": "What the grid shows",
 }
 """Navigation titles of the pages ``bench reproduce offline`` and the study scripts write (any other
 page of docs/results/ is listed too, titled from its file name)."""

@@ -316,7 +316,7 @@ def excuse_refused(coverage: dict[str, dict[str, Any]], benchmarks: tuple[Benchm
 
 
 OUTPUT_PAGES = ("comparison", "comparison_vs_baseline", "ablation", "threshold", "sensitivity", "leaderboard",
-                "protocol_gap", "unimodal", "teacher_controls", "teacher_sets")
+                "protocol_gap", "unimodal", "teacher_controls", "teacher_sets", "reading")
 """The Markdown pages :func:`build_outputs` writes (other pages of docs/results come from the study scripts)."""
 
 
@@ -335,6 +335,11 @@ def _md_rows(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> st
     return head + body
 
 
+def _comparison_json(r: Any) -> dict[str, Any]:
+    """The numbers of one paired comparison that the reading quotes (difference, interval, p)."""
+    return {"diff": r.diff, "ci": list(r.ci) if r.ci else None, "p_adj": r.p_adj, "n": r.n, "verdict": r.verdict}
+
+
 def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
                   benchmarks: tuple[Benchmark, ...] = BENCHMARKS, every_direction: bool = True,
                   allow_mixed_provenance: bool = False) -> dict[str, Any]:
@@ -349,7 +354,7 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     from bench.report.render import render_leaderboard, render_table
     from bench.report.studies import prefer_defaults, standalone
     from bench.report.table_stats import mark_chance, mark_vs_baseline
-    from bench.report.tables import add_teachers, build_comparison, teachers_json, to_markdown
+    from bench.report.tables import add_teachers, build_comparison, display_name, teachers_json, to_markdown
     from bench.report.tuning import control_rows
     from bench.report.teacher_controls import write_teacher_controls
 
@@ -406,6 +411,10 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     mark_vs_baseline(comp)
     (out / "comparison_vs_baseline.md").write_text(to_markdown(comp, std=True))
     summary["vs_baseline"] = {f"{m}|{c[0]}|{c[1]}": v for (m, c), v in comp.vs_baseline.items()}
+    summary["vs_baseline_detail"] = {f"{m}|{c[0]}|{c[1]}": _comparison_json(comp.detail[(m, c)]["vs_baseline"])
+                                     for (m, c) in comp.vs_baseline}
+    summary["vs_baseline_rule"] = comp.vs_rule
+    summary["displays"] = {m: display_name(m) for m in comp.methods}
     summary["teachers"] = teachers_json(comp)  # per cell: the teacher's test metric, mean ± std over seeds
     table("ablation", "ablation", datasets=STUDY_DATASET)
     table("threshold", "threshold", datasets=STUDY_DATASET)
@@ -421,6 +430,9 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     lb = L.build_leaderboard(recs, rank_cells=rule)
     summary["friedman"] = {k: v for k, v in lb.friedman.items() if k not in ("matrix", "nemenyi_p")}
     summary["leaderboard"] = lb.rows
+    from bench.report.leaderboard_stats import statement
+
+    summary["leaderboard_rule"] = statement(lb)
     why = screenshot(out / "leaderboard" / "index.html", out / "leaderboard.png")
     if why:
         summary["skipped"]["leaderboard.png"] = why
@@ -448,6 +460,9 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
 
     sets_md, summary["teacher_sets"] = teacher_sets(published, benchmarks)
     (out / "teacher_sets.md").write_text(sets_md + "\n")
+    from bench.report.reading import reading_markdown  # what the grid shows, from the summary alone
+
+    (out / "reading.md").write_text(reading_markdown(json.loads(json.dumps(summary, default=float))))
     if provenance["mixed"]:  # every Markdown output says so at its top
         banner = mixed_banner(provenance)
         for name in OUTPUT_PAGES + tuple(f"comparison_incomplete_{d}" for d in partial):
