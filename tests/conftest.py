@@ -17,6 +17,16 @@ def tiny(extra: dict | None = None) -> dict:
     return out
 
 
+def holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, written out (an oracle independent of statsmodels)."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adj, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adj[i] = running
+    return adj
+
+
 @pytest.fixture
 def tiny_overrides():
     return tiny()

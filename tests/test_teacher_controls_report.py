@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny
+from conftest import holm_by_hand, tiny
 from scipy import stats
 
 from bench.records.store import load_records, teacher_control, write_record
@@ -66,15 +66,6 @@ def _by_hand(recs: list[dict], student: str) -> dict[str, dict[int, tuple[str, f
     return out
 
 
-def _holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjustment, written out (not statsmodels)."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    adj, running = [0.0] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        adj[i] = running
-    return adj
-
 
 def _check(p: dict, gains: list[float]) -> None:
     """A reported comparison against its per-seed gains: mean, sd, the t-interval, the paired t p."""
@@ -112,7 +103,7 @@ def test_summary_numbers_are_the_paired_gains_of_the_records(grid, tmp_path, mon
             ps[name].append(row[name]["p"])
     for name, family in tc["families"].items():  # Holm over the two cells of each family, on its own
         assert family["tested"] == 2 and "Holm-corrected over the 2 rows" in family["rule"]
-        want = _holm(ps[name])
+        want = holm_by_hand(ps[name])
         for student, adj in zip(("audio", "visual"), want):
             p = rows[student][name]
             assert p["p_adj"] == pytest.approx(adj, rel=1e-9)
@@ -201,7 +192,7 @@ def test_the_share_is_given_only_where_the_paired_gain_is_shown_above_zero():
     assert short["share_shuffled"] is None and short["share_reason"] == "the paired and shuffled gains stand on different seeds"
     # Holm over the family's three rows (the point-interval p = 0 included)
     ps = [rows[k]["paired"]["p"] for k in rows]
-    assert [rows[k]["paired"]["p_adj"] for k in rows] == pytest.approx(_holm(ps), rel=1e-9)
+    assert [rows[k]["paired"]["p_adj"] for k in rows] == pytest.approx(holm_by_hand(ps), rel=1e-9)
     assert tc["families"]["shuffled"]["tested"] == 2 and tc["families"]["shuffled"]["comparisons"] == 3
     md = T.to_markdown(tc)
     assert f"| {strong['share_shuffled']:.2f} |" in md and "untested, n=1" in md

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import holm_by_hand
 from scipy import stats
 
 from bench.report.gap import gains_and_gaps, select_records
@@ -48,15 +49,6 @@ def records(moves: dict = MOVE, rename: dict | None = None) -> list[dict]:
     return out
 
 
-def holm(ps: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, written out (not statsmodels)."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    adj, running = [0.0] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        adj[i] = running
-    return adj
-
 
 def by_hand(a: list[float], b: list[float]) -> tuple[np.ndarray, float, tuple[float, float], float]:
     d = np.subtract(a, b)
@@ -93,7 +85,7 @@ def test_set_minus_each_unimodal_teacher_by_hand(page):
     assert sec["status"] == "ok" and sec["n_set_tests"] == 4
     got = {(r["method"], r["vs"]): r for r in sec["set_vs_unimodal"]}
     want = {(m, u): by_hand(MOVE[(m, "av2v")], MOVE[(m, u)]) for m in ("logit", "dkd") for u in ("a2v", "v2v")}
-    adj = dict(zip(want, holm([w[3] for w in want.values()])))
+    adj = dict(zip(want, holm_by_hand([w[3] for w in want.values()])))
     for key, (d, mean, ci, p) in want.items():
         r = got[key]
         assert r["vs_kind"] == ("cross-modal" if key[1] == "a2v" else "same-modality")
