@@ -137,7 +137,7 @@ def test_a_records_file_rebuilds_outputs_but_runs_nothing(tmp_path):
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.records.store import write_compact
+    from bench.records.compact import write_compact
 
     compact = write_compact([], tmp_path / "records.jsonl.gz")
     r = CliRunner().invoke(app, ["reproduce", "offline", "-r", str(compact), "-o", str(tmp_path / "out"),

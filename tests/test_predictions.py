@@ -338,7 +338,8 @@ def test_a_segmentation_runs_confusion_counts_rescore_to_its_miou(tmp_path):
 def test_collect_from_a_compact_records_file_resumes_a_grid(ran, tmp_path):
     """A grid whose results folder was lost resumes from its published records.jsonl.gz: the
     records are taken in, the runs they cover are skipped, and a damaged file is refused whole."""
-    from bench.records.store import load_records, write_compact
+    from bench.records.compact import write_compact
+    from bench.records.store import load_records
 
     recs = load_records(ran[0])
     pub = tmp_path / "pub"

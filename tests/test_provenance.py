@@ -386,7 +386,8 @@ def test_bench_reproduce_refuses_from_the_command_line(grid, tmp_path):
 def test_the_analysis_reproduces_from_the_compact_records(grid, tmp_path):
     """The published records file, read back, gives the leaderboard and tables the records folder
     gives, and rebuilding it gives the same bytes."""
-    from bench.records.store import read_compact, write_compact
+    from bench.records.compact import write_compact
+    from bench.records.store import read_compact
 
     from bench.report.render import render_leaderboard, render_table
     from bench.report.reproduce import build_outputs
@@ -424,7 +425,8 @@ def test_the_analysis_reproduces_from_the_compact_records(grid, tmp_path):
 
 
 def test_a_bad_line_of_a_compact_file_is_named(grid, tmp_path):
-    from bench.records.store import read_compact, write_compact
+    from bench.records.compact import write_compact
+    from bench.records.store import read_compact
 
     recs = load_records(grid[0], status="ok")[:3]
     good = write_compact(recs, tmp_path / "ok.jsonl.gz")

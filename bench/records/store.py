@@ -1,9 +1,8 @@
 """Result records: one JSON file per run, written atomically, loaded into a DataFrame.
 
-Published records travel in one compact file instead (``bench reproduce`` writes it next to the
-outputs): ``records.jsonl.gz``, one JSON record per line, sorted by run id and gzipped with a zero
-mtime, so that rebuilding it from the same records gives the same bytes. Every reader here takes
-such a file wherever it takes a results folder (``bench table -r FILE``, ``bench leaderboard -r FILE``).
+Published records travel in one compact file instead (:mod:`bench.records.compact`). Every reader
+here takes such a file wherever it takes a results folder (``bench table -r FILE``, ``bench
+leaderboard -r FILE``, ``bench collect --from FILE``).
 
 Layout of a results folder::
 
@@ -27,6 +26,7 @@ import pandas as pd
 
 from bench.api.errors import BenchError, RecordError
 from bench.api.names import COMPONENT, check_component, encode_method
+from bench.records.compact import is_compact
 from bench.records.files import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -251,42 +251,6 @@ def iter_record_files(results: str | Path) -> list[Path]:
     # Accept both a results root (with records/) and a bare folder of record files.
     base = rd if rd.is_dir() else root
     return sorted(p for p in base.glob("*.json") if not p.name.startswith("."))
-
-
-COMPACT_SUFFIXES = (".jsonl.gz", ".jsonl")
-"""A results source that is one file of records, one JSON object a line (gzipped or not)."""
-
-
-def is_compact(source: str | Path) -> bool:
-    return str(source).endswith(COMPACT_SUFFIXES)
-
-
-def compact_bytes(records: Iterable[dict[str, Any]]) -> bytes:
-    """The compact form of ``records``: one JSON object a line (keys sorted, no ``path``: where a
-    record was read from is not part of it), in run id order, gzipped with mtime 0 and no file
-    name, so the same records always give the same bytes."""
-    import gzip
-    import io
-
-    from bench.records.files import _json_default
-
-    rows = sorted(({k: v for k, v in r.items() if k != "path"} for r in records),
-                  key=lambda r: (str(r.get("run_id")), str(r.get("config_hash"))))
-    text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=_json_default) + "\n" for r in rows)
-    buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
-        gz.write(text.encode())
-    return buf.getvalue()
-
-
-def write_compact(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write :func:`compact_bytes` of ``records`` to ``path`` atomically (gzipped whatever the
-    suffix says; name it ``*.jsonl.gz``)."""
-    from bench.records.files import atomic_write_bytes
-
-    path = Path(path)
-    atomic_write_bytes(path, compact_bytes(records))
-    return path
 
 
 def read_compact(path: str | Path) -> list[dict[str, Any]]:

@@ -348,7 +348,8 @@ def build_outputs(results: Path, out: Path, log: Callable[[str], None] = print,
     and kept out of the ranks until it is complete. Refuses records whose provenance does not hold
     together (:func:`bench.report.publish.check_publishable`) unless ``allow_mixed_provenance``; the
     published records go to ``out/records.jsonl.gz``."""
-    from bench.records.store import load_records, to_frame, write_compact
+    from bench.records.compact import write_compact
+    from bench.records.store import load_records, to_frame
     from bench.report.publish import check_publishable, mixed_banner
     from bench.report import leaderboard as L
     from bench.report.render import render_leaderboard, render_table
