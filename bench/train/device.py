@@ -34,6 +34,40 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+KEEP_FREED_BYTES = 128 << 20
+"""How much freed memory a CPU run's process keeps for reuse (:func:`keep_freed_memory`)."""
+
+_KEPT = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of handing it back to the kernel at once.
+
+    By default, blocks of a few MB (an evaluation batch's activations) are returned as soon as
+    they are freed, and every next batch faults fresh zeroed pages in again: on a small CPU run
+    that is about a seventh of its evaluation time. Blocks up to 32 MB (glibc's largest
+    threshold) come from the heap, and up to :data:`KEEP_FREED_BYTES` of free memory stays
+    there. Once per process; a no-op where the C library is not glibc. Numbers are untouched."""
+    global _KEPT
+    if _KEPT:
+        return
+    _KEPT = True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, KEEP_FREED_BYTES)
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``auto`` picks CUDA when present; ``cpu``, ``cuda`` and ``cuda:N`` are checked against this
     machine, so a typo fails before any run starts instead of inside every run."""

@@ -47,7 +47,7 @@ from bench.records.predictions import split_fingerprints, write_predictions
 from bench.records.provenance import code_state, git_commit, runtime_environment
 from bench.records.store import SCHEMA_VERSION, read_record, record_path, write_record
 from bench.train.acceleration import plan_speed
-from bench.train.device import resolve_device, seed_everything
+from bench.train.device import keep_freed_memory, resolve_device, seed_everything
 from bench.train.loop import fit, load_splits, split_summary
 from bench.train.resolve import Resolved, RunSpec, resolve
 from bench.train.step import probe_outputs
@@ -158,6 +158,8 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
 def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, results: Path,
                 previous: dict[str, Any] | None) -> dict[str, Any]:
     device = resolve_device(spec.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     ckpt = join_under(results / "checkpoints", f"{r.run_id}.pt")
