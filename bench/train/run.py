@@ -207,7 +207,7 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
                   on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
                   on_resume=lambda n: base.__setitem__("resumed_from_epoch", n), plan=plan,
                   teacher_key=tinfo["checkpoint"] if tinfo else None, on_note=note, collect_predictions=True)
-        base["environment"] = runtime_environment()  # as trained: seed_everything set the determinism flags since
+        base["environment"] = runtime_environment()  # as trained: seed_everything set its flags since
         sel = res.history[res.selected_epoch - 1]
         ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
         rec = dict(
