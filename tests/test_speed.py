@@ -46,6 +46,33 @@ def test_teacher_cache_gives_the_same_run(tmp_path, method, extra):
     assert on["run_id"] == off["run_id"]  # speed settings are not part of the identity
 
 
+@pytest.mark.parametrize("method", ["dkd", "fdcmkd", "crd"])
+def test_runs_without_the_nan_fill_of_new_tensors_are_the_same(tmp_path, monkeypatch, method):
+    """seed_everything turns torch's NaN fill of new tensors off: nothing reads memory it did not
+    write (fdcmkd and crd build tensors with torch.empty), so the run with the fill on is the same
+    bits, predictions included; the record says which was in force."""
+    import bench.train.device as device_mod
+    import bench.train.run as run_mod
+    import bench.train.teachers as teachers_mod
+
+    off = _run(tmp_path, method, {}, sub="off")
+    assert off["environment"]["fill_uninitialized_memory"] is False
+
+    def seed_with_fill(seed, deterministic=True):
+        device_mod.seed_everything(seed, deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+
+    monkeypatch.setattr(run_mod, "seed_everything", seed_with_fill)
+    monkeypatch.setattr(teachers_mod, "seed_everything", seed_with_fill)
+    try:
+        on = _run(tmp_path, method, {}, sub="on")
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    assert on["environment"]["fill_uninitialized_memory"] is True
+    assert _trace(on) == _trace(off) and on["best_metric"] == off["best_metric"]
+    assert on["predictions_sha256"] == off["predictions_sha256"] and on["run_id"] == off["run_id"]
+
+
 def test_teacher_cache_unpaired_and_other_direction(tmp_path):
     for train in ({"pairing": "unpaired"}, {}):
         on = _run(tmp_path, "logit", {**train, "teacher_cache": "on"}, direction=("visual", "audio"))

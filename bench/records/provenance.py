@@ -165,6 +165,7 @@ def runtime_environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cpu_model": cpu_model(),
         "gpu_model": torch.cuda.get_device_name(0) if cuda else None,
         "packages_hash": package_set_hash(),  # sorted name==version of every installed distribution

@@ -47,7 +47,7 @@ from bench.records.predictions import split_fingerprints, write_predictions
 from bench.records.provenance import code_state, git_commit, runtime_environment
 from bench.records.store import SCHEMA_VERSION, read_record, record_path, write_record
 from bench.train.acceleration import plan_speed
-from bench.train.device import resolve_device, seed_everything
+from bench.train.device import keep_freed_memory, resolve_device, seed_everything
 from bench.train.loop import fit, load_splits, split_summary
 from bench.train.resolve import Resolved, RunSpec, resolve
 from bench.train.step import probe_outputs
@@ -158,6 +158,8 @@ def run(spec: RunSpec, reporter: Reporter | None = None, force: bool = False) ->
 def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, results: Path,
                 previous: dict[str, Any] | None) -> dict[str, Any]:
     device = resolve_device(spec.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     ckpt = join_under(results / "checkpoints", f"{r.run_id}.pt")
@@ -205,6 +207,7 @@ def _run_locked(r: Resolved, spec: RunSpec, reporter: Reporter, force: bool, res
                   on_epoch=lambda e, row: reporter.epoch(r.run_id, "student", e, row),
                   on_resume=lambda n: base.__setitem__("resumed_from_epoch", n), plan=plan,
                   teacher_key=tinfo["checkpoint"] if tinfo else None, on_note=note, collect_predictions=True)
+        base["environment"] = runtime_environment()  # as trained: seed_everything set its flags since
         sel = res.history[res.selected_epoch - 1]
         ref_best = max(res.history, key=lambda h: (h["test_metric"], h["epoch"]))
         rec = dict(
