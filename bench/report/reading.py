@@ -51,6 +51,10 @@ def head(summary: dict[str, Any]) -> str:
              f"{', '.join(prov.get('runner_versions') or ['n/a'])}; "
              f"{'MIXED provenance: ' + str(len(prov.get('problems') or [])) + ' problem(s)' if prov.get('mixed') else 'one clean commit'}).",
              f"- Cross-modal grid (every method x direction x seed with the paired teacher): {grid or 'n/a'}."]
+    partial = [d for d, c in cov.items() if c.get("missing")]
+    if partial:
+        lines.append(f"- **Incomplete, so left out of every verdict and aggregate below:** {', '.join(partial)} "
+                     "(its runs so far are in `comparison_incomplete_<dataset>.md`).")
     return "\n".join(lines)
 
 
