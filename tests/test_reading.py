@@ -129,7 +129,7 @@ def test_missing_parts_are_said_not_invented():
     s = summary()
     assert "Incomplete" not in reading_markdown(s)
     s["coverage"]["avdigits"] = {"expected": 30, "done": 12, "missing": ["avdigits a2v dkd s3"]}
-    assert line(reading_markdown(s), "- **Incomplete").endswith(": avdigits (its runs so far are in "
+    assert line(reading_markdown(s), "- **Incomplete").endswith("below:** avdigits (its runs so far are in "
                                                                  "`comparison_incomplete_<dataset>.md`).")
     s["teacher_controls"] = {"status": "no records", "why": "no shuffled- or random-teacher records on synthetic"}
     s["vs_baseline"] = {k: "inconclusive" for k in s["vs_baseline"]}
