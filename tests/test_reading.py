@@ -104,7 +104,7 @@ def test_a_surviving_share_only_where_the_gain_was_shown():
     dkd = line(text, "| DKD | synthetic visual |")
     assert dkd.endswith("| 40% |") and "+1.95 [+0.40, +3.50] better" in dkd
     logit = line(text, "| Logit | synthetic visual |")
-    assert "n/a (paired-teacher gain not shown > 0" in logit and "%" not in logit.split("|")[-2]
+    assert "n/a (paired-teacher gain not shown &gt; 0" in logit  # Markdown-escaped, shown as "> 0" and "%" not in logit.split("|")[-2]
     assert line(text, "- The paired teacher beats its shuffled control").endswith("in 1 of 2 rows: DKD on synthetic visual.")
     assert "keeps 40% with the shuffled teacher" in line(text, "- A gain over w/o KD is shown")
     assert "wsld" in text
@@ -137,3 +137,19 @@ def test_missing_parts_are_said_not_invented():
     assert "Not shown: no shuffled- or random-teacher records on synthetic." in text
     assert "- No method is better than w/o KD in any column after the correction." in text
     assert line(text, "- **Columns where no method differs").endswith(": synthetic visual, mfeat fac.")
+
+
+def test_names_from_plug_ins_reach_the_page_as_text_not_markup():
+    """A display name, or a dataset's text, with HTML, a link or emphasis stays text on the page."""
+    s = summary()
+    evil = "<script>alert(1)</script>[x](http://e)*b*_i_|"
+    s["displays"]["dkd"] = evil
+    s["leaderboard"][1]["display"] = evil
+    s["teacher_controls"]["rows"][0]["display"] = evil
+    s["teacher_sets"]["mfeat"]["why"] = "<img src=x onerror=alert(1)>"
+    text = reading_markdown(s)
+    assert "<script>" not in text and "<img" not in text and "[x](" not in text and "*b*" not in text
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;\\[x\\](http://e)\\*b\\*\\_i\\_\\|"
+    assert line(text, "- **Better** than w/o KD").count(escaped) == 1
+    assert line(text, "| " + escaped + " | +0.80")
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
