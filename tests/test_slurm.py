@@ -135,35 +135,11 @@ def _gone(job: str) -> bool:
     return out.strip() == ""
 
 
-def test_scancel_then_resubmit_resumes_from_checkpoint(tmp_path):
-    """Deterministic on a busy machine: the task is suspended (frozen) before it is cancelled, so it
-    cannot train on, let alone finish the run, between our look at its checkpoint and the cancel;
-    the resubmission starts only once the cancelled task has no process left."""
-    res = tmp_path / "res"
-    r = bench("run", "--executor", "slurm", "-r", str(res), *LONG)
-    assert r.exit_code == 0, r.output
-    job = _submission(res)["tasks"][0]["job_id"]
-    _wait_for(lambda: _ckpt_epochs(res) >= 2, 600, "two finished epochs")
-    subprocess.run(["scontrol", "suspend", job], check=True)
-    done_before = _ckpt_epochs(res)
-    subprocess.run(["scancel", job], check=True)
-    _wait_for(lambda: _gone(job), 300, "the cancelled task to end")
-    assert not list((res / "records").glob("*.json"))  # cancelled mid-run: no record
-    assert _ckpt_epochs(res) == done_before  # frozen, then killed: nothing trained after the look
-    _wait_for(lambda: "CANCELLED" in bench("status", "-r", str(res)).output, 120, "CANCELLED in bench status")
-    r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *LONG)
-    assert r.exit_code == 0, r.output
-    rec = by_method(res)["none"]
-    assert rec["status"] == "ok" and rec["resumed_from_epoch"] == done_before >= 2
-    assert rec["resumed_from_epoch"] < 30  # it really was interrupted mid-run
-    assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))  # every epoch exactly once
-
-
 GATED = '''
 import os, time
 from bench.api import Method, register_method
 
-@register_method("gated")
+@register_method({name!r})
 class Gated(Method):
     """w/o KD that waits at the start of epoch 3 while {gate!r} exists: a task the test can hold
     still, deterministically, however fast or busy the machine is."""
@@ -177,6 +153,35 @@ class Gated(Method):
 '''
 
 
+def test_scancel_then_resubmit_resumes_from_checkpoint(tmp_path):
+    """Deterministic on a busy machine: the task is held at the start of epoch 3 (the gated plug-in)
+    when it is cancelled, so it cannot train on between our look at its checkpoint and its end.
+    (Freezing it with `scontrol suspend` is not enough: scancel resumes a suspended task with SIGCONT
+    before SIGTERM, and it trains on through the KillWait grace; CI once saw a fifth epoch.) The
+    resubmission starts only once the cancelled task has no process left."""
+    res = tmp_path / "res"
+    gate = tmp_path / "GATE"
+    gate.write_text("hold")
+    plug = tmp_path / "gated.py"
+    plug.write_text(GATED.format(gate=str(gate), name="gated_cancel"))  # one name per plug-in file
+    args = ["--methods", "gated_cancel", "--plugin", str(plug), *LONG[2:]]
+    r = bench("run", "--executor", "slurm", "-r", str(res), *args)
+    assert r.exit_code == 0, r.output
+    job = _submission(res)["tasks"][0]["job_id"]
+    _wait_for(lambda: _ckpt_epochs(res) >= 2, 600, "two finished epochs")
+    subprocess.run(["scancel", job], check=True)
+    _wait_for(lambda: _gone(job), 300, "the cancelled task to end")
+    assert not list((res / "records").glob("*.json"))  # cancelled mid-run: no record
+    assert _ckpt_epochs(res) == 2  # held at epoch 3, then killed: nothing trained after the look
+    _wait_for(lambda: "CANCELLED" in bench("status", "-r", str(res)).output, 120, "CANCELLED in bench status")
+    gate.unlink()
+    r = bench("run", "--executor", "slurm", "--wait", "--retry-failed", "-r", str(res), *args)
+    assert r.exit_code == 0, r.output
+    rec = by_method(res)["gated_cancel"]
+    assert rec["status"] == "ok" and rec["resumed_from_epoch"] == 2  # it really was interrupted mid-run
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 31))  # every epoch exactly once
+
+
 def test_preemption_signal_requeues_and_resumes(tmp_path):
     """scancel --signal=USR2 = what SLURM sends before a time limit / pre-emption: submitit
     checkpoints and requeues the task, which resumes from the run's epoch checkpoint. The task is
@@ -186,7 +191,7 @@ def test_preemption_signal_requeues_and_resumes(tmp_path):
     gate = tmp_path / "GATE"
     gate.write_text("hold")
     plug = tmp_path / "gated.py"
-    plug.write_text(GATED.format(gate=str(gate)))
+    plug.write_text(GATED.format(gate=str(gate), name="gated"))
     args = ["--methods", "gated", "--plugin", str(plug), *LONG[2:]]
     r = bench("run", "--executor", "slurm", "-r", str(res), *args)
     assert r.exit_code == 0, r.output
