@@ -94,13 +94,18 @@ def test_stream_run_keeps_the_cache_out_of_anonymous_memory(vgg_cache, tmp_path)
     assert mem["host_bytes"] < mem["host_available_bytes"]
 
 
-def test_placement_that_cannot_fit_fails_before_training(vgg_cache, tmp_path):
+def test_placement_that_cannot_fit_fails_before_training(vgg_cache, tmp_path, monkeypatch):
     """With the available RAM shared by so many runs that a copy of the arrays a run reads cannot
     fit, an explicit pinned (copy) placement fails before any epoch with the numbers and the way
     out; auto falls back to stream; with less still, auto fails too."""
     cache, _size = vgg_cache
+    # one reading of MemAvailable for the shares below and the runs' own estimates: it moves as other
+    # processes run (and as the cache's dirty pages are written back), and a doubling in between
+    # would let the pinned copy fit
+    available = host_available_bytes()
+    monkeypatch.setattr("bench.train.placement.host_available_bytes", lambda: available)
     frames = (N_TRAIN + N_TEST) * 16 * 16 * 3 * 2  # the visual arrays (the trained modality)
-    share = max(2, int(2 * host_available_bytes() // frames))  # about half of them per run
+    share = max(2, int(2 * available // frames))  # about half of them per run
 
     def spec(placement: str, runs: int, res: str) -> RunSpec:
         ov = _overrides(cache, placement)
@@ -119,7 +124,7 @@ def test_placement_that_cannot_fit_fails_before_training(vgg_cache, tmp_path):
     mem = rec["speed"]["memory"]
     assert mem["per_placement"]["pinned"]["host_bytes"] > mem["host_available_bytes"] >= mem["host_bytes"]
     with pytest.raises(BenchError, match=r"vggsound: train.data_placement=stream \(auto: no placement fits\) needs"):
-        run(spec("auto", host_available_bytes() // 2**16, "c"))  # 64 KiB per run
+        run(spec("auto", available // 2**16, "c"))  # 64 KiB per run
 
 
 def test_carved_views_read_like_copies(vgg_cache, monkeypatch):
