@@ -283,9 +283,7 @@ def test_kill_9_then_resume_repeats_no_finished_trial(tuned_all, tmp_path):
     journal = res / "tuning" / f"{name}.journal"
     seen: dict = {}
 
-    def two_done_one_running() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"bench tune ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+    def look() -> bool:
         if not journal.exists():
             return False
         try:
@@ -300,6 +298,22 @@ def test_kill_9_then_resume_repeats_no_finished_trial(tuned_all, tmp_path):
             seen["before"] = {t.number: (t.params, t.value, t.datetime_complete) for t in finished(s)}
             seen["running"] = running[0].number
             return True
+        return False
+
+    def two_done_one_running() -> bool:
+        """Looked at while bench tune is stopped (SIGSTOP, and waited for): the trial seen running
+        cannot finish between the look and the kill (a trial takes well under a second here)."""
+        if proc.poll() is not None:
+            raise AssertionError(f"bench tune ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+        if not look():  # a first look while it runs, so that it is not stopped at every poll
+            return False
+        proc.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            raise AssertionError(f"bench tune ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+        if look():
+            return True  # it stays stopped until the SIGKILL
+        proc.send_signal(signal.SIGCONT)
         return False
 
     _wait_for(two_done_one_running, 240, "two finished trials and a running one")
