@@ -177,6 +177,7 @@ def every_kind(tmp_path_factory):
     """One record of each kind the tests make, all in one results folder, through ``bench run``."""
     import torch
 
+    threads_before = torch.get_num_threads()  # restored below: later modules must not inherit one thread
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("kinds")
     res = root / "res"
@@ -212,7 +213,8 @@ def every_kind(tmp_path_factory):
     kinds["bring-your-own folder"] = run("--methods", "logit", "--datasets", str(folder), "--directions", "v2s",
                                          "--device", "cpu", "--epochs", "1", "--teacher-epochs", "1",
                                          "--set", "toy.width=8")
-    return res, kinds
+    yield res, kinds
+    torch.set_num_threads(threads_before)
 
 
 def resolve_printed(command: str, res: Path, monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
