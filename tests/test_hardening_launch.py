@@ -291,7 +291,22 @@ slurm_only = pytest.mark.skipif(not _cluster_up(), reason="no SLURM cluster (sta
 
 
 def _manifest(res: Path) -> dict:
-    return json.loads(sorted((res / "slurm" / "submissions").glob("*.json"))[-1].read_text())
+    from bench.launch.slurm import manifests
+
+    return manifests(res)[-1]  # the latest submission
+
+
+def test_submissions_are_ordered_by_time_then_job_id_as_a_number(tmp_path):
+    """Two submissions in one second: the later one has the larger array job id, which may have
+    more digits (99, then 100); a string sort put 100 first and made the older one the latest."""
+    from bench.launch.slurm import manifests, task_table
+
+    sub = tmp_path / "slurm" / "submissions"
+    sub.mkdir(parents=True)
+    for stamp, job in (("20261204-101010", 99), ("20261204-101010", 100), ("20261204-101009", 998)):
+        (sub / f"{stamp}-{job}.json").write_text(json.dumps({"array_job": str(job), "tasks": []}))
+    assert [m["array_job"] for m in manifests(tmp_path)] == ["998", "99", "100"]
+    assert task_table(tmp_path) == []
 
 
 def _sacct_times(job: str) -> list[tuple[str, str, str]]:

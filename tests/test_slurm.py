@@ -121,7 +121,9 @@ def _ckpt_epochs(res: Path) -> int:
 
 
 def _submission(res: Path) -> dict:
-    return json.loads(sorted((res / "slurm" / "submissions").glob("*.json"))[-1].read_text())
+    from bench.launch.slurm import manifests
+
+    return manifests(res)[-1]  # the latest submission
 
 
 # long enough that it cannot finish during the SIGTERM -> SIGKILL grace of scancel (KillWait)

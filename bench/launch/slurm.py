@@ -273,9 +273,17 @@ def submit(specs: list[RunSpec], results: Path, opts: SlurmOptions, runs_per_tas
     return manifest
 
 
+def _submission_order(path: Path) -> tuple[str, int, str]:
+    """``<YYYYmmdd-HHMMSS>-<array job id>``: by time, then by job id as a number, so that of two
+    submissions in one second the later one (a larger id, maybe with more digits: 99 < 100) is last."""
+    stamp, _, job = path.stem.rpartition("-")
+    return (stamp, int(job), path.stem) if job.isdigit() else (path.stem, -1, path.stem)
+
+
 def manifests(results: Path) -> list[dict[str, Any]]:
+    """Every submission of a results folder, oldest first (the latest attempt of a run wins)."""
     out = []
-    for p in sorted((Path(results) / "slurm" / "submissions").glob("*.json")):
+    for p in sorted((Path(results) / "slurm" / "submissions").glob("*.json"), key=_submission_order):
         m = json.loads(p.read_text())
         m["path"] = str(p)
         out.append(m)
