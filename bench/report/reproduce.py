@@ -201,7 +201,10 @@ def trim_margins(png: Path, pad: int = 24) -> None:
 
 
 def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600) -> str | None:
-    """The HTML page as headless Chromium renders it (offline: the page needs no network)."""
+    """The HTML page as headless Chromium renders it (offline: the page needs no network). The
+    shot waits for the page to settle (its scripts and images: a virtual-time budget, every
+    compositor stage run before the draw): taken at the load event, it sometimes caught an image
+    not yet painted, and two builds of one page differed in bytes."""
     exe = _tool("chromium") or _tool("chromium-browser") or _tool("google-chrome")
     if exe is None:
         return "chromium not found (Debian: chromium)"
@@ -209,6 +212,7 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 1600) -> 
         r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
                             f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={width},{height}",
+                            "--virtual-time-budget=10000", "--run-all-compositor-stages-before-draw",
                             f"--screenshot={png}", page.resolve().as_uri()], capture_output=True, text=True, timeout=180)
     if r.returncode != 0 or not png.exists():
         return "chromium failed: " + (r.stderr or r.stdout)[-400:]
